@@ -1,0 +1,34 @@
+# recon — run `make help` for the targets. CI runs `make test` (see .ci/run).
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/recon-target
+CARGO ?= cargo
+RECON = $(CARGO_TARGET_DIR)/debug/recon
+SAMPLE_DATE = 2024-06-01
+
+.PHONY: help build run test test-unit test-slt fmt lint sample-data clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+build: ## Build the recon binary (zero warnings expected)
+	$(CARGO) build --locked --bin recon
+
+run: build ## Reconcile the sample job on local files (no services needed)
+	@$(RECON) run --job jobs/identity.toml --run-date $(SAMPLE_DATE); code=$$?; \
+	echo "(exit code $$code; outputs under recon-output/identity)"; exit $$code
+
+test: ## Run every test: unit, SQL logic (.slt) and integration
+	$(CARGO) build --locked --all-targets
+	$(CARGO) test --locked --no-fail-fast
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+lint: ## Check formatting and clippy
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+sample-data: build ## Regenerate sample-data/lake (deterministic)
+	$(RECON) generate --out sample-data/lake
+
+clean: ## Remove local outputs
+	rm -rf recon-output

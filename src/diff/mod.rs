@@ -1,0 +1,798 @@
+//! The diff stage: runs one entity's plan in DataFusion and turns the differing rows it
+//! streams into discrepancy rows and typed correction rows.
+
+pub mod compare;
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Date32Builder, Float64Builder, ListBuilder,
+    RecordBatch, StringArray, StringBuilder, StructArray, UInt32Array,
+};
+use arrow::compute::kernels::zip::zip;
+use arrow::compute::{cast, nullif, take};
+use arrow::datatypes::{DataType, Field, Fields, Float64Type, Int64Type, Schema, SchemaRef};
+use chrono::NaiveDate;
+use datafusion::common::ScalarValue;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::job::{DeletePolicy, Owner};
+use crate::write::{FileEntry, ManifestFile, ParquetSink, RunLayout, discrepancy_schema};
+use plan::{EntityPlan, Side, SoftColumn, SoftMarker};
+
+/// Discrepancy kinds.
+pub const MISSING_IN_REPLICA: &str = "missing_in_replica";
+pub const EXTRA_IN_REPLICA: &str = "extra_in_replica";
+pub const FIELD_MISMATCH: &str = "field_mismatch";
+pub const DUPLICATE_KEY: &str = "duplicate_key";
+pub const NULL_KEY: &str = "null_key";
+
+/// The session every recon query runs in, production and SQL logic tests alike.
+pub fn session_context(target_partitions: usize) -> SessionContext {
+    let config = SessionConfig::new()
+        .with_target_partitions(target_partitions.max(1))
+        .with_information_schema(true);
+    SessionContext::new_with_config(config)
+}
+
+/// Correction operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+    SoftDelete,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::SoftDelete => "soft_delete",
+        }
+    }
+}
+
+/// Identity of one run, stamped on every output row.
+#[derive(Debug, Clone)]
+pub struct RunStamp {
+    pub job: String,
+    pub run_id: String,
+    pub run_date: NaiveDate,
+    pub source: String,
+    pub replica: String,
+}
+
+/// Counts for one discrepancy kind and field.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Count {
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub count: u64,
+}
+
+/// What one entity's diff produced.
+#[derive(Debug)]
+pub struct EntityResult {
+    pub counts: Vec<Count>,
+    /// system → op → count
+    pub corrections: BTreeMap<String, BTreeMap<Op, u64>>,
+    pub discrepancy_file: ManifestFile,
+    pub correction_files: Vec<ManifestFile>,
+    pub quality_ms: u64,
+    pub diff_ms: u64,
+}
+
+impl EntityResult {
+    pub fn correction_total(&self) -> u64 {
+        self.corrections.values().flat_map(|m| m.values()).sum()
+    }
+}
+
+/// Runs one entity: data-quality queries, then the diff, streaming outputs to the run.
+pub async fn run_entity(
+    ctx: &SessionContext,
+    plan: &EntityPlan,
+    stamp: &RunStamp,
+    layout: &RunLayout,
+) -> Result<EntityResult> {
+    let entity = &plan.entity.name;
+    for udf in plan.comparators() {
+        ctx.register_udf(udf);
+    }
+    let mut out = Classifier::try_new(plan, stamp, layout)?;
+
+    let started = Instant::now();
+    for side in [Side::Source, Side::Replica] {
+        let table = side.as_str();
+        for (kind, sql) in [
+            (NULL_KEY, plan.null_keys_sql(side, table)),
+            (DUPLICATE_KEY, plan.duplicate_keys_sql(side, table)),
+        ] {
+            let context = format!("entity `{entity}`, {kind} query on the {table} snapshot");
+            let batches = ctx
+                .sql(&sql)
+                .await
+                .map_err(|e| Error::query(&context, e))?
+                .collect()
+                .await
+                .map_err(|e| Error::query(&context, e))?;
+            for batch in &batches {
+                out.quality(batch, kind, side)?;
+            }
+        }
+    }
+    out.flush_discrepancies().await?;
+    let quality_ms = started.elapsed().as_millis() as u64;
+
+    let started = Instant::now();
+    let context = format!("entity `{entity}`, diff query");
+    let sql = plan.diff_sql("source", "replica");
+    tracing::debug!(entity = %entity, sql = %sql, "diff query");
+    let mut stream = ctx
+        .sql(&sql)
+        .await
+        .map_err(|e| Error::query(&context, e))?
+        .execute_stream()
+        .await
+        .map_err(|e| Error::query(&context, e))?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| Error::query(&context, e))?;
+        out.diff_batch(&batch).await?;
+    }
+    let diff_ms = started.elapsed().as_millis() as u64;
+    out.finish(quality_ms, diff_ms).await
+}
+
+/// A correction to be emitted for one row of a diff batch.
+struct PendingCorrection {
+    row: u32,
+    op: Op,
+    id: String,
+    /// Indices into `plan.mapped` of the columns set (updates).
+    changed: Vec<usize>,
+}
+
+struct CorrectionSink {
+    side: Side,
+    system: String,
+    schema: SchemaRef,
+    sink: Option<ParquetSink>,
+    counts: BTreeMap<Op, u64>,
+    pending: Vec<PendingCorrection>,
+}
+
+/// Builds discrepancy and correction rows for one entity.
+struct Classifier<'a> {
+    plan: &'a EntityPlan,
+    stamp: &'a RunStamp,
+    layout: &'a RunLayout,
+    discrepancies: ParquetSink,
+    rows: DiscrepancyRows,
+    counts: BTreeMap<(String, Option<String>), u64>,
+    corrections: [CorrectionSink; 2],
+    /// Value a soft delete sets in the replica's soft-delete column.
+    soft_deleted: Option<ScalarValue>,
+}
+
+impl<'a> Classifier<'a> {
+    fn try_new(plan: &'a EntityPlan, stamp: &'a RunStamp, layout: &'a RunLayout) -> Result<Self> {
+        let entity = &plan.entity.name;
+        let discrepancies = ParquetSink::try_new(
+            layout,
+            layout.discrepancies(entity),
+            discrepancy_schema(),
+        )?;
+        let sink = |side: Side, system: &str| CorrectionSink {
+            side,
+            system: system.to_string(),
+            schema: correction_schema(plan, side),
+            sink: None,
+            counts: BTreeMap::new(),
+            pending: Vec::new(),
+        };
+        let soft_deleted = match &plan.replica_soft {
+            Some(s) => Some(soft_value(s, stamp.run_date, true)?),
+            None => None,
+        };
+        Ok(Classifier {
+            plan,
+            stamp,
+            layout,
+            discrepancies,
+            rows: DiscrepancyRows::default(),
+            counts: BTreeMap::new(),
+            corrections: [
+                sink(Side::Replica, &stamp.replica),
+                sink(Side::Source, &stamp.source),
+            ],
+            soft_deleted,
+        })
+    }
+
+    fn count(&mut self, kind: &str, field: Option<&str>) {
+        *self
+            .counts
+            .entry((kind.to_string(), field.map(str::to_string)))
+            .or_default() += 1;
+    }
+
+    /// Rows of a null-key or duplicate-key query: raw key columns, then `__rows`.
+    fn quality(&mut self, batch: &RecordBatch, kind: &str, side: Side) -> Result<()> {
+        let keys: Vec<KeyColumn> = (0..self.plan.key_len)
+            .map(|i| KeyColumn::new(batch.column(i)))
+            .collect::<Result<_>>()?;
+        let n = batch
+            .column(self.plan.key_len)
+            .as_primitive::<Int64Type>()
+            .clone();
+        let names: Vec<&str> = self.plan.keys().iter().map(|k| k.source.as_str()).collect();
+        let reason = match side {
+            Side::Source => "in_source",
+            Side::Replica => "in_replica",
+        };
+        for row in 0..batch.num_rows() {
+            let key = key_json(&names, &keys, row);
+            let count = n.value(row).to_string();
+            let (sv, rv) = match side {
+                Side::Source => (Some(count.as_str()), None),
+                Side::Replica => (None, Some(count.as_str())),
+            };
+            self.rows.push(self.stamp, &self.plan.entity.name, &key, kind, None, sv, rv, None, "report_only", Some(reason), None, None);
+            self.count(kind, None);
+        }
+        Ok(())
+    }
+
+    async fn diff_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        let plan = self.plan;
+        let entity = plan.entity.name.as_str();
+        let class = batch.column_by_name("__class").expect("diff has __class").as_string::<i32>().clone();
+        let keys: Vec<KeyColumn> = (0..plan.key_len)
+            .map(|i| KeyColumn::new(column(batch, &format!("k{i}"))))
+            .collect::<Result<_>>()?;
+        let names: Vec<&str> = plan.keys().iter().map(|k| k.source.as_str()).collect();
+        let fields: Vec<FieldColumns> = plan
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| FieldColumns::new(batch, i, f.newest.is_some(), plan::is_numeric(&f.common)))
+            .collect::<Result<_>>()?;
+        let insert_columns: Vec<usize> = (plan.key_len..plan.mapped.len()).collect();
+
+        for row in 0..batch.num_rows() {
+            let key = key_json(&names, &keys, row);
+            let r = row as u32;
+            match class.value(row) {
+                "missing_in_replica" => {
+                    let id = correction_id(&self.stamp.job, entity, &self.stamp.replica, Op::Insert, &key, &[]);
+                    self.rows.push(self.stamp, entity, &key, MISSING_IN_REPLICA, None, None, None, Some("source"), "correct_replica", None, None, Some(&id));
+                    self.count(MISSING_IN_REPLICA, None);
+                    self.corrections[0].pending.push(PendingCorrection { row: r, op: Op::Insert, id, changed: insert_columns.clone() });
+                }
+                "extra_in_replica" => {
+                    let op = match plan.entity.deletes {
+                        DeletePolicy::Hard => Some(Op::Delete),
+                        DeletePolicy::Soft { .. } => Some(Op::SoftDelete),
+                        DeletePolicy::Report => None,
+                    };
+                    let id = op.map(|op| correction_id(&self.stamp.job, entity, &self.stamp.replica, op, &key, &[]));
+                    let action = if op.is_some() { "correct_replica" } else { "report_only" };
+                    self.rows.push(self.stamp, entity, &key, EXTRA_IN_REPLICA, None, None, None, Some("source"), action, None, None, id.as_deref());
+                    self.count(EXTRA_IN_REPLICA, None);
+                    if let (Some(op), Some(id)) = (op, id) {
+                        self.corrections[0].pending.push(PendingCorrection { row: r, op, id, changed: vec![] });
+                    }
+                }
+                _ => self.mismatches(row, &key, &fields),
+            }
+        }
+        self.rows_flush_if_large().await?;
+        for i in 0..2 {
+            self.emit_corrections(i, batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Field mismatches of one row present on both sides.
+    fn mismatches(&mut self, row: usize, key: &str, fields: &[FieldColumns]) {
+        let plan = self.plan;
+        let entity = plan.entity.name.as_str();
+        // (field index, corrected side) of each differing field
+        let mut differing: Vec<(usize, Option<Side>)> = Vec::new();
+        for (i, f) in plan.fields.iter().enumerate() {
+            if fields[i].reason.is_null(row) {
+                continue;
+            }
+            let corrected = match &f.rule.owner {
+                Owner::Source => Some(Side::Replica),
+                Owner::Replica => Some(Side::Source),
+                Owner::None => None,
+                Owner::Newest { .. } => {
+                    let newer = fields[i].replica_newer.as_ref().is_some_and(|a| a.is_valid(row) && a.value(row));
+                    Some(if newer { Side::Source } else { Side::Replica })
+                }
+            };
+            differing.push((i, corrected));
+        }
+        let mut ids: [Option<String>; 2] = [None, None];
+        for (slot, side) in [(0, Side::Replica), (1, Side::Source)] {
+            let changed: Vec<(usize, &str, Option<&str>, Option<&str>)> = differing
+                .iter()
+                .filter(|(_, s)| *s == Some(side))
+                .map(|(i, _)| {
+                    let m = plan.field_column(&plan.fields[*i]);
+                    (*i, m.name(side), fields[*i].source_text(row), fields[*i].replica_text(row))
+                })
+                .collect();
+            if changed.is_empty() {
+                continue;
+            }
+            let detail: Vec<(&str, Option<&str>, Option<&str>)> = changed.iter().map(|(_, n, s, r)| (*n, *s, *r)).collect();
+            let system = &self.corrections[slot].system;
+            let id = correction_id(&self.stamp.job, entity, system, Op::Update, key, &detail);
+            self.corrections[slot].pending.push(PendingCorrection {
+                row: row as u32,
+                op: Op::Update,
+                id: id.clone(),
+                changed: changed.iter().map(|(i, ..)| plan.fields[*i].column).collect(),
+            });
+            ids[slot] = Some(id);
+        }
+        for (i, corrected) in differing {
+            let f = &plan.fields[i];
+            let name = plan.field_column(f).source.as_str();
+            let (action, id) = match corrected {
+                Some(Side::Replica) => ("correct_replica", ids[0].as_deref()),
+                Some(Side::Source) => ("correct_source", ids[1].as_deref()),
+                None => ("report_only", None),
+            };
+            let fc = &fields[i];
+            self.rows.push(
+                self.stamp,
+                entity,
+                key,
+                FIELD_MISMATCH,
+                Some(name),
+                fc.source_text(row),
+                fc.replica_text(row),
+                Some(f.rule.owner.as_str()),
+                action,
+                Some(fc.reason.value(row)),
+                fc.delta(row),
+                id,
+            );
+            self.count(FIELD_MISMATCH, Some(name));
+        }
+    }
+
+    async fn rows_flush_if_large(&mut self) -> Result<()> {
+        if self.rows.len() >= 8192 {
+            self.flush_discrepancies().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_discrepancies(&mut self) -> Result<()> {
+        if self.rows.len() > 0 {
+            let batch = self.rows.finish()?;
+            self.discrepancies.write(&batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Builds the typed correction rows gathered from `batch` and streams them out.
+    async fn emit_corrections(&mut self, slot: usize, batch: &RecordBatch) -> Result<()> {
+        if self.corrections[slot].pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.corrections[slot].pending);
+        let out = build_corrections(self.plan, &self.corrections[slot], batch, &pending, self.soft_deleted.as_ref(), self.stamp.run_date)?;
+        let c = &mut self.corrections[slot];
+        for p in &pending {
+            *c.counts.entry(p.op).or_default() += 1;
+        }
+        if c.sink.is_none() {
+            c.sink = Some(ParquetSink::try_new(
+                self.layout,
+                self.layout.corrections(&c.system, &self.plan.entity.name),
+                Arc::clone(&c.schema),
+            )?);
+        }
+        c.sink.as_mut().expect("just set").write(&out).await
+    }
+
+    async fn finish(mut self, quality_ms: u64, diff_ms: u64) -> Result<EntityResult> {
+        self.flush_discrepancies().await?;
+        let entity = self.plan.entity.name.clone();
+        let discrepancy_file = self
+            .discrepancies
+            .finish(self.layout, FileEntry { kind: "discrepancies", entity: Some(entity.clone()), system: None })
+            .await?;
+        let mut correction_files = Vec::new();
+        let mut corrections = BTreeMap::new();
+        for c in self.corrections {
+            if let Some(sink) = c.sink {
+                correction_files.push(
+                    sink.finish(self.layout, FileEntry { kind: "corrections", entity: Some(entity.clone()), system: Some(c.system.clone()) })
+                        .await?,
+                );
+            }
+            if !c.counts.is_empty() {
+                corrections.insert(c.system, c.counts);
+            }
+        }
+        let mut counts: Vec<Count> = self
+            .counts
+            .into_iter()
+            .map(|((kind, field), count)| Count { kind, field, count })
+            .collect();
+        counts.sort();
+        Ok(EntityResult { counts, corrections, discrepancy_file, correction_files, quality_ms, diff_ms })
+    }
+}
+
+fn column<'b>(batch: &'b RecordBatch, name: &str) -> &'b ArrayRef {
+    batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("diff query output has no column {name}"))
+}
+
+/// The schema of one system's correction files: id, op, changed fields, the entity's
+/// mapped columns in that system's names and types (values to set), and `expected`, a
+/// struct of the same columns holding the values the row had in the snapshot.
+pub fn correction_schema(plan: &EntityPlan, side: Side) -> SchemaRef {
+    let mut payload: Vec<Field> = plan
+        .mapped
+        .iter()
+        .map(|m| Field::new(m.name(side), m.data_type(side).clone(), true))
+        .collect();
+    if let (Side::Replica, Some(soft)) = (side, extra_soft_column(plan)) {
+        payload.push(Field::new(&soft.name, soft_type(soft), true));
+    }
+    let mut fields = vec![
+        Field::new("correction_id", DataType::Utf8, false),
+        Field::new("op", DataType::Utf8, false),
+        Field::new(
+            "changed_fields",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            false,
+        ),
+    ];
+    fields.extend(payload.iter().cloned());
+    fields.push(Field::new("expected", DataType::Struct(Fields::from(payload)), true));
+    Arc::new(Schema::new(fields))
+}
+
+/// The replica's soft-delete column when it is not one of the mapped columns.
+fn extra_soft_column(plan: &EntityPlan) -> Option<&SoftColumn> {
+    plan.replica_soft
+        .as_ref()
+        .filter(|s| !plan.mapped.iter().any(|m| m.replica == s.name))
+}
+
+fn soft_type(s: &SoftColumn) -> DataType {
+    match &s.marker {
+        SoftMarker::Bool(_) => DataType::Boolean,
+        SoftMarker::NotNull(t) => t.clone(),
+    }
+}
+
+/// The value a soft-deleted (or, with `deleted = false`, a live) row has in `s`.
+/// Deterministic: a timestamp column gets midnight UTC of the run date.
+fn soft_value(s: &SoftColumn, run_date: NaiveDate, deleted: bool) -> Result<ScalarValue> {
+    let t = soft_type(s);
+    let value = match (&s.marker, deleted) {
+        (SoftMarker::Bool(v), true) => ScalarValue::Boolean(Some(*v)),
+        (SoftMarker::Bool(v), false) => ScalarValue::Boolean(Some(!*v)),
+        (SoftMarker::NotNull(_), false) => return ScalarValue::try_from(&t).map_err(|e| Error::Internal(e.to_string())),
+        (SoftMarker::NotNull(_), true) => {
+            let midnight = run_date.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp();
+            let seconds = ScalarValue::TimestampSecond(Some(midnight), None);
+            seconds.cast_to(&t).map_err(|e| Error::Internal(format!("soft-delete value for `{}`: {e}", s.name)))?
+        }
+    };
+    Ok(value)
+}
+
+fn build_corrections(
+    plan: &EntityPlan,
+    sink: &CorrectionSink,
+    batch: &RecordBatch,
+    pending: &[PendingCorrection],
+    soft_deleted: Option<&ScalarValue>,
+    run_date: NaiveDate,
+) -> Result<RecordBatch> {
+    let side = sink.side;
+    let prefix = match side {
+        Side::Replica => "r",
+        Side::Source => "s",
+    };
+    let n = pending.len();
+    let indices = UInt32Array::from_iter_values(pending.iter().map(|p| p.row));
+    let internal = |e: arrow::error::ArrowError| Error::Internal(format!("building corrections of `{}`: {e}", plan.entity.name));
+    let soft_rows = BooleanArray::from_iter(pending.iter().map(|p| Some(p.op == Op::SoftDelete)));
+    let soft_name = plan.replica_soft.as_ref().filter(|_| side == Side::Replica).map(|s| s.name.as_str());
+
+    let mut values: Vec<ArrayRef> = Vec::with_capacity(plan.mapped.len() + 1);
+    let mut expected: Vec<ArrayRef> = Vec::with_capacity(plan.mapped.len() + 1);
+    for (j, m) in plan.mapped.iter().enumerate() {
+        let set = take(column(batch, &format!("{prefix}set{j}")).as_ref(), &indices, None).map_err(internal)?;
+        let cur = take(column(batch, &format!("{prefix}cur{j}")).as_ref(), &indices, None).map_err(internal)?;
+        let drop = BooleanArray::from_iter(pending.iter().map(|p| {
+            let keep = m.is_key || p.op == Op::Insert || (p.op == Op::Update && p.changed.contains(&j));
+            Some(!keep)
+        }));
+        let mut value = nullif(&set, &drop).map_err(internal)?;
+        if soft_name == Some(m.name(side)) {
+            if let Some(v) = soft_deleted {
+                let marker = v.to_scalar().map_err(|e| Error::Internal(e.to_string()))?;
+                value = zip(&soft_rows, &marker, &value).map_err(internal)?;
+            }
+        }
+        values.push(value);
+        expected.push(cur);
+    }
+    if let (Side::Replica, Some(soft)) = (side, extra_soft_column(plan)) {
+        let deleted = soft_value(soft, run_date, true)?;
+        let live = soft_value(soft, run_date, false)?;
+        let none = ScalarValue::try_from(&soft_type(soft)).map_err(|e| Error::Internal(e.to_string()))?;
+        let scalars: Vec<ScalarValue> = pending
+            .iter()
+            .map(|p| match p.op {
+                Op::SoftDelete => deleted.clone(),
+                Op::Insert => live.clone(),
+                _ => none.clone(),
+            })
+            .collect();
+        let array = ScalarValue::iter_to_array(scalars).map_err(|e| Error::Internal(e.to_string()))?;
+        values.push(array);
+        expected.push(arrow::array::new_null_array(&soft_type(soft), n));
+    }
+
+    let schema = &sink.schema;
+    let payload_fields: Fields = match schema.field_with_name("expected").expect("expected").data_type() {
+        DataType::Struct(f) => f.clone(),
+        _ => unreachable!("expected is a struct"),
+    };
+    let not_insert = arrow::buffer::NullBuffer::from(pending.iter().map(|p| p.op != Op::Insert).collect::<Vec<_>>());
+    let expected = StructArray::try_new(payload_fields, expected, Some(not_insert)).map_err(internal)?;
+
+    let ids = StringArray::from_iter_values(pending.iter().map(|p| p.id.as_str()));
+    let ops = StringArray::from_iter_values(pending.iter().map(|p| p.op.as_str()));
+    let mut changed = ListBuilder::new(StringBuilder::new());
+    for p in pending {
+        match p.op {
+            Op::SoftDelete => {
+                if let Some(s) = &plan.replica_soft {
+                    changed.values().append_value(&s.name);
+                }
+            }
+            _ => {
+                for j in &p.changed {
+                    changed.values().append_value(plan.mapped[*j].name(side));
+                }
+            }
+        }
+        changed.append(true);
+    }
+    let changed = changed.finish().with_field(Arc::new(Field::new("item", DataType::Utf8, true)));
+
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(ids), Arc::new(ops), Arc::new(changed)];
+    columns.extend(values);
+    columns.push(Arc::new(expected));
+    RecordBatch::try_new(Arc::clone(schema), columns).map_err(internal)
+}
+
+/// Deterministic correction id: the same discrepancy gives the same id on every rerun.
+/// A SHA-256 over the canonical JSON of job, entity, system, op, key and, for updates,
+/// each changed field with both values; the first 128 bits in hex.
+pub fn correction_id(
+    job: &str,
+    entity: &str,
+    system: &str,
+    op: Op,
+    key: &str,
+    fields: &[(&str, Option<&str>, Option<&str>)],
+) -> String {
+    let value = serde_json::json!([job, entity, system, op.as_str(), key, fields]);
+    let digest = Sha256::digest(value.to_string().as_bytes());
+    hex::encode(&digest[..16])
+}
+
+/// A key column read for JSON rendering.
+enum KeyColumn {
+    Int(ArrayRef),
+    Text(ArrayRef),
+    Bool(ArrayRef),
+    Other(StringArray),
+}
+
+impl KeyColumn {
+    fn new(a: &ArrayRef) -> Result<Self> {
+        let t = a.data_type();
+        Ok(if t.is_integer() && *t != DataType::UInt64 {
+            KeyColumn::Int(cast(a, &DataType::Int64).map_err(|e| Error::Internal(e.to_string()))?)
+        } else if matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+            KeyColumn::Text(cast(a, &DataType::Utf8).map_err(|e| Error::Internal(e.to_string()))?)
+        } else if *t == DataType::Boolean {
+            KeyColumn::Bool(Arc::clone(a))
+        } else {
+            KeyColumn::Other(canonical_text(a)?)
+        })
+    }
+
+    fn json(&self, row: usize) -> serde_json::Value {
+        use serde_json::Value;
+        match self {
+            KeyColumn::Int(a) if a.is_valid(row) => Value::from(a.as_primitive::<Int64Type>().value(row)),
+            KeyColumn::Text(a) if a.is_valid(row) => Value::from(a.as_string::<i32>().value(row)),
+            KeyColumn::Bool(a) if a.is_valid(row) => Value::from(a.as_boolean().value(row)),
+            KeyColumn::Other(a) if a.is_valid(row) => Value::from(a.value(row)),
+            _ => Value::Null,
+        }
+    }
+}
+
+/// Canonical JSON of a key: an object with the key columns (source names) sorted by
+/// name. Strings are JSON strings, so no two distinct keys ever render the same.
+fn key_json(names: &[&str], keys: &[KeyColumn], row: usize) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .zip(keys)
+        .map(|(n, k)| (n.to_string(), k.json(row)))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+/// Canonical text of values: Arrow's text form, binary as hex, timestamps ISO 8601.
+pub fn canonical_text(a: &ArrayRef) -> Result<StringArray> {
+    let err = |e: arrow::error::ArrowError| Error::Internal(format!("rendering {} as text: {e}", a.data_type()));
+    match a.data_type() {
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
+            let b = cast(a, &DataType::Binary).map_err(err)?;
+            let b = b.as_binary::<i32>();
+            Ok(b.iter().map(|v| v.map(hex::encode)).collect())
+        }
+        _ => {
+            let t = cast(a, &DataType::Utf8).map_err(err)?;
+            Ok(t.as_string::<i32>().clone())
+        }
+    }
+}
+
+/// The diff output columns of one compared field.
+struct FieldColumns {
+    reason: StringArray,
+    source_text: StringArray,
+    replica_text: StringArray,
+    delta: Option<(ArrayRef, ArrayRef)>,
+    replica_newer: Option<BooleanArray>,
+}
+
+impl FieldColumns {
+    fn new(batch: &RecordBatch, i: usize, newest: bool, numeric: bool) -> Result<Self> {
+        let sc = column(batch, &format!("sc{i}"));
+        let rc = column(batch, &format!("rc{i}"));
+        let delta = if numeric {
+            let f = |a: &ArrayRef| cast(a, &DataType::Float64).map_err(|e| Error::Internal(e.to_string()));
+            Some((f(sc)?, f(rc)?))
+        } else {
+            None
+        };
+        Ok(FieldColumns {
+            reason: column(batch, &format!("reason{i}")).as_string::<i32>().clone(),
+            source_text: canonical_text(sc)?,
+            replica_text: canonical_text(rc)?,
+            delta,
+            replica_newer: newest.then(|| column(batch, &format!("rnewer{i}")).as_boolean().clone()),
+        })
+    }
+    fn source_text(&self, row: usize) -> Option<&str> {
+        self.source_text.is_valid(row).then(|| self.source_text.value(row))
+    }
+    fn replica_text(&self, row: usize) -> Option<&str> {
+        self.replica_text.is_valid(row).then(|| self.replica_text.value(row))
+    }
+    /// replica − source, when both are numbers.
+    fn delta(&self, row: usize) -> Option<f64> {
+        let (s, r) = self.delta.as_ref()?;
+        let (s, r) = (s.as_primitive::<Float64Type>(), r.as_primitive::<Float64Type>());
+        (s.is_valid(row) && r.is_valid(row)).then(|| r.value(row) - s.value(row))
+    }
+}
+
+/// Column builders for discrepancy rows.
+#[derive(Default)]
+struct DiscrepancyRows {
+    run_id: StringBuilder,
+    run_date: Date32Builder,
+    job: StringBuilder,
+    entity: StringBuilder,
+    key: StringBuilder,
+    kind: StringBuilder,
+    field: StringBuilder,
+    source_value: StringBuilder,
+    replica_value: StringBuilder,
+    owner: StringBuilder,
+    action: StringBuilder,
+    reason: StringBuilder,
+    delta: Float64Builder,
+    correction_id: StringBuilder,
+    len: usize,
+}
+
+impl DiscrepancyRows {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        stamp: &RunStamp,
+        entity: &str,
+        key: &str,
+        kind: &str,
+        field: Option<&str>,
+        source_value: Option<&str>,
+        replica_value: Option<&str>,
+        owner: Option<&str>,
+        action: &str,
+        reason: Option<&str>,
+        delta: Option<f64>,
+        correction_id: Option<&str>,
+    ) {
+        self.run_id.append_value(&stamp.run_id);
+        self.run_date.append_value(days_since_epoch(stamp.run_date));
+        self.job.append_value(&stamp.job);
+        self.entity.append_value(entity);
+        self.key.append_value(key);
+        self.kind.append_value(kind);
+        self.field.append_option(field);
+        self.source_value.append_option(source_value);
+        self.replica_value.append_option(replica_value);
+        self.owner.append_option(owner);
+        self.action.append_value(action);
+        self.reason.append_option(reason);
+        self.delta.append_option(delta);
+        self.correction_id.append_option(correction_id);
+        self.len += 1;
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch> {
+        self.len = 0;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.run_id.finish()),
+            Arc::new(self.run_date.finish()),
+            Arc::new(self.job.finish()),
+            Arc::new(self.entity.finish()),
+            Arc::new(self.key.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.field.finish()),
+            Arc::new(self.source_value.finish()),
+            Arc::new(self.replica_value.finish()),
+            Arc::new(self.owner.finish()),
+            Arc::new(self.action.finish()),
+            Arc::new(self.reason.finish()),
+            Arc::new(self.delta.finish()),
+            Arc::new(self.correction_id.finish()),
+        ];
+        RecordBatch::try_new(discrepancy_schema(), columns).map_err(|e| Error::Internal(e.to_string()))
+    }
+}
+
+pub fn days_since_epoch(d: NaiveDate) -> i32 {
+    (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32
+}

@@ -1,0 +1,651 @@
+//! The plan of one entity's diff: which columns are keys, compared fields and correction
+//! payload, in which common type each pair is compared, and the SQL that does it,
+//! rendered from `queries/*.sql` with quoted identifiers only.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use arrow::datatypes::{DataType, Schema, TimeUnit};
+use datafusion::logical_expr::ScalarUDF;
+
+use super::compare::FieldComparator;
+use crate::error::{Error, Result};
+use crate::job::{DeletePolicy, EntityConfig, FieldRule, Owner};
+
+const NULL_KEYS_SQL: &str = include_str!("../../queries/null_keys.sql");
+const DUPLICATE_KEYS_SQL: &str = include_str!("../../queries/duplicate_keys.sql");
+const SIDE_SQL: &str = include_str!("../../queries/side.sql");
+const DIFF_SQL: &str = include_str!("../../queries/diff.sql");
+
+/// Which side of the comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Replica,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Source => "source",
+            Side::Replica => "replica",
+        }
+    }
+}
+
+/// A column present on both sides (after renames), with both types.
+#[derive(Debug, Clone)]
+pub struct MappedColumn {
+    pub source: String,
+    pub replica: String,
+    pub source_type: DataType,
+    pub replica_type: DataType,
+    /// The type both are compared in; `None` for payload-only columns whose types clash.
+    pub common: Option<DataType>,
+    pub is_key: bool,
+}
+
+impl MappedColumn {
+    pub fn name(&self, side: Side) -> &str {
+        match side {
+            Side::Source => &self.source,
+            Side::Replica => &self.replica,
+        }
+    }
+    pub fn data_type(&self, side: Side) -> &DataType {
+        match side {
+            Side::Source => &self.source_type,
+            Side::Replica => &self.replica_type,
+        }
+    }
+}
+
+/// A compared (non-key) field.
+#[derive(Debug, Clone)]
+pub struct FieldPlan {
+    /// Index into [`EntityPlan::mapped`].
+    pub column: usize,
+    pub rule: FieldRule,
+    pub common: DataType,
+    /// For `owner = "newest"`: index into [`EntityPlan::newest`].
+    pub newest: Option<usize>,
+}
+
+/// How a soft-deleted row is recognised on one side.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SoftMarker {
+    /// Boolean column equal to this value means deleted.
+    Bool(bool),
+    /// Date or timestamp column: not null means deleted.
+    NotNull(DataType),
+}
+
+#[derive(Debug, Clone)]
+pub struct SoftColumn {
+    pub name: String,
+    pub marker: SoftMarker,
+}
+
+#[derive(Debug, Clone)]
+pub struct EntityPlan {
+    pub entity: EntityConfig,
+    /// Key columns first (in the job's key order), then other mapped columns in source order.
+    pub mapped: Vec<MappedColumn>,
+    /// Number of leading key columns in `mapped`.
+    pub key_len: usize,
+    pub fields: Vec<FieldPlan>,
+    /// The `by` columns of `newest` fields: (index into mapped, common type).
+    pub newest: Vec<(usize, DataType)>,
+    pub source_soft: Option<SoftColumn>,
+    pub replica_soft: Option<SoftColumn>,
+}
+
+pub fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Fills `{name}` slots of a template in one pass, so filled-in text is never rescanned.
+fn fill(template: &str, parts: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len() * 2);
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        match after.find('}').and_then(|end| {
+            let name = &after[..end];
+            parts.iter().find(|(n, _)| *n == name).map(|(_, v)| (end, *v))
+        }) {
+            Some((end, value)) => {
+                out.push_str(value);
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn cast_to(expr: &str, from: &DataType, to: &DataType) -> String {
+    if from == to {
+        expr.to_string()
+    } else {
+        format!("arrow_cast({expr}, '{to}')")
+    }
+}
+
+impl EntityPlan {
+    /// Checks the entity's configuration against both snapshot schemas and plans the diff.
+    pub fn try_new(
+        entity: &EntityConfig,
+        source: &Schema,
+        replica: &Schema,
+        job_path: &std::path::Path,
+    ) -> Result<Self> {
+        let err = |message: String| Error::JobSchema {
+            path: job_path.to_path_buf(),
+            entity: entity.name.clone(),
+            message,
+        };
+        let clash = |message: String| Error::SchemaMismatch {
+            path: job_path.to_path_buf(),
+            entity: entity.name.clone(),
+            message,
+        };
+        let replica_name = |s: &str| entity.rename.get(s).cloned().unwrap_or_else(|| s.to_string());
+        for from in entity.rename.keys() {
+            if source.field_with_name(from).is_err() {
+                return Err(err(format!(
+                    "rename names column `{from}`, which is not in the source snapshot ({})",
+                    columns(source)
+                )));
+            }
+        }
+        let lookup = |name: &str, what: &str| -> Result<MappedColumn> {
+            let s = source.field_with_name(name).map_err(|_| {
+                err(format!(
+                    "{what} `{name}` is not in the source snapshot ({})",
+                    columns(source)
+                ))
+            })?;
+            let rname = replica_name(name);
+            let r = replica.field_with_name(&rname).map_err(|_| {
+                err(format!(
+                    "{what} `{name}` is not in the replica snapshot as `{rname}` ({})",
+                    columns(replica)
+                ))
+            })?;
+            Ok(MappedColumn {
+                source: name.to_string(),
+                replica: rname,
+                source_type: s.data_type().clone(),
+                replica_type: r.data_type().clone(),
+                common: common_type(s.data_type(), r.data_type()),
+                is_key: false,
+            })
+        };
+        let mut mapped = Vec::new();
+        for k in &entity.key {
+            let mut m = lookup(k, "key column")?;
+            if m.common.is_none() {
+                return Err(clash(type_clash("key column", &m)));
+            }
+            m.is_key = true;
+            mapped.push(m);
+        }
+        for name in entity.fields.keys() {
+            lookup(name, "field")?;
+        }
+        for f in source.fields() {
+            if entity.key.contains(f.name()) {
+                continue;
+            }
+            if replica.field_with_name(&replica_name(f.name())).is_ok() {
+                mapped.push(lookup(f.name(), "field")?);
+            }
+        }
+        let index_of = |name: &str| mapped.iter().position(|m| m.source == name);
+
+        let (source_soft, replica_soft) = match &entity.deletes {
+            DeletePolicy::Soft {
+                column,
+                deleted_value,
+            } => {
+                let on = |schema: &Schema, name: &str, side: Side| -> Result<Option<SoftColumn>> {
+                    let Ok(f) = schema.field_with_name(name) else {
+                        return Ok(None);
+                    };
+                    let marker = match f.data_type() {
+                        DataType::Boolean => SoftMarker::Bool(deleted_value.unwrap_or(true)),
+                        t @ (DataType::Timestamp(..) | DataType::Date32 | DataType::Date64) => {
+                            if deleted_value.is_some() {
+                                return Err(err(format!(
+                                    "deletes.deleted_value applies to a boolean column, but `{name}` is {t} in the {} snapshot",
+                                    side.as_str()
+                                )));
+                            }
+                            SoftMarker::NotNull(t.clone())
+                        }
+                        t => {
+                            return Err(err(format!(
+                                "soft-delete column `{name}` must be boolean, date or timestamp, but is {t} in the {} snapshot",
+                                side.as_str()
+                            )));
+                        }
+                    };
+                    Ok(Some(SoftColumn {
+                        name: name.to_string(),
+                        marker,
+                    }))
+                };
+                let s = on(source, column, Side::Source)?;
+                let r = on(replica, &replica_name(column), Side::Replica)?;
+                if r.is_none() {
+                    return Err(err(format!(
+                        "soft-delete column `{column}` is not in the replica snapshot as `{}` ({})",
+                        replica_name(column),
+                        columns(replica)
+                    )));
+                }
+                (s, r)
+            }
+            _ => (None, None),
+        };
+        let soft_source_name = match &entity.deletes {
+            DeletePolicy::Soft { column, .. } => Some(column.as_str()),
+            _ => None,
+        };
+
+        let mut fields = Vec::new();
+        let mut newest = Vec::new();
+        for (i, m) in mapped.iter().enumerate() {
+            if m.is_key || Some(m.source.as_str()) == soft_source_name {
+                continue;
+            }
+            let rule = entity.fields.get(&m.source).cloned().unwrap_or_default();
+            if rule.ignore {
+                continue;
+            }
+            let Some(common) = m.common.clone() else {
+                return Err(clash(type_clash("field", m)));
+            };
+            check_rule(&rule, &common).map_err(|e| err(format!("field `{}`: {e}", m.source)))?;
+            let newest_index = match &rule.owner {
+                Owner::Newest { by } => {
+                    let j = index_of(by).ok_or_else(|| {
+                        err(format!(
+                            "field `{}`: `by` column `{by}` is not in both snapshots",
+                            m.source
+                        ))
+                    })?;
+                    let t = mapped[j].common.clone().ok_or_else(|| clash(type_clash("`by` column", &mapped[j])))?;
+                    newest.push((j, t));
+                    Some(newest.len() - 1)
+                }
+                _ => None,
+            };
+            fields.push(FieldPlan {
+                column: i,
+                rule,
+                common,
+                newest: newest_index,
+            });
+        }
+        Ok(EntityPlan {
+            entity: entity.clone(),
+            key_len: entity.key.len(),
+            mapped,
+            fields,
+            newest,
+            source_soft,
+            replica_soft,
+        })
+    }
+
+    pub fn keys(&self) -> &[MappedColumn] {
+        &self.mapped[..self.key_len]
+    }
+
+    pub fn field_column(&self, f: &FieldPlan) -> &MappedColumn {
+        &self.mapped[f.column]
+    }
+
+    /// One comparator function per compared field, named `recon_cmp_{i}`.
+    pub fn comparators(&self) -> Vec<ScalarUDF> {
+        self.fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                FieldComparator::new(format!("recon_cmp_{i}"), f.rule.compare.clone(), f.common.clone())
+                    .into_udf()
+            })
+            .collect()
+    }
+
+    fn key_lists(&self, side: Side, alias: &str) -> (String, String, String) {
+        let names: Vec<String> = self.keys().iter().map(|k| quote(k.name(side))).collect();
+        let with = |op: &str, join: &str| {
+            names
+                .iter()
+                .map(|n| format!("{alias}{n} {op}"))
+                .collect::<Vec<_>>()
+                .join(join)
+        };
+        (names.join(", "), with("IS NULL", " OR "), with("IS NOT NULL", " AND "))
+    }
+
+    /// Keys of `table` (one side's raw snapshot) with a NULL part, with their row counts.
+    pub fn null_keys_sql(&self, side: Side, table: &str) -> String {
+        let (keys, is_null, _) = self.key_lists(side, "");
+        fill(
+            NULL_KEYS_SQL,
+            &[("keys", &keys), ("key_is_null", &is_null), ("table", &quote(table))],
+        )
+    }
+
+    /// Complete keys of `table` that occur more than once, with their row counts.
+    pub fn duplicate_keys_sql(&self, side: Side, table: &str) -> String {
+        let (keys, _, complete) = self.key_lists(side, "");
+        fill(
+            DUPLICATE_KEYS_SQL,
+            &[("keys", &keys), ("key_is_complete", &complete), ("table", &quote(table))],
+        )
+    }
+
+    fn side_sql(&self, side: Side, table: &str) -> String {
+        let other = match side {
+            Side::Source => Side::Replica,
+            Side::Replica => Side::Source,
+        };
+        let (s, o) = match side {
+            Side::Source => ("s", "r"),
+            Side::Replica => ("r", "s"),
+        };
+        let col = |m: &MappedColumn| format!("t.{}", quote(m.name(side)));
+        let mut projection = Vec::new();
+        for (i, k) in self.keys().iter().enumerate() {
+            let common = k.common.as_ref().expect("keys have a common type");
+            projection.push(format!("{} AS \"k{i}\"", cast_to(&col(k), k.data_type(side), common)));
+        }
+        for (i, f) in self.fields.iter().enumerate() {
+            let m = self.field_column(f);
+            projection.push(format!("{} AS \"c{i}\"", cast_to(&col(m), m.data_type(side), &f.common)));
+        }
+        for (i, (j, common)) in self.newest.iter().enumerate() {
+            let m = &self.mapped[*j];
+            projection.push(format!("{} AS \"n{i}\"", cast_to(&col(m), m.data_type(side), common)));
+        }
+        // Payload: this side's current values, and its values in the other side's types
+        // (what a correction of the other side would set).
+        for (j, m) in self.mapped.iter().enumerate() {
+            projection.push(format!("{} AS \"{s}cur{j}\"", col(m)));
+            projection.push(format!(
+                "{} AS \"{o}set{j}\"",
+                cast_to(&col(m), m.data_type(side), m.data_type(other))
+            ));
+        }
+        let live = match match side {
+            Side::Source => &self.source_soft,
+            Side::Replica => &self.replica_soft,
+        } {
+            None => "TRUE".to_string(),
+            Some(SoftColumn {
+                name,
+                marker: SoftMarker::Bool(v),
+            }) => format!(
+                "t.{} IS DISTINCT FROM {}",
+                quote(name),
+                if *v { "TRUE" } else { "FALSE" }
+            ),
+            Some(SoftColumn { name, .. }) => format!("t.{} IS NULL", quote(name)),
+        };
+        let (_, _, complete) = self.key_lists(side, "t.");
+        let duplicate_match = self
+            .keys()
+            .iter()
+            .map(|k| format!("d.{0} = t.{0}", quote(k.name(side))))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        fill(
+            SIDE_SQL,
+            &[
+                ("projection", &projection.join(", ")),
+                ("table", &quote(table)),
+                ("key_is_complete", &complete),
+                ("live", &live),
+                ("duplicate_keys", &self.duplicate_keys_sql(side, table)),
+                ("duplicate_match", &duplicate_match),
+            ],
+        )
+    }
+
+    /// The diff query over the raw snapshot tables `source` and `replica`. Its columns:
+    /// `__class`, `k{i}` (keys, common types), `reason{i}`, `sc{i}`/`rc{i}` (both values,
+    /// common type), `rnewer{i}` (newest fields: replica is later), and per mapped column
+    /// `j`: `rset{j}`/`rcur{j}` (replica types: value to set, current value) and
+    /// `sset{j}`/`scur{j}` (source types).
+    pub fn diff_sql(&self, source: &str, replica: &str) -> String {
+        let mut columns = Vec::new();
+        for i in 0..self.key_len {
+            columns.push(format!("coalesce(s.\"k{i}\", r.\"k{i}\") AS \"k{i}\""));
+        }
+        for i in 0..self.fields.len() {
+            columns.push(format!("recon_cmp_{i}(s.\"c{i}\", r.\"c{i}\") AS \"reason{i}\""));
+            columns.push(format!("s.\"c{i}\" AS \"sc{i}\", r.\"c{i}\" AS \"rc{i}\""));
+        }
+        for (i, f) in self.fields.iter().enumerate() {
+            if let Some(n) = f.newest {
+                columns.push(format!("r.\"n{n}\" > s.\"n{n}\" AS \"rnewer{i}\""));
+            }
+        }
+        for (j, m) in self.mapped.iter().enumerate() {
+            if m.is_key {
+                // Keys to set come from whichever side has the row.
+                columns.push(format!("coalesce(s.\"rset{j}\", r.\"rcur{j}\") AS \"rset{j}\""));
+                columns.push(format!("coalesce(r.\"sset{j}\", s.\"scur{j}\") AS \"sset{j}\""));
+            } else {
+                columns.push(format!("s.\"rset{j}\""));
+                columns.push(format!("r.\"sset{j}\""));
+            }
+            columns.push(format!("r.\"rcur{j}\""));
+            columns.push(format!("s.\"scur{j}\""));
+        }
+        let join_on = (0..self.key_len)
+            .map(|i| format!("s.\"k{i}\" = r.\"k{i}\""))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let any_reason = if self.fields.is_empty() {
+            "FALSE".to_string()
+        } else {
+            (0..self.fields.len())
+                .map(|i| format!("j.\"reason{i}\" IS NOT NULL"))
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        };
+        let dk = [Side::Source, Side::Replica]
+            .iter()
+            .map(|side| {
+                let keys = self
+                    .keys()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| {
+                        let common = k.common.as_ref().expect("keys have a common type");
+                        let col = format!("t.{}", quote(k.name(*side)));
+                        format!("{} AS \"k{i}\"", cast_to(&col, k.data_type(*side), common))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let table = match side {
+                    Side::Source => source,
+                    Side::Replica => replica,
+                };
+                format!("SELECT {keys} FROM ({}) AS t", self.duplicate_keys_sql(*side, table))
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ");
+        let duplicate_match = (0..self.key_len)
+            .map(|i| format!("dk.\"k{i}\" = j.\"k{i}\""))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let order_by = (0..self.key_len)
+            .map(|i| format!("\"k{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        fill(
+            DIFF_SQL,
+            &[
+                ("source_side", &self.side_sql(Side::Source, source)),
+                ("replica_side", &self.side_sql(Side::Replica, replica)),
+                ("columns", &columns.join(",\n         ")),
+                ("duplicate_keys", &dk),
+                ("duplicate_match", &duplicate_match),
+                ("join_on", &join_on),
+                ("any_reason", &any_reason),
+                ("order_by", &order_by),
+            ],
+        )
+    }
+}
+
+fn columns(schema: &Schema) -> String {
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    format!("columns: {}", names.join(", "))
+}
+
+fn type_clash(what: &str, m: &MappedColumn) -> String {
+    format!(
+        "{what} `{}` cannot be compared: {} in the source snapshot, {} in the replica snapshot (as `{}`)",
+        m.source, m.source_type, m.replica_type, m.replica
+    )
+}
+
+fn check_rule(rule: &FieldRule, t: &DataType) -> std::result::Result<(), String> {
+    let c = &rule.compare;
+    if c.is_textual() && !matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+        return Err(format!("case_insensitive, trim and null_equals_empty apply to text, not {t}"));
+    }
+    if c.is_numeric() && !is_numeric(t) {
+        return Err(format!("abs_tol and rel_tol apply to numbers, not {t}"));
+    }
+    if c.precision.is_some() && !matches!(t, DataType::Timestamp(..)) {
+        return Err(format!("precision applies to timestamps, not {t}"));
+    }
+    Ok(())
+}
+
+pub fn is_numeric(t: &DataType) -> bool {
+    t.is_integer() || t.is_floating() || matches!(t, DataType::Decimal128(..))
+}
+
+/// The type two columns are compared in, or `None` if they cannot be compared by value.
+/// Integers of any width compare as Int64 (UInt64 as Decimal(20,0)); decimals at the
+/// larger scale; any float makes Float64; string layouts unify; timestamps compare at
+/// the finer unit, in UTC when either side has a zone (naive values are taken as UTC).
+pub fn common_type(a: &DataType, b: &DataType) -> Option<DataType> {
+    use DataType::*;
+    let int_digits = |t: &DataType| -> Option<(u8, i8)> {
+        match t {
+            UInt64 => Some((20, 0)),
+            t if t.is_integer() => Some((19, 0)),
+            Decimal128(p, s) => Some((*p, *s)),
+            _ => None,
+        }
+    };
+    Some(match (a, b) {
+        _ if a == b => match a {
+            Float16 | Float32 => Float64,
+            Int8 | Int16 | Int32 | UInt8 | UInt16 | UInt32 => Int64,
+            UInt64 => Decimal128(20, 0),
+            other => other.clone(),
+        },
+        (a, b) if a.is_floating() && is_numeric(b) || b.is_floating() && is_numeric(a) => Float64,
+        (a, b) if a.is_integer() && b.is_integer() && *a != UInt64 && *b != UInt64 => Int64,
+        (a, b) if is_numeric(a) && is_numeric(b) => {
+            let (pa, sa) = int_digits(a)?;
+            let (pb, sb) = int_digits(b)?;
+            let s = sa.max(sb).max(0);
+            let ints = (pa as i16 - sa as i16).max(pb as i16 - sb as i16);
+            let p = (ints + s as i16).clamp(1, 38) as u8;
+            Decimal128(p, s)
+        }
+        (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View) => Utf8,
+        (Binary | LargeBinary | BinaryView, Binary | LargeBinary | BinaryView) => Binary,
+        (Timestamp(ua, za), Timestamp(ub, zb)) => {
+            let unit = finer(*ua, *ub);
+            let zone = if za.is_some() || zb.is_some() {
+                Some("UTC".into())
+            } else {
+                None
+            };
+            Timestamp(unit, zone)
+        }
+        (Date32 | Date64, Date32 | Date64) => Date32,
+        _ => return None,
+    })
+}
+
+fn finer(a: TimeUnit, b: TimeUnit) -> TimeUnit {
+    fn rank(u: TimeUnit) -> u8 {
+        match u {
+            TimeUnit::Second => 0,
+            TimeUnit::Millisecond => 1,
+            TimeUnit::Microsecond => 2,
+            TimeUnit::Nanosecond => 3,
+        }
+    }
+    if rank(a) >= rank(b) { a } else { b }
+}
+
+/// Per-field owners as a map, for documentation and summaries.
+pub fn owners(plan: &EntityPlan) -> BTreeMap<String, &'static str> {
+    plan.fields
+        .iter()
+        .map(|f| (plan.field_column(f).source.clone(), f.rule.owner.as_str()))
+        .collect()
+}
+
+/// Names of all compared fields, in order.
+pub fn field_names(plan: &EntityPlan) -> BTreeSet<String> {
+    plan.fields
+        .iter()
+        .map(|f| plan.field_column(f).source.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn common_types() {
+        use DataType::*;
+        assert_eq!(common_type(&Int32, &Int64), Some(Int64));
+        assert_eq!(common_type(&Decimal128(10, 2), &Decimal128(14, 4)), Some(Decimal128(14, 4)));
+        assert_eq!(common_type(&Int64, &Decimal128(10, 2)), Some(Decimal128(21, 2)));
+        assert_eq!(common_type(&Float32, &Decimal128(10, 2)), Some(Float64));
+        assert_eq!(
+            common_type(
+                &Timestamp(TimeUnit::Millisecond, None),
+                &Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
+            ),
+            Some(Timestamp(TimeUnit::Microsecond, Some("UTC".into())))
+        );
+        assert_eq!(common_type(&Utf8, &Int64), None);
+        assert_eq!(common_type(&Utf8View, &Utf8), Some(Utf8));
+    }
+
+    #[test]
+    fn cast_type_names_round_trip() {
+        for t in [
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            DataType::Decimal128(21, 2),
+            DataType::Utf8,
+        ] {
+            assert_eq!(DataType::from_str(&t.to_string()).unwrap(), t);
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The library's error type and the one mapping from an error to a process exit code.
+//! Every variant names what failed: the file, entity, column, URL or query.
+
+use std::path::PathBuf;
+
+use datafusion::error::DataFusionError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Process exit codes, documented in the README. Schedulers branch on these.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    /// The run completed and committed its outputs (discrepancies may exist).
+    Success = 0,
+    /// Bad command line or job file: fix the invocation, do not retry.
+    Usage = 2,
+    /// A guardrail withheld corrections; discrepancies were written and the run committed.
+    Guardrail = 3,
+    /// The input snapshots are unusable (missing, corrupt, wrong schema).
+    InputData = 4,
+    /// The object store or network failed: retrying later may succeed.
+    Storage = 5,
+    /// Another run of the same job and run date holds the lock.
+    Locked = 6,
+    /// A bug in recon.
+    Internal = 70,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("cannot read job file {path}: {source}")]
+    JobRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// A syntax or schema error in the job file, with the line it was found on.
+    #[error("{path}:{line}: {message}")]
+    Job {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+
+    /// The job is well formed but does not fit the snapshots (unknown column, type clash).
+    #[error("{path}: entity `{entity}`: {message}")]
+    JobSchema {
+        path: PathBuf,
+        entity: String,
+        message: String,
+    },
+
+    /// The snapshots' columns cannot be compared as the job asks (type clash).
+    #[error("{path}: entity `{entity}`: {message}")]
+    SchemaMismatch {
+        path: PathBuf,
+        entity: String,
+        message: String,
+    },
+
+    #[error("invalid URL `{url}`: {message}")]
+    Url { url: String, message: String },
+
+    #[error("entity `{entity}`, {system} snapshot: no Parquet files at {url}")]
+    MissingSnapshot {
+        entity: String,
+        system: String,
+        url: String,
+    },
+
+    #[error("entity `{entity}`, {system} snapshot: {message}")]
+    Snapshot {
+        entity: String,
+        system: String,
+        message: String,
+    },
+
+    #[error("entity `{entity}`, {system} snapshot: file {path} is not readable Parquet: {source}")]
+    CorruptFile {
+        entity: String,
+        system: String,
+        path: String,
+        source: parquet::errors::ParquetError,
+    },
+
+    #[error("storage error at {location}: {source}")]
+    Storage {
+        location: String,
+        source: object_store::Error,
+    },
+
+    /// A query failed while running; `context` names the entity and query.
+    #[error("{context}: {source}")]
+    Query {
+        context: String,
+        source: DataFusionError,
+    },
+
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Usage(_) | Error::JobRead { .. } | Error::Job { .. } | Error::Url { .. } => {
+                ExitCode::Usage
+            }
+            Error::JobSchema { .. } => ExitCode::Usage,
+            Error::MissingSnapshot { .. }
+            | Error::Snapshot { .. }
+            | Error::CorruptFile { .. }
+            | Error::SchemaMismatch { .. } => {
+                ExitCode::InputData
+            }
+            Error::Storage { source, .. } => storage_exit_code(source),
+            Error::Query { source, .. } => query_exit_code(source),
+            Error::Internal(_) => ExitCode::Internal,
+        }
+    }
+
+    /// Wraps a DataFusion error with the entity and query it came from.
+    pub fn query(context: impl Into<String>, source: DataFusionError) -> Self {
+        Error::Query {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+fn storage_exit_code(e: &object_store::Error) -> ExitCode {
+    match e {
+        object_store::Error::NotFound { .. } => ExitCode::InputData,
+        _ => ExitCode::Storage,
+    }
+}
+
+/// A failing query is bad input when the data could not be decoded or cast, a storage
+/// failure when the object store failed underneath it, and a bug otherwise.
+fn query_exit_code(e: &DataFusionError) -> ExitCode {
+    match e.find_root() {
+        DataFusionError::ObjectStore(os) => storage_exit_code(os),
+        DataFusionError::ParquetError(_) | DataFusionError::ArrowError(..) => ExitCode::InputData,
+        DataFusionError::IoError(_) => ExitCode::Storage,
+        DataFusionError::External(inner) => {
+            if let Some(os) = inner.downcast_ref::<object_store::Error>() {
+                storage_exit_code(os)
+            } else if inner.downcast_ref::<parquet::errors::ParquetError>().is_some()
+                || inner.downcast_ref::<arrow::error::ArrowError>().is_some()
+            {
+                ExitCode::InputData
+            } else {
+                ExitCode::Internal
+            }
+        }
+        _ => ExitCode::Internal,
+    }
+}
+
+impl From<object_store::Error> for Error {
+    fn from(source: object_store::Error) -> Self {
+        let location = match &source {
+            object_store::Error::NotFound { path, .. } => path.clone(),
+            object_store::Error::AlreadyExists { path, .. } => path.clone(),
+            object_store::Error::Precondition { path, .. } => path.clone(),
+            _ => String::from("object store"),
+        };
+        Error::Storage { location, source }
+    }
+}

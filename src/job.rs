@@ -1,0 +1,663 @@
+//! Job files: the raw TOML form (`deny_unknown_fields`) and the validated [`JobConfig`]
+//! it becomes in one `TryFrom`, before any snapshot is read.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{Error, Result};
+
+/// Share of an entity's rows that corrections may touch before the guardrail trips.
+pub const DEFAULT_MAX_CORRECTION_SHARE: f64 = 0.05;
+
+// ---------------------------------------------------------------------------------------
+// Raw form, exactly as written in the file.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJobFile {
+    job: RawJob,
+    systems: RawSystems,
+    #[serde(default)]
+    guardrails: RawGuardrails,
+    #[serde(default)]
+    entities: Vec<Spanned<RawEntity>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    name: Spanned<String>,
+    lake: Spanned<String>,
+    output: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSystems {
+    source: Spanned<String>,
+    replica: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuardrails {
+    max_correction_share: Option<Spanned<f64>>,
+}
+
+/// One `[[entities]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEntity {
+    name: String,
+    key: Vec<String>,
+    #[serde(default)]
+    depends_on: Vec<String>,
+    deletes: Option<RawDeletes>,
+    #[serde(default)]
+    fields: BTreeMap<String, Spanned<RawField>>,
+    #[serde(default)]
+    rename: BTreeMap<String, String>,
+    #[serde(default)]
+    snapshots: RawSnapshots,
+    max_correction_share: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeletes {
+    policy: String,
+    column: Option<String>,
+    deleted_value: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSnapshots {
+    source: Option<String>,
+    replica: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawField {
+    owner: Option<String>,
+    by: Option<String>,
+    #[serde(default)]
+    ignore: bool,
+    compare: Option<OneOrMany>,
+    abs_tol: Option<f64>,
+    rel_tol: Option<f64>,
+    precision: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+// ---------------------------------------------------------------------------------------
+// Validated form.
+// ---------------------------------------------------------------------------------------
+
+/// A validated job: names checked, rules parsed, entities in dependency order.
+#[derive(Debug, Clone)]
+pub struct JobConfig {
+    /// The job file, for error messages.
+    pub path: PathBuf,
+    pub name: String,
+    /// Lake URL, absolute (`file:///…`, `s3://…`, `memory://…`).
+    pub lake: String,
+    /// Output prefix URL; defaults to `{lake}/recon/{name}`.
+    pub output: String,
+    pub source: String,
+    pub replica: String,
+    /// Entities, parents before children (topological order of `depends_on`).
+    pub entities: Vec<EntityConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EntityConfig {
+    pub name: String,
+    /// Line of the entity's table in the job file.
+    pub line: usize,
+    /// Key columns, source names.
+    pub key: Vec<String>,
+    pub depends_on: Vec<String>,
+    pub deletes: DeletePolicy,
+    /// Rules for named fields (source names); unnamed fields get [`FieldRule::default`].
+    pub fields: BTreeMap<String, FieldRule>,
+    /// Source column name → replica column name.
+    pub rename: BTreeMap<String, String>,
+    /// Snapshot URL overrides; `None` means the lake's default layout.
+    pub source_snapshot: Option<String>,
+    pub replica_snapshot: Option<String>,
+    pub max_correction_share: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeletePolicy {
+    /// Delete phantom rows from the replica.
+    Hard,
+    /// Mark phantom rows deleted through `column`; rows so marked count as absent.
+    /// A boolean column is "deleted" when it equals `deleted_value` (default true);
+    /// a date or timestamp column is "deleted" when not null.
+    Soft {
+        column: String,
+        deleted_value: Option<bool>,
+    },
+    /// Never delete: phantom rows are reported only.
+    Report,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FieldRule {
+    pub owner: Owner,
+    pub ignore: bool,
+    pub compare: CompareRule,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Owner {
+    #[default]
+    Source,
+    Replica,
+    /// The side whose `by` column is later wins; ties and nulls go to the source.
+    Newest { by: String },
+    /// Report only, never correct.
+    None,
+}
+
+impl Owner {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Owner::Source => "source",
+            Owner::Replica => "replica",
+            Owner::Newest { .. } => "newest",
+            Owner::None => "none",
+        }
+    }
+}
+
+/// How two values of one field are compared. The default is exact and null-safe.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CompareRule {
+    pub case_insensitive: bool,
+    pub trim: bool,
+    pub null_equals_empty: bool,
+    /// Absolute tolerance, kept as written so decimal boundaries compare exactly.
+    pub abs_tol: Option<Tolerance>,
+    pub rel_tol: Option<f64>,
+    /// Timestamps are truncated to this unit before comparison.
+    pub precision: Option<arrow::datatypes::TimeUnit>,
+}
+
+impl CompareRule {
+    pub fn is_textual(&self) -> bool {
+        self.case_insensitive || self.trim || self.null_equals_empty
+    }
+    pub fn is_numeric(&self) -> bool {
+        self.abs_tol.is_some() || self.rel_tol.is_some()
+    }
+}
+
+/// A non-negative decimal tolerance: `mantissa × 10^-scale`, plus its `f64` value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tolerance {
+    pub value: f64,
+    pub mantissa: i128,
+    pub scale: u32,
+}
+
+impl Tolerance {
+    pub fn from_f64(value: f64) -> Option<Self> {
+        if !value.is_finite() || value < 0.0 {
+            return None;
+        }
+        // The shortest representation that round-trips is what the user wrote.
+        let text = format!("{value}");
+        let (int, frac) = text.split_once('.').unwrap_or((&text, ""));
+        if text.contains('e') || frac.len() > 30 {
+            return None;
+        }
+        let digits = format!("{int}{frac}");
+        let mantissa = digits.parse::<i128>().ok()?;
+        Some(Tolerance {
+            value,
+            mantissa,
+            scale: frac.len() as u32,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Loading.
+// ---------------------------------------------------------------------------------------
+
+impl JobConfig {
+    /// Reads, parses and validates a job file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::JobRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates job text; `path` is used for messages and relative URLs.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let raw: RawJobFile = toml::from_str(text).map_err(|e| Error::Job {
+            path: path.to_path_buf(),
+            line: e.span().map(|s| line_of(text, s.start)).unwrap_or(1),
+            message: e.message().to_string(),
+        })?;
+        let cx = Cx { path, text };
+        cx.validate(raw)
+    }
+
+    pub fn entity(&self, name: &str) -> Option<&EntityConfig> {
+        self.entities.iter().find(|e| e.name == name)
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+struct Cx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Cx<'_> {
+    fn err(&self, offset: usize, message: impl Into<String>) -> Error {
+        Error::Job {
+            path: self.path.to_path_buf(),
+            line: line_of(self.text, offset),
+            message: message.into(),
+        }
+    }
+
+    fn validate(&self, raw: RawJobFile) -> Result<JobConfig> {
+        let name = check_name(&raw.job.name).map_err(|m| self.err(raw.job.name.span().start, m))?;
+        let source = check_name(&raw.systems.source)
+            .map_err(|m| self.err(raw.systems.source.span().start, m))?;
+        let replica = check_name(&raw.systems.replica)
+            .map_err(|m| self.err(raw.systems.replica.span().start, m))?;
+        if source == replica {
+            return Err(self.err(
+                raw.systems.replica.span().start,
+                "systems.source and systems.replica must differ",
+            ));
+        }
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let lake = crate::store::resolve_url(raw.job.lake.get_ref(), base)
+            .map_err(|e| self.err(raw.job.lake.span().start, e.to_string()))?;
+        let output = match &raw.job.output {
+            Some(o) => crate::store::resolve_url(o.get_ref(), base)
+                .map_err(|e| self.err(o.span().start, e.to_string()))?,
+            None => format!("{}/recon/{}", lake.trim_end_matches('/'), name),
+        };
+        let default_share = match raw.guardrails.max_correction_share {
+            Some(s) => check_share(*s.get_ref()).map_err(|m| self.err(s.span().start, m))?,
+            None => DEFAULT_MAX_CORRECTION_SHARE,
+        };
+        if raw.entities.is_empty() {
+            return Err(self.err(0, "the job declares no [[entities]]"));
+        }
+        let mut entities = Vec::with_capacity(raw.entities.len());
+        for spanned in raw.entities {
+            let start = spanned.span().start;
+            let e = spanned.into_inner();
+            entities.push(self.entity(e, start, default_share, base)?);
+        }
+        let entities = self.order(entities)?;
+        Ok(JobConfig {
+            path: self.path.to_path_buf(),
+            name,
+            lake,
+            output,
+            source,
+            replica,
+            entities,
+        })
+    }
+
+    fn entity(
+        &self,
+        raw: RawEntity,
+        start: usize,
+        default_share: f64,
+        base: &Path,
+    ) -> Result<EntityConfig> {
+        let line = line_of(self.text, start);
+        let at = |m: String| Error::Job {
+            path: self.path.to_path_buf(),
+            line,
+            message: m,
+        };
+        let name = check_name(&raw.name).map_err(|m| at(m))?;
+        let ctx = |m: String| at(format!("entity `{name}`: {m}"));
+        if raw.key.is_empty() {
+            return Err(ctx("key must name at least one column".into()));
+        }
+        let mut seen = BTreeSet::new();
+        for k in &raw.key {
+            if !seen.insert(k) {
+                return Err(ctx(format!("key column `{k}` is listed twice")));
+            }
+        }
+        let deletes = match raw.deletes {
+            None => DeletePolicy::Hard,
+            Some(d) => match (d.policy.as_str(), d.column, d.deleted_value) {
+                ("hard", None, None) => DeletePolicy::Hard,
+                ("report", None, None) => DeletePolicy::Report,
+                ("soft", Some(column), deleted_value) => DeletePolicy::Soft {
+                    column,
+                    deleted_value,
+                },
+                ("soft", None, _) => {
+                    return Err(ctx("deletes.policy = \"soft\" needs deletes.column".into()));
+                }
+                ("hard" | "report", _, _) => {
+                    return Err(ctx(format!(
+                        "deletes.column and deletes.deleted_value only apply to policy \"soft\", not \"{}\"",
+                        d.policy
+                    )));
+                }
+                (other, _, _) => {
+                    return Err(ctx(format!(
+                        "unknown deletes.policy \"{other}\" (expected hard, soft or report)"
+                    )));
+                }
+            },
+        };
+        let mut fields = BTreeMap::new();
+        for (field, spanned) in raw.fields {
+            let fline = line_of(self.text, spanned.span().start);
+            let rule = parse_field(spanned.into_inner()).map_err(|m| Error::Job {
+                path: self.path.to_path_buf(),
+                line: fline,
+                message: format!("entity `{name}`, field `{field}`: {m}"),
+            })?;
+            if raw.key.contains(&field) {
+                return Err(Error::Job {
+                    path: self.path.to_path_buf(),
+                    line: fline,
+                    message: format!(
+                        "entity `{name}`, field `{field}`: key columns are compared exactly and take no rules"
+                    ),
+                });
+            }
+            fields.insert(field, rule);
+        }
+        let mut targets = BTreeSet::new();
+        for (from, to) in &raw.rename {
+            if !targets.insert(to) {
+                return Err(ctx(format!(
+                    "rename maps two columns to replica column `{to}` (second: `{from}`)"
+                )));
+            }
+        }
+        let max_correction_share = match raw.max_correction_share {
+            Some(s) => check_share(s).map_err(ctx)?,
+            None => default_share,
+        };
+        let snapshot = |u: Option<String>| -> Result<Option<String>> {
+            u.map(|u| crate::store::resolve_url(&u, base).map_err(|e| ctx(e.to_string())))
+                .transpose()
+        };
+        Ok(EntityConfig {
+            source_snapshot: snapshot(raw.snapshots.source)?,
+            replica_snapshot: snapshot(raw.snapshots.replica)?,
+            name,
+            line,
+            key: raw.key,
+            depends_on: raw.depends_on,
+            deletes,
+            fields,
+            rename: raw.rename,
+            max_correction_share,
+        })
+    }
+
+    /// Checks `depends_on` and returns the entities parents first, stable otherwise.
+    fn order(&self, entities: Vec<EntityConfig>) -> Result<Vec<EntityConfig>> {
+        let mut index = HashMap::new();
+        for (i, e) in entities.iter().enumerate() {
+            if index.insert(e.name.clone(), i).is_some() {
+                return Err(Error::Job {
+                    path: self.path.to_path_buf(),
+                    line: e.line,
+                    message: format!("entity `{}` is declared twice", e.name),
+                });
+            }
+        }
+        for e in &entities {
+            for d in &e.depends_on {
+                if !index.contains_key(d) {
+                    return Err(Error::Job {
+                        path: self.path.to_path_buf(),
+                        line: e.line,
+                        message: format!(
+                            "entity `{}`: depends_on names unknown entity `{d}`",
+                            e.name
+                        ),
+                    });
+                }
+            }
+        }
+        let mut done: Vec<bool> = vec![false; entities.len()];
+        let mut order = Vec::with_capacity(entities.len());
+        while order.len() < entities.len() {
+            let next = (0..entities.len()).find(|&i| {
+                !done[i] && entities[i].depends_on.iter().all(|d| done[index[d]])
+            });
+            match next {
+                Some(i) => {
+                    done[i] = true;
+                    order.push(i);
+                }
+                None => {
+                    let stuck = entities
+                        .iter()
+                        .zip(&done)
+                        .find(|(_, d)| !**d)
+                        .map(|(e, _)| e)
+                        .expect("an entity is left");
+                    return Err(Error::Job {
+                        path: self.path.to_path_buf(),
+                        line: stuck.line,
+                        message: format!(
+                            "entity `{}`: depends_on forms a cycle",
+                            stuck.name
+                        ),
+                    });
+                }
+            }
+        }
+        let mut slots: Vec<Option<EntityConfig>> = entities.into_iter().map(Some).collect();
+        Ok(order.into_iter().map(|i| slots[i].take().expect("each once")).collect())
+    }
+}
+
+fn parse_field(raw: RawField) -> std::result::Result<FieldRule, String> {
+    let owner = match (raw.owner.as_deref(), raw.by) {
+        (None | Some("source"), None) => Owner::Source,
+        (Some("replica"), None) => Owner::Replica,
+        (Some("none"), None) => Owner::None,
+        (Some("newest"), Some(by)) => Owner::Newest { by },
+        (Some("newest"), None) => {
+            return Err("owner = \"newest\" needs `by`, the column that says which side is newer".into());
+        }
+        (Some(o @ ("source" | "replica" | "none")), Some(_)) | (o @ None, Some(_)) => {
+            return Err(format!(
+                "`by` only applies to owner = \"newest\", not \"{}\"",
+                o.unwrap_or("source")
+            ));
+        }
+        (Some(other), _) => {
+            return Err(format!(
+                "unknown owner \"{other}\" (expected source, replica, newest or none)"
+            ));
+        }
+    };
+    let mut compare = CompareRule::default();
+    let modes = match raw.compare {
+        None => vec![],
+        Some(OneOrMany::One(m)) => vec![m],
+        Some(OneOrMany::Many(v)) => v,
+    };
+    for m in modes {
+        match m.as_str() {
+            "exact" => {}
+            "case_insensitive" => compare.case_insensitive = true,
+            "trim" => compare.trim = true,
+            "null_equals_empty" => compare.null_equals_empty = true,
+            other => {
+                return Err(format!(
+                    "unknown compare \"{other}\" (expected exact, case_insensitive, trim or null_equals_empty)"
+                ));
+            }
+        }
+    }
+    if let Some(t) = raw.abs_tol {
+        compare.abs_tol = Some(
+            Tolerance::from_f64(t)
+                .ok_or_else(|| format!("abs_tol must be a finite number >= 0, got {t}"))?,
+        );
+    }
+    if let Some(t) = raw.rel_tol {
+        if !t.is_finite() || t < 0.0 {
+            return Err(format!("rel_tol must be a finite number >= 0, got {t}"));
+        }
+        compare.rel_tol = Some(t);
+    }
+    if let Some(p) = raw.precision {
+        use arrow::datatypes::TimeUnit;
+        compare.precision = Some(match p.as_str() {
+            "s" => TimeUnit::Second,
+            "ms" => TimeUnit::Millisecond,
+            "us" => TimeUnit::Microsecond,
+            "ns" => TimeUnit::Nanosecond,
+            other => return Err(format!("unknown precision \"{other}\" (expected s, ms, us or ns)")),
+        });
+    }
+    if raw.ignore && (raw.owner.is_some() || compare != CompareRule::default()) {
+        return Err("an ignored field takes no owner or compare rules".into());
+    }
+    Ok(FieldRule {
+        owner,
+        ignore: raw.ignore,
+        compare,
+    })
+}
+
+fn check_share(s: f64) -> std::result::Result<f64, String> {
+    if (0.0..=1.0).contains(&s) {
+        Ok(s)
+    } else {
+        Err(format!("max_correction_share must be between 0 and 1, got {s}"))
+    }
+}
+
+/// Names used in paths (job, systems, entities): letters, digits, `_` and `-`.
+pub fn check_name(name: &str) -> std::result::Result<String, String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid name (letters, digits, `_` and `-`, at most 128)"
+        ))
+    }
+}
+
+/// Parses one entity table on its own, as in the SQL logic tests.
+pub fn parse_entity(text: &str) -> Result<EntityConfig> {
+    let raw: RawEntity = toml::from_str(text).map_err(|e| Error::Job {
+        path: PathBuf::from("<entity>"),
+        line: e.span().map(|s| line_of(text, s.start)).unwrap_or(1),
+        message: e.message().to_string(),
+    })?;
+    let path = PathBuf::from("<entity>");
+    let cx = Cx {
+        path: &path,
+        text,
+    };
+    cx.entity(raw, 0, DEFAULT_MAX_CORRECTION_SHARE, Path::new("."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<JobConfig> {
+        JobConfig::parse(Path::new("/jobs/t.toml"), text)
+    }
+
+    const BASE: &str = "[job]\nname = \"t\"\nlake = \"memory://lake\"\n[systems]\nsource = \"a\"\nreplica = \"b\"\n";
+
+    #[test]
+    fn unknown_key_names_line() {
+        let e = parse(&format!("{BASE}[[entities]]\nname = \"x\"\nkey = [\"id\"]\nkeyz = 1\n"))
+            .unwrap_err();
+        assert_eq!(e.exit_code(), crate::ExitCode::Usage);
+        let msg = e.to_string();
+        assert!(msg.starts_with("/jobs/t.toml:10:"), "{msg}");
+        assert!(msg.contains("keyz"), "{msg}");
+    }
+
+    #[test]
+    fn entities_are_ordered_parents_first() {
+        let job = parse(&format!(
+            "{BASE}[[entities]]\nname = \"c\"\nkey = [\"id\"]\ndepends_on = [\"p\"]\n[[entities]]\nname = \"p\"\nkey = [\"id\"]\n"
+        ))
+        .unwrap();
+        let names: Vec<_> = job.entities.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["p", "c"]);
+        assert_eq!(job.output, "memory://lake/recon/t");
+    }
+
+    #[test]
+    fn cycle_is_an_error() {
+        let e = parse(&format!(
+            "{BASE}[[entities]]\nname = \"c\"\nkey = [\"id\"]\ndepends_on = [\"p\"]\n[[entities]]\nname = \"p\"\nkey = [\"id\"]\ndepends_on = [\"c\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("cycle"), "{e}");
+    }
+
+    #[test]
+    fn bad_rules_name_the_field_and_line() {
+        let e = parse(&format!(
+            "{BASE}[[entities]]\nname = \"x\"\nkey = [\"id\"]\nfields.a = {{ owner = \"newest\" }}\n"
+        ))
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(":10:") && msg.contains("field `a`"), "{msg}");
+        let e = parse(&format!(
+            "{BASE}[[entities]]\nname = \"x\"\nkey = [\"id\"]\nfields.a = {{ compare = \"fuzzy\" }}\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown compare"), "{e}");
+    }
+
+    #[test]
+    fn tolerance_keeps_the_written_decimal() {
+        let t = Tolerance::from_f64(0.01).unwrap();
+        assert_eq!((t.mantissa, t.scale), (1, 2));
+        let t = Tolerance::from_f64(2.5).unwrap();
+        assert_eq!((t.mantissa, t.scale), (25, 1));
+        assert!(Tolerance::from_f64(-1.0).is_none());
+    }
+}

@@ -1,0 +1,17 @@
+//! recon: nightly reconciliation of two systems through data-lake snapshots.
+//!
+//! The pipeline: [`job`] (validated configuration) → [`snapshot`] (input Parquet) →
+//! [`diff`] (DataFusion full outer join per entity) → [`write`] (discrepancies,
+//! corrections, summary, manifest). [`run`] drives it; [`cli`] is the command line.
+
+pub mod cli;
+pub mod diff;
+pub mod error;
+pub mod generate;
+pub mod job;
+pub mod run;
+pub mod snapshot;
+pub mod store;
+pub mod write;
+
+pub use error::{Error, ExitCode, Result};

@@ -1,0 +1,368 @@
+//! A whole reconciliation run: open and check every snapshot and plan every entity first,
+//! then diff entity by entity, apply the guardrails, write the summary and commit.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::diff::plan::EntityPlan;
+use crate::diff::{self, Count, EntityResult, Op, RunStamp};
+use crate::error::{Error, ExitCode, Result};
+use crate::job::{EntityConfig, JobConfig};
+use crate::snapshot::Snapshot;
+use crate::store;
+use crate::write::{
+    self, LatestPointer, MANIFEST_FORMAT, Manifest, ManifestFile, RunLayout,
+};
+
+/// Options of one run, from the command line.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub run_date: NaiveDate,
+    /// Defaults to a new, time-ordered id.
+    pub run_id: Option<String>,
+    /// Only these entities (all when empty).
+    pub entities: Vec<String>,
+    /// Overrides every entity's guardrail share.
+    pub max_correction_share: Option<f64>,
+    pub target_partitions: usize,
+}
+
+/// One entity, ready to diff: both snapshots checked and the plan made.
+pub struct Prepared {
+    pub plan: EntityPlan,
+    pub source: Snapshot,
+    pub replica: Snapshot,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunSummary {
+    pub job: String,
+    pub run_id: String,
+    pub run_date: NaiveDate,
+    /// `success` or `guardrail_tripped`.
+    pub status: String,
+    pub source: String,
+    pub replica: String,
+    pub output: String,
+    pub manifest: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub entities: Vec<EntitySummary>,
+    pub durations_ms: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EntitySummary {
+    pub entity: String,
+    pub rows: SideRows,
+    pub discrepancies: u64,
+    pub counts: Vec<Count>,
+    /// Corrections per system and op (also when withheld).
+    pub corrections: BTreeMap<String, BTreeMap<Op, u64>>,
+    pub guardrail: GuardrailVerdict,
+    pub inputs: Inputs,
+    pub durations_ms: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SideRows {
+    pub source: u64,
+    pub replica: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Inputs {
+    pub source: Snapshot,
+    pub replica: Snapshot,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GuardrailVerdict {
+    pub max_correction_share: f64,
+    pub corrections: u64,
+    pub rows: u64,
+    pub share: f64,
+    pub tripped: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+pub struct RunOutcome {
+    pub summary: RunSummary,
+    pub exit: ExitCode,
+}
+
+/// Where an entity's snapshot of `system` is: the job's override (which may use
+/// `{run_date}`, `{system}` and `{entity}`) or `{lake}/snapshots/{system}/{entity}/run_date={date}`.
+pub fn snapshot_url(job: &JobConfig, entity: &EntityConfig, system: &str, run_date: NaiveDate) -> String {
+    let over = if system == job.source {
+        &entity.source_snapshot
+    } else {
+        &entity.replica_snapshot
+    };
+    match over {
+        Some(u) => u
+            .replace("{run_date}", &run_date.to_string())
+            .replace("{system}", system)
+            .replace("{entity}", &entity.name),
+        None => format!(
+            "{}/snapshots/{system}/{}/run_date={run_date}",
+            job.lake.trim_end_matches('/'),
+            entity.name
+        ),
+    }
+}
+
+/// Opens both snapshots of every selected entity and plans its diff. Every job and
+/// schema error surfaces here, before any diff runs.
+pub async fn prepare(job: &JobConfig, run_date: NaiveDate, only: &[String]) -> Result<Vec<Prepared>> {
+    for name in only {
+        if job.entity(name).is_none() {
+            return Err(Error::Usage(format!(
+                "entity `{name}` is not in job {} (entities: {})",
+                job.path.display(),
+                job.entities.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    let mut prepared = Vec::new();
+    for entity in &job.entities {
+        if !only.is_empty() && !only.contains(&entity.name) {
+            continue;
+        }
+        let open = |system: &str| {
+            let url = snapshot_url(job, entity, system, run_date);
+            let system = system.to_string();
+            async move {
+                let location = store::open(&url)?;
+                Snapshot::open(location, &entity.name, &system).await
+            }
+        };
+        let (source, replica) = futures::try_join!(open(&job.source), open(&job.replica))?;
+        let plan = EntityPlan::try_new(entity, &source.schema, &replica.schema, &job.path)?;
+        prepared.push(Prepared { plan, source, replica });
+    }
+    Ok(prepared)
+}
+
+/// A fresh run id: UTC start time (sortable) and a random suffix.
+pub fn new_run_id(now: DateTime<Utc>) -> String {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), &suffix[..8])
+}
+
+pub fn check_run_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "run id `{id}` must be 1 to 64 letters, digits, `-`, `_` or `.`"
+        )))
+    }
+}
+
+/// Runs the job for one run date and commits its outputs.
+pub async fn run(job: &JobConfig, opts: &RunOptions) -> Result<RunOutcome> {
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let run_id = match &opts.run_id {
+        Some(id) => {
+            check_run_id(id)?;
+            id.clone()
+        }
+        None => new_run_id(started_at),
+    };
+    let layout = RunLayout {
+        output: store::open(&job.output)?,
+        run_date: opts.run_date,
+        run_id: run_id.clone(),
+    };
+    let span = info_span!("run", job = %job.name, run_id = %run_id, run_date = %opts.run_date);
+    async {
+        let prepared = prepare(job, opts.run_date, &opts.entities).await?;
+        let plan_ms = clock.elapsed().as_millis() as u64;
+        let stamp = RunStamp {
+            job: job.name.clone(),
+            run_id: run_id.clone(),
+            run_date: opts.run_date,
+            source: job.source.clone(),
+            replica: job.replica.clone(),
+        };
+        let mut written: Vec<String> = Vec::new();
+        let result = diff_all(job, opts, &prepared, &stamp, &layout, &mut written).await;
+        let (entities, files) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                write::remove(&layout, &written).await;
+                return Err(e);
+            }
+        };
+        let tripped: Vec<String> = entities
+            .iter()
+            .filter(|e| e.guardrail.tripped)
+            .map(|e| e.entity.clone())
+            .collect();
+        let status = if tripped.is_empty() { "success" } else { "guardrail_tripped" };
+        let mut durations_ms = BTreeMap::new();
+        durations_ms.insert("prepare".to_string(), plan_ms);
+        durations_ms.insert("total".to_string(), clock.elapsed().as_millis() as u64);
+        let summary = RunSummary {
+            job: job.name.clone(),
+            run_id: run_id.clone(),
+            run_date: opts.run_date,
+            status: status.into(),
+            source: job.source.clone(),
+            replica: job.replica.clone(),
+            output: layout.output.url(),
+            manifest: layout.url(&layout.manifest()),
+            started_at,
+            finished_at: Utc::now(),
+            entities,
+            durations_ms,
+        };
+        let commit = async {
+            let summary_size = write::put_json(&layout, &layout.summary(), &summary).await?;
+            written.push(layout.summary());
+            let mut files = files;
+            files.push(ManifestFile {
+                path: layout.summary(),
+                kind: "summary".into(),
+                entity: None,
+                system: None,
+                rows: None,
+                size: summary_size,
+            });
+            let manifest = Manifest {
+                format_version: MANIFEST_FORMAT,
+                job: job.name.clone(),
+                run_id: run_id.clone(),
+                run_date: opts.run_date,
+                committed_at: Utc::now(),
+                status: status.into(),
+                source: job.source.clone(),
+                replica: job.replica.clone(),
+                apply_order: prepared.iter().map(|p| p.plan.entity.name.clone()).collect(),
+                withheld: tripped.clone(),
+                files,
+            };
+            // The manifest is the commit: it is written last, after every file it lists.
+            write::put_json(&layout, &layout.manifest(), &manifest).await?;
+            Ok::<_, Error>(())
+        };
+        if let Err(e) = commit.await {
+            write::remove(&layout, &written).await;
+            return Err(e);
+        }
+        let pointer = LatestPointer {
+            run_id: run_id.clone(),
+            manifest: layout.manifest(),
+        };
+        if let Err(e) = write::put_json(&layout, &layout.latest(), &pointer).await {
+            warn!(error = %e, "run committed, but the latest-run pointer could not be updated");
+        }
+        info!(status, "run committed");
+        let exit = if tripped.is_empty() { ExitCode::Success } else { ExitCode::Guardrail };
+        Ok(RunOutcome { summary, exit })
+    }
+    .instrument(span)
+    .await
+}
+
+async fn diff_all(
+    job: &JobConfig,
+    opts: &RunOptions,
+    prepared: &[Prepared],
+    stamp: &RunStamp,
+    layout: &RunLayout,
+    written: &mut Vec<String>,
+) -> Result<(Vec<EntitySummary>, Vec<ManifestFile>)> {
+    let mut summaries = Vec::new();
+    let mut files = Vec::new();
+    for p in prepared {
+        let entity = &p.plan.entity;
+        let span = info_span!("entity", entity = %entity.name);
+        let ctx = diff::session_context(opts.target_partitions);
+        p.source.register(&ctx, "source")?;
+        p.replica.register(&ctx, "replica")?;
+        // Outputs of this entity are uncommitted until the manifest lists them.
+        written.push(layout.discrepancies(&entity.name));
+        written.push(layout.corrections(&job.replica, &entity.name));
+        written.push(layout.corrections(&job.source, &entity.name));
+        let result: EntityResult = diff::run_entity(&ctx, &p.plan, stamp, layout)
+            .instrument(span.clone())
+            .await?;
+        let limit = opts.max_correction_share.unwrap_or(entity.max_correction_share);
+        let verdict = guardrail(&result, p.source.rows, p.replica.rows, limit);
+        let discrepancies = result.counts.iter().map(|c| c.count).sum();
+        span.in_scope(|| {
+            info!(
+                rows_source = p.source.rows,
+                rows_replica = p.replica.rows,
+                discrepancies,
+                corrections = verdict.corrections,
+                "entity reconciled"
+            )
+        });
+        files.push(result.discrepancy_file.clone());
+        if verdict.tripped {
+            warn!(entity = %entity.name, reason = verdict.reason.as_deref().unwrap_or(""), "guardrail tripped: corrections withheld");
+            let rels: Vec<String> = result.correction_files.iter().map(|f| f.path.clone()).collect();
+            write::remove(layout, &rels).await;
+        } else {
+            files.extend(result.correction_files.iter().cloned());
+        }
+        let mut durations_ms = BTreeMap::new();
+        durations_ms.insert("quality".to_string(), result.quality_ms);
+        durations_ms.insert("diff".to_string(), result.diff_ms);
+        summaries.push(EntitySummary {
+            entity: entity.name.clone(),
+            rows: SideRows {
+                source: p.source.rows,
+                replica: p.replica.rows,
+            },
+            discrepancies,
+            counts: result.counts,
+            corrections: result.corrections,
+            guardrail: verdict,
+            inputs: Inputs {
+                source: p.source.clone(),
+                replica: p.replica.clone(),
+            },
+            durations_ms,
+        });
+    }
+    Ok((summaries, files))
+}
+
+/// Corrections may touch at most `limit` of the entity's rows (the larger side).
+fn guardrail(result: &EntityResult, source_rows: u64, replica_rows: u64, limit: f64) -> GuardrailVerdict {
+    let corrections = result.correction_total();
+    let rows = source_rows.max(replica_rows);
+    let share = if rows == 0 {
+        if corrections > 0 { 1.0 } else { 0.0 }
+    } else {
+        corrections as f64 / rows as f64
+    };
+    let tripped = share > limit;
+    GuardrailVerdict {
+        max_correction_share: limit,
+        corrections,
+        rows,
+        share,
+        tripped,
+        reason: tripped.then(|| {
+            format!(
+                "{corrections} corrections would touch {:.2}% of {rows} rows, above the limit of {:.2}%",
+                share * 100.0,
+                limit * 100.0
+            )
+        }),
+    }
+}

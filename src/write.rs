@@ -1,0 +1,223 @@
+//! Outputs: the run's Hive-style layout, streaming Parquet sinks, the summary and the
+//! manifest, written last as the run's commit marker.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use chrono::{DateTime, NaiveDate, Utc};
+use object_store::PutPayload;
+use object_store::path::Path;
+use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::async_writer::ParquetObjectWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::store::Location;
+
+/// Version of the manifest format; readers refuse newer versions.
+pub const MANIFEST_FORMAT: u32 = 1;
+pub const MANIFEST_FILE: &str = "_manifest.json";
+
+/// Where one run's files go under the job's output prefix.
+#[derive(Debug, Clone)]
+pub struct RunLayout {
+    pub output: Location,
+    pub run_date: NaiveDate,
+    pub run_id: String,
+}
+
+impl RunLayout {
+    fn part(&self) -> String {
+        format!("run_date={}/run_id={}", self.run_date, self.run_id)
+    }
+    pub fn discrepancies(&self, entity: &str) -> String {
+        format!("discrepancies/{}/entity={entity}/part-00000.parquet", self.part())
+    }
+    pub fn corrections(&self, system: &str, entity: &str) -> String {
+        format!(
+            "corrections/{}/system={system}/entity={entity}/part-00000.parquet",
+            self.part()
+        )
+    }
+    pub fn run_dir(&self) -> String {
+        format!("runs/{}", self.part())
+    }
+    pub fn summary(&self) -> String {
+        format!("{}/summary.json", self.run_dir())
+    }
+    pub fn manifest(&self) -> String {
+        format!("{}/{MANIFEST_FILE}", self.run_dir())
+    }
+    pub fn latest(&self) -> String {
+        format!("runs/run_date={}/_latest.json", self.run_date)
+    }
+    pub fn path(&self, rel: &str) -> Path {
+        self.output.child(rel).prefix
+    }
+    pub fn url(&self, rel: &str) -> String {
+        self.output.child(rel).url()
+    }
+}
+
+/// The schema of discrepancy files (see the README's output contract).
+pub fn discrepancy_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("run_date", DataType::Date32, false),
+        Field::new("job", DataType::Utf8, false),
+        Field::new("entity", DataType::Utf8, false),
+        Field::new("key", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("field", DataType::Utf8, true),
+        Field::new("source_value", DataType::Utf8, true),
+        Field::new("replica_value", DataType::Utf8, true),
+        Field::new("owner", DataType::Utf8, true),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, true),
+        Field::new("numeric_delta", DataType::Float64, true),
+        Field::new("correction_id", DataType::Utf8, true),
+    ]))
+}
+
+/// A Parquet file being streamed to the store (multipart upload underneath).
+pub struct ParquetSink {
+    rel: String,
+    path: Path,
+    writer: AsyncArrowWriter<ParquetObjectWriter>,
+    rows: u64,
+}
+
+impl ParquetSink {
+    pub fn try_new(layout: &RunLayout, rel: String, schema: SchemaRef) -> Result<Self> {
+        let path = layout.path(&rel);
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(128 * 1024))
+            .build();
+        let object = ParquetObjectWriter::new(Arc::clone(&layout.output.store), path.clone());
+        let writer = AsyncArrowWriter::try_new(object, schema, Some(props))
+            .map_err(|e| Error::Internal(format!("creating {rel}: {e}")))?;
+        Ok(ParquetSink {
+            rel,
+            path,
+            writer,
+            rows: 0,
+        })
+    }
+
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.rows += batch.num_rows() as u64;
+        self.writer
+            .write(batch)
+            .await
+            .map_err(|e| parquet_write_error(&self.rel, e))
+    }
+
+    /// Completes the upload and returns the file's manifest entry.
+    pub async fn finish(self, layout: &RunLayout, entry: FileEntry) -> Result<ManifestFile> {
+        self.writer
+            .close()
+            .await
+            .map_err(|e| parquet_write_error(&self.rel, e))?;
+        let meta = layout.output.store.head(&self.path).await?;
+        Ok(ManifestFile {
+            path: self.rel,
+            kind: entry.kind.into(),
+            entity: entry.entity,
+            system: entry.system,
+            rows: Some(self.rows),
+            size: meta.size,
+        })
+    }
+}
+
+fn parquet_write_error(rel: &str, e: parquet::errors::ParquetError) -> Error {
+    if let parquet::errors::ParquetError::External(inner) = &e {
+        if inner.downcast_ref::<object_store::Error>().is_some() {
+            return Error::Storage {
+                location: rel.to_string(),
+                source: object_store::Error::Generic {
+                    store: "output",
+                    source: e.to_string().into(),
+                },
+            };
+        }
+    }
+    Error::Internal(format!("writing {rel}: {e}"))
+}
+
+/// What a file is, for its manifest entry.
+pub struct FileEntry {
+    pub kind: &'static str,
+    pub entity: Option<String>,
+    pub system: Option<String>,
+}
+
+/// One file of a committed run, relative to the job's output prefix.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ManifestFile {
+    pub path: String,
+    /// `discrepancies`, `corrections` or `summary`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub entity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub system: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rows: Option<u64>,
+    pub size: u64,
+}
+
+/// The commit marker of a run: written last; a run without one does not exist.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub job: String,
+    pub run_id: String,
+    pub run_date: NaiveDate,
+    pub committed_at: DateTime<Utc>,
+    /// `success` or `guardrail_tripped`.
+    pub status: String,
+    pub source: String,
+    pub replica: String,
+    /// Entities parents first: inserts and updates go in this order, deletes in reverse.
+    pub apply_order: Vec<String>,
+    /// Entities whose corrections a guardrail withheld.
+    pub withheld: Vec<String>,
+    pub files: Vec<ManifestFile>,
+}
+
+/// Writes small JSON objects (summary, manifest, pointer) in one put.
+pub async fn put_json<T: Serialize>(layout: &RunLayout, rel: &str, value: &T) -> Result<u64> {
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::Internal(format!("serialising {rel}: {e}")))?;
+    let size = bytes.len() as u64;
+    layout
+        .output
+        .store
+        .put(&layout.path(rel), PutPayload::from(bytes))
+        .await?;
+    Ok(size)
+}
+
+/// Pointer to the newest committed run of a run date, rewritten after each commit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatestPointer {
+    pub run_id: String,
+    pub manifest: String,
+}
+
+/// Best-effort removal of files a failed or withheld run wrote.
+pub async fn remove(layout: &RunLayout, rels: &[String]) {
+    for rel in rels {
+        if let Err(e) = layout.output.store.delete(&layout.path(rel)).await {
+            tracing::warn!(file = %rel, error = %e, "could not remove uncommitted file");
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Shared helpers: copies of the sample lake in temp dirs, job files pointing at them,
+//! and readers for a committed run's outputs.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use recon::write::Manifest;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A temp dir holding a copy of the sample lake (`lake/`) and the sample job
+/// (`job.toml`) pointing at it, with outputs going to `out/`.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&repo().join("sample-data/lake"), &dir.path().join("lake"));
+        let job = std::fs::read_to_string(repo().join("jobs/identity.toml"))
+            .unwrap()
+            .replace("lake = \"../sample-data/lake\"", "lake = \"lake\"")
+            .replace("output = \"../recon-output/identity\"", "output = \"out\"");
+        std::fs::write(dir.path().join("job.toml"), job).unwrap();
+        Fixture { dir }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn job(&self) -> PathBuf {
+        self.path().join("job.toml")
+    }
+    pub fn out(&self) -> PathBuf {
+        self.path().join("out")
+    }
+    /// The snapshot folder of one system's entity for the sample run date.
+    pub fn snapshot(&self, system: &str, entity: &str) -> PathBuf {
+        self.path()
+            .join(format!("lake/snapshots/{system}/{entity}/run_date=2024-06-01"))
+    }
+    pub fn edit_job(&self, f: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(self.job()).unwrap();
+        std::fs::write(self.job(), f(text)).unwrap();
+    }
+}
+
+pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
+    let file = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+/// Every committed manifest under an output folder.
+pub fn manifests(out: &Path) -> Vec<Manifest> {
+    let mut found = Vec::new();
+    let runs = out.join("runs");
+    if !runs.exists() {
+        return found;
+    }
+    for date in std::fs::read_dir(runs).unwrap() {
+        let date = date.unwrap().path();
+        if !date.is_dir() {
+            continue;
+        }
+        for run in std::fs::read_dir(&date).unwrap() {
+            let m = run.unwrap().path().join("_manifest.json");
+            if m.exists() {
+                found.push(serde_json::from_slice(&std::fs::read(m).unwrap()).unwrap());
+            }
+        }
+    }
+    found.sort_by(|a: &Manifest, b: &Manifest| a.run_id.cmp(&b.run_id));
+    found
+}
+
+fn text(batch: &RecordBatch, name: &str, row: usize) -> String {
+    let col = batch.column_by_name(name).unwrap_or_else(|| panic!("no column {name}"));
+    let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8).unwrap();
+    let col = col.as_string::<i32>();
+    if col.is_null(row) { String::new() } else { col.value(row).to_string() }
+}
+
+/// (entity, key, kind, field, action, reason) of every discrepancy of a run.
+pub type Disc = (String, String, String, String, String, String);
+
+pub fn discrepancies(out: &Path, m: &Manifest) -> BTreeSet<Disc> {
+    let mut set = BTreeSet::new();
+    for f in m.files.iter().filter(|f| f.kind == "discrepancies") {
+        for b in read_parquet(&out.join(&f.path)) {
+            for r in 0..b.num_rows() {
+                let row = (
+                    text(&b, "entity", r),
+                    text(&b, "key", r),
+                    text(&b, "kind", r),
+                    text(&b, "field", r),
+                    text(&b, "action", r),
+                    text(&b, "reason", r),
+                );
+                assert!(set.insert(row.clone()), "discrepancy listed twice: {row:?}");
+            }
+        }
+    }
+    set
+}
+
+/// (system, entity, key json, op, changed fields joined with `;`, correction id).
+pub type Corr = (String, String, String, String, String, String);
+
+pub fn corrections(out: &Path, m: &Manifest, key_columns: &dyn Fn(&str) -> Vec<String>) -> Vec<Corr> {
+    let mut rows = Vec::new();
+    for f in m.files.iter().filter(|f| f.kind == "corrections") {
+        let system = f.system.clone().unwrap();
+        let entity = f.entity.clone().unwrap();
+        let keys = key_columns(&entity);
+        for b in read_parquet(&out.join(&f.path)) {
+            let changed = b.column_by_name("changed_fields").unwrap().as_list::<i32>().clone();
+            for r in 0..b.num_rows() {
+                let mut key = serde_json::Map::new();
+                for k in &keys {
+                    let col = b.column_by_name(k).unwrap();
+                    let v = if col.data_type().is_integer() {
+                        serde_json::Value::from(text(&b, k, r).parse::<i64>().unwrap())
+                    } else {
+                        serde_json::Value::from(text(&b, k, r))
+                    };
+                    key.insert(k.clone(), v);
+                }
+                let fields = changed.value(r);
+                let fields = fields.as_string::<i32>();
+                let fields: Vec<&str> = (0..fields.len()).map(|i| fields.value(i)).collect();
+                rows.push((
+                    system.clone(),
+                    entity.clone(),
+                    serde_json::Value::Object(key).to_string(),
+                    text(&b, "op", r),
+                    fields.join(";"),
+                    text(&b, "correction_id", r),
+                ));
+            }
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// Minimal CSV reading for the planted lists (quoted fields, doubled quotes).
+pub fn read_csv(path: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let mut fields = Vec::new();
+            let mut cur = String::new();
+            let mut quoted = false;
+            let mut chars = line.chars().peekable();
+            while let Some(c) = chars.next() {
+                match (c, quoted) {
+                    ('"', true) if chars.peek() == Some(&'"') => {
+                        cur.push('"');
+                        chars.next();
+                    }
+                    ('"', _) => quoted = !quoted,
+                    (',', false) => fields.push(std::mem::take(&mut cur)),
+                    (c, _) => cur.push(c),
+                }
+            }
+            fields.push(cur);
+            fields
+        })
+        .collect()
+}

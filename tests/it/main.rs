@@ -1,0 +1,5 @@
+//! Integration tests: one binary, shared helpers in `common`.
+
+mod cli;
+mod common;
+mod sample;

@@ -1,0 +1,221 @@
+//! The sample job end to end against the documented planted discrepancies.
+
+use std::collections::BTreeSet;
+
+use arrow::array::{Array, AsArray};
+use recon::ExitCode;
+use recon::job::JobConfig;
+use recon::run::{RunOptions, run};
+
+use crate::common::*;
+
+fn opts(run_id: &str) -> RunOptions {
+    RunOptions {
+        run_date: recon::generate::sample_run_date(),
+        run_id: Some(run_id.into()),
+        entities: vec![],
+        max_correction_share: None,
+        target_partitions: 2,
+    }
+}
+
+fn planted() -> BTreeSet<Disc> {
+    read_csv(&repo().join("sample-data/planted.csv"))
+        .into_iter()
+        .map(|f| (f[0].clone(), f[1].clone(), f[2].clone(), f[3].clone(), f[4].clone(), f[5].clone()))
+        .collect()
+}
+
+fn key_columns(job: &JobConfig) -> impl Fn(&str) -> Vec<String> + '_ {
+    move |entity: &str| job.entity(entity).unwrap().key.clone()
+}
+
+/// Non-key columns an insert sets, per entity, in the replica's names.
+fn insert_columns(entity: &str) -> &'static str {
+    match entity {
+        "tenants" => "name;plan;created_at",
+        "users" => "email_address;display_name;nickname;balance;score;bio;phone;last_login;updated_at;deleted_at",
+        "groups" => "name;created_at",
+        "memberships" => "role;added_at",
+        other => panic!("unknown entity {other}"),
+    }
+}
+
+fn planted_corrections() -> Vec<(String, String, String, String, String)> {
+    let mut v: Vec<_> = read_csv(&repo().join("sample-data/planted-corrections.csv"))
+        .into_iter()
+        .map(|f| {
+            let changed = if f[4] == "*" { insert_columns(&f[1]).to_string() } else { f[4].clone() };
+            (f[0].clone(), f[1].clone(), f[2].clone(), f[3].clone(), changed)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+async fn run_fixture(fx: &Fixture, run_id: &str) -> (JobConfig, ExitCode) {
+    let job = JobConfig::load(&fx.job()).unwrap();
+    let outcome = run(&job, &opts(run_id)).await.unwrap();
+    (job, outcome.exit)
+}
+
+#[tokio::test]
+async fn sample_job_finds_exactly_the_planted_discrepancies() {
+    let fx = Fixture::new();
+    let (job, exit) = run_fixture(&fx, "first").await;
+    assert_eq!(exit, ExitCode::Success);
+    let m = manifests(&fx.out());
+    assert_eq!(m.len(), 1);
+    let found = discrepancies(&fx.out(), &m[0]);
+    let expected = planted();
+    let missed: Vec<_> = expected.difference(&found).collect();
+    let extra: Vec<_> = found.difference(&expected).collect();
+    assert!(missed.is_empty() && extra.is_empty(), "missed: {missed:#?}\nextra: {extra:#?}");
+
+    let got: Vec<_> = corrections(&fx.out(), &m[0], &key_columns(&job))
+        .into_iter()
+        .map(|(s, e, k, o, c, _)| (s, e, k, o, c))
+        .collect();
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    assert_eq!(got_sorted, planted_corrections());
+    assert_eq!(m[0].apply_order, ["tenants", "users", "groups", "memberships"]);
+    assert!(m[0].withheld.is_empty());
+}
+
+#[tokio::test]
+async fn rerun_gives_identical_discrepancies_and_correction_ids() {
+    let fx = Fixture::new();
+    let (job, _) = run_fixture(&fx, "run-a").await;
+    let (_, _) = run_fixture(&fx, "run-b").await;
+    let m = manifests(&fx.out());
+    assert_eq!(m.len(), 2, "both runs are committed");
+    // Whole rows, every column but run_id, in file order.
+    let rows = |m: &recon::write::Manifest| -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        for f in m.files.iter().filter(|f| f.kind != "summary") {
+            for b in read_parquet(&fx.out().join(&f.path)) {
+                // Discrepancy files start with run_id; correction ids are compared below.
+                let b = b.remove_column(0);
+                for r in 0..b.num_rows() {
+                    out.push(
+                        b.columns()
+                            .iter()
+                            .map(|c| arrow::util::display::array_value_to_string(c, r).unwrap())
+                            .collect(),
+                    );
+                }
+            }
+        }
+        out
+    };
+    assert_eq!(rows(&m[0]), rows(&m[1]));
+    let ids = |m| corrections(&fx.out(), m, &key_columns(&job));
+    assert_eq!(ids(&m[0]), ids(&m[1]));
+    let latest: recon::write::LatestPointer = serde_json::from_slice(
+        &std::fs::read(fx.out().join("runs/run_date=2024-06-01/_latest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(latest.run_id, "run-b");
+}
+
+#[tokio::test]
+async fn corrections_carry_typed_values_and_expected_values() {
+    let fx = Fixture::new();
+    run_fixture(&fx, "typed").await;
+    let m = &manifests(&fx.out())[0];
+    let f = m
+        .files
+        .iter()
+        .find(|f| f.kind == "corrections" && f.system.as_deref() == Some("service") && f.entity.as_deref() == Some("users"))
+        .unwrap();
+    let batches = read_parquet(&fx.out().join(&f.path));
+    let b = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let schema = b.schema();
+    // Typed in the replica's own names and types.
+    assert_eq!(schema.field_with_name("tenant_id").unwrap().data_type(), &arrow::datatypes::DataType::Int32);
+    assert!(schema.field_with_name("email_address").is_ok());
+    assert!(matches!(schema.field_with_name("balance").unwrap().data_type(), arrow::datatypes::DataType::Decimal128(14, 4)));
+    let row = |user: &str, tenant: i32| {
+        (0..b.num_rows())
+            .find(|&r| {
+                b.column_by_name("user_id").unwrap().as_string::<i32>().value(r) == user
+                    && b.column_by_name("tenant_id").unwrap().as_primitive::<arrow::datatypes::Int32Type>().value(r) == tenant
+            })
+            .unwrap()
+    };
+    let show = |name: &str, r: usize| arrow::util::display::array_value_to_string(b.column_by_name(name).unwrap(), r).unwrap();
+    let expected = b.column_by_name("expected").unwrap().as_struct().clone();
+    let expected_of = |name: &str, r: usize| arrow::util::display::array_value_to_string(expected.column_by_name(name).unwrap(), r).unwrap();
+
+    // An update sets only the changed field and records the replica's current value.
+    let r = row("u0003", 1);
+    assert_eq!(show("op", r), "update");
+    assert_eq!(show("email_address", r), "user3@tenant1.example.com");
+    assert_eq!(show("display_name", r), "");
+    assert_eq!(expected_of("email_address", r), "someone.else@tenant1.example.com");
+    assert_eq!(expected_of("display_name", r), "User 1-3");
+    // A soft delete sets the soft-delete column to midnight of the run date.
+    let r = row("u9001", 4);
+    assert_eq!(show("op", r), "soft_delete");
+    assert_eq!(show("deleted_at", r), "2024-06-01T00:00:00Z");
+    // An insert sets every mapped column and expects nothing.
+    let r = row("u0001", 4);
+    assert_eq!(show("op", r), "insert");
+    assert_eq!(show("email_address", r), "user1@tenant4.example.com");
+    assert!(expected.is_null(r));
+    // A decimal is cast to the replica's scale.
+    let r = row("u0005", 1);
+    assert_eq!(show("balance", r), expected_of("balance", r).replace("0200", "0000"));
+}
+
+#[tokio::test]
+async fn guardrail_withholds_corrections_but_keeps_discrepancies() {
+    let fx = Fixture::new();
+    let job = JobConfig::load(&fx.job()).unwrap();
+    let mut o = opts("guarded");
+    o.max_correction_share = Some(0.05);
+    let outcome = run(&job, &o).await.unwrap();
+    assert_eq!(outcome.exit, ExitCode::Guardrail);
+    let m = &manifests(&fx.out())[0];
+    assert_eq!(m.status, "guardrail_tripped");
+    assert_eq!(m.withheld, ["tenants", "users"]);
+    let kinds: Vec<_> = m.files.iter().map(|f| (f.kind.as_str(), f.entity.as_deref(), f.system.as_deref())).collect();
+    assert!(!kinds.contains(&("corrections", Some("users"), Some("service"))));
+    assert!(kinds.contains(&("corrections", Some("memberships"), Some("service"))));
+    assert_eq!(discrepancies(&fx.out(), m), planted());
+    // Withheld files do not linger in the store either.
+    assert!(!fx.out().join("corrections/run_date=2024-06-01/run_id=guarded/system=service/entity=users").join("part-00000.parquet").exists());
+}
+
+#[test]
+fn generator_reproduces_the_committed_sample_lake() {
+    let dir = tempfile::tempdir().unwrap();
+    recon::generate::Sample { scale: 1 }.write(dir.path()).unwrap();
+    let mut compared = 0;
+    let mut stack = vec![repo().join("sample-data/lake")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(repo().join("sample-data/lake")).unwrap();
+                let fresh = std::fs::read(dir.path().join(rel)).unwrap();
+                assert!(fresh == std::fs::read(&p).unwrap(), "{} differs from a fresh generation", rel.display());
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, 8);
+}
+
+#[tokio::test]
+async fn a_larger_scale_keeps_exactly_the_planted_set() {
+    let fx = Fixture::new();
+    std::fs::remove_dir_all(fx.path().join("lake")).unwrap();
+    recon::generate::Sample { scale: 4 }.write(&fx.path().join("lake")).unwrap();
+    let (_, _) = run_fixture(&fx, "scaled").await;
+    let m = &manifests(&fx.out())[0];
+    assert_eq!(discrepancies(&fx.out(), m), planted());
+}
