@@ -10,7 +10,7 @@ help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 build: ## Build the recon binary (zero warnings expected)
-	$(CARGO) build --locked --bin recon
+	$(CARGO) build --locked --all-targets
 
 run: build ## Reconcile the sample job on local files (no services needed)
 	@$(RECON) run --job jobs/identity.toml --run-date $(SAMPLE_DATE); code=$$?; \

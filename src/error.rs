@@ -46,18 +46,21 @@ pub enum Error {
         message: String,
     },
 
-    /// The job is well formed but does not fit the snapshots (unknown column, type clash).
-    #[error("{path}: entity `{entity}`: {message}")]
+    /// The job is well formed but does not fit the snapshots (unknown column); `line`
+    /// is the line of the entity's table.
+    #[error("{path}:{line}: entity `{entity}`: {message}")]
     JobSchema {
         path: PathBuf,
+        line: usize,
         entity: String,
         message: String,
     },
 
     /// The snapshots' columns cannot be compared as the job asks (type clash).
-    #[error("{path}: entity `{entity}`: {message}")]
+    #[error("{path}:{line}: entity `{entity}`: {message}")]
     SchemaMismatch {
         path: PathBuf,
+        line: usize,
         entity: String,
         message: String,
     },
@@ -79,7 +82,7 @@ pub enum Error {
         message: String,
     },
 
-    #[error("entity `{entity}`, {system} snapshot: file {path} is not readable Parquet: {source}")]
+    #[error("entity `{entity}`, {system} snapshot: {path} is not readable Parquet: {source}")]
     CorruptFile {
         entity: String,
         system: String,
@@ -114,9 +117,7 @@ impl Error {
             Error::MissingSnapshot { .. }
             | Error::Snapshot { .. }
             | Error::CorruptFile { .. }
-            | Error::SchemaMismatch { .. } => {
-                ExitCode::InputData
-            }
+            | Error::SchemaMismatch { .. } => ExitCode::InputData,
             Error::Storage { source, .. } => storage_exit_code(source),
             Error::Query { source, .. } => query_exit_code(source),
             Error::Internal(_) => ExitCode::Internal,
@@ -149,7 +150,9 @@ fn query_exit_code(e: &DataFusionError) -> ExitCode {
         DataFusionError::External(inner) => {
             if let Some(os) = inner.downcast_ref::<object_store::Error>() {
                 storage_exit_code(os)
-            } else if inner.downcast_ref::<parquet::errors::ParquetError>().is_some()
+            } else if inner
+                .downcast_ref::<parquet::errors::ParquetError>()
+                .is_some()
                 || inner.downcast_ref::<arrow::error::ArrowError>().is_some()
             {
                 ExitCode::InputData

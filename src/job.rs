@@ -168,7 +168,9 @@ pub enum Owner {
     Source,
     Replica,
     /// The side whose `by` column is later wins; ties and nulls go to the source.
-    Newest { by: String },
+    Newest {
+        by: String,
+    },
     /// Report only, never correct.
     None,
 }
@@ -284,10 +286,11 @@ impl Cx<'_> {
     }
 
     fn validate(&self, raw: RawJobFile) -> Result<JobConfig> {
-        let name = check_name(&raw.job.name).map_err(|m| self.err(raw.job.name.span().start, m))?;
-        let source = check_name(&raw.systems.source)
+        let name = check_name(raw.job.name.get_ref())
+            .map_err(|m| self.err(raw.job.name.span().start, m))?;
+        let source = check_name(raw.systems.source.get_ref())
             .map_err(|m| self.err(raw.systems.source.span().start, m))?;
-        let replica = check_name(&raw.systems.replica)
+        let replica = check_name(raw.systems.replica.get_ref())
             .map_err(|m| self.err(raw.systems.replica.span().start, m))?;
         if source == replica {
             return Err(self.err(
@@ -341,7 +344,7 @@ impl Cx<'_> {
             line,
             message: m,
         };
-        let name = check_name(&raw.name).map_err(|m| at(m))?;
+        let name = check_name(&raw.name).map_err(at)?;
         let ctx = |m: String| at(format!("entity `{name}`: {m}"));
         if raw.key.is_empty() {
             return Err(ctx("key must name at least one column".into()));
@@ -455,9 +458,8 @@ impl Cx<'_> {
         let mut done: Vec<bool> = vec![false; entities.len()];
         let mut order = Vec::with_capacity(entities.len());
         while order.len() < entities.len() {
-            let next = (0..entities.len()).find(|&i| {
-                !done[i] && entities[i].depends_on.iter().all(|d| done[index[d]])
-            });
+            let next = (0..entities.len())
+                .find(|&i| !done[i] && entities[i].depends_on.iter().all(|d| done[index[d]]));
             match next {
                 Some(i) => {
                     done[i] = true;
@@ -473,16 +475,16 @@ impl Cx<'_> {
                     return Err(Error::Job {
                         path: self.path.to_path_buf(),
                         line: stuck.line,
-                        message: format!(
-                            "entity `{}`: depends_on forms a cycle",
-                            stuck.name
-                        ),
+                        message: format!("entity `{}`: depends_on forms a cycle", stuck.name),
                     });
                 }
             }
         }
         let mut slots: Vec<Option<EntityConfig>> = entities.into_iter().map(Some).collect();
-        Ok(order.into_iter().map(|i| slots[i].take().expect("each once")).collect())
+        Ok(order
+            .into_iter()
+            .map(|i| slots[i].take().expect("each once"))
+            .collect())
     }
 }
 
@@ -493,9 +495,11 @@ fn parse_field(raw: RawField) -> std::result::Result<FieldRule, String> {
         (Some("none"), None) => Owner::None,
         (Some("newest"), Some(by)) => Owner::Newest { by },
         (Some("newest"), None) => {
-            return Err("owner = \"newest\" needs `by`, the column that says which side is newer".into());
+            return Err(
+                "owner = \"newest\" needs `by`, the column that says which side is newer".into(),
+            );
         }
-        (Some(o @ ("source" | "replica" | "none")), Some(_)) | (o @ None, Some(_)) => {
+        (o @ (None | Some("source" | "replica" | "none")), Some(_)) => {
             return Err(format!(
                 "`by` only applies to owner = \"newest\", not \"{}\"",
                 o.unwrap_or("source")
@@ -545,7 +549,11 @@ fn parse_field(raw: RawField) -> std::result::Result<FieldRule, String> {
             "ms" => TimeUnit::Millisecond,
             "us" => TimeUnit::Microsecond,
             "ns" => TimeUnit::Nanosecond,
-            other => return Err(format!("unknown precision \"{other}\" (expected s, ms, us or ns)")),
+            other => {
+                return Err(format!(
+                    "unknown precision \"{other}\" (expected s, ms, us or ns)"
+                ));
+            }
         });
     }
     if raw.ignore && (raw.owner.is_some() || compare != CompareRule::default()) {
@@ -562,7 +570,9 @@ fn check_share(s: f64) -> std::result::Result<f64, String> {
     if (0.0..=1.0).contains(&s) {
         Ok(s)
     } else {
-        Err(format!("max_correction_share must be between 0 and 1, got {s}"))
+        Err(format!(
+            "max_correction_share must be between 0 and 1, got {s}"
+        ))
     }
 }
 
@@ -590,10 +600,7 @@ pub fn parse_entity(text: &str) -> Result<EntityConfig> {
         message: e.message().to_string(),
     })?;
     let path = PathBuf::from("<entity>");
-    let cx = Cx {
-        path: &path,
-        text,
-    };
+    let cx = Cx { path: &path, text };
     cx.entity(raw, 0, DEFAULT_MAX_CORRECTION_SHARE, Path::new("."))
 }
 
@@ -609,8 +616,10 @@ mod tests {
 
     #[test]
     fn unknown_key_names_line() {
-        let e = parse(&format!("{BASE}[[entities]]\nname = \"x\"\nkey = [\"id\"]\nkeyz = 1\n"))
-            .unwrap_err();
+        let e = parse(&format!(
+            "{BASE}[[entities]]\nname = \"x\"\nkey = [\"id\"]\nkeyz = 1\n"
+        ))
+        .unwrap_err();
         assert_eq!(e.exit_code(), crate::ExitCode::Usage);
         let msg = e.to_string();
         assert!(msg.starts_with("/jobs/t.toml:10:"), "{msg}");

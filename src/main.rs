@@ -11,7 +11,10 @@ fn main() -> ProcessExit {
         eprintln!("error: internal error (a bug in recon): {info}");
         std::process::exit(recon::ExitCode::Internal as i32);
     }));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -14,9 +14,7 @@ use crate::error::{Error, ExitCode, Result};
 use crate::job::{EntityConfig, JobConfig};
 use crate::snapshot::Snapshot;
 use crate::store;
-use crate::write::{
-    self, LatestPointer, MANIFEST_FORMAT, Manifest, ManifestFile, RunLayout,
-};
+use crate::write::{self, LatestPointer, MANIFEST_FORMAT, Manifest, ManifestFile, RunLayout};
 
 /// Options of one run, from the command line.
 #[derive(Debug, Clone)]
@@ -98,7 +96,12 @@ pub struct RunOutcome {
 
 /// Where an entity's snapshot of `system` is: the job's override (which may use
 /// `{run_date}`, `{system}` and `{entity}`) or `{lake}/snapshots/{system}/{entity}/run_date={date}`.
-pub fn snapshot_url(job: &JobConfig, entity: &EntityConfig, system: &str, run_date: NaiveDate) -> String {
+pub fn snapshot_url(
+    job: &JobConfig,
+    entity: &EntityConfig,
+    system: &str,
+    run_date: NaiveDate,
+) -> String {
     let over = if system == job.source {
         &entity.source_snapshot
     } else {
@@ -119,13 +122,21 @@ pub fn snapshot_url(job: &JobConfig, entity: &EntityConfig, system: &str, run_da
 
 /// Opens both snapshots of every selected entity and plans its diff. Every job and
 /// schema error surfaces here, before any diff runs.
-pub async fn prepare(job: &JobConfig, run_date: NaiveDate, only: &[String]) -> Result<Vec<Prepared>> {
+pub async fn prepare(
+    job: &JobConfig,
+    run_date: NaiveDate,
+    only: &[String],
+) -> Result<Vec<Prepared>> {
     for name in only {
         if job.entity(name).is_none() {
             return Err(Error::Usage(format!(
                 "entity `{name}` is not in job {} (entities: {})",
                 job.path.display(),
-                job.entities.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ")
+                job.entities
+                    .iter()
+                    .map(|e| e.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
     }
@@ -144,7 +155,11 @@ pub async fn prepare(job: &JobConfig, run_date: NaiveDate, only: &[String]) -> R
         };
         let (source, replica) = futures::try_join!(open(&job.source), open(&job.replica))?;
         let plan = EntityPlan::try_new(entity, &source.schema, &replica.schema, &job.path)?;
-        prepared.push(Prepared { plan, source, replica });
+        prepared.push(Prepared {
+            plan,
+            source,
+            replica,
+        });
     }
     Ok(prepared)
 }
@@ -158,7 +173,9 @@ pub fn new_run_id(now: DateTime<Utc>) -> String {
 pub fn check_run_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
@@ -209,7 +226,11 @@ pub async fn run(job: &JobConfig, opts: &RunOptions) -> Result<RunOutcome> {
             .filter(|e| e.guardrail.tripped)
             .map(|e| e.entity.clone())
             .collect();
-        let status = if tripped.is_empty() { "success" } else { "guardrail_tripped" };
+        let status = if tripped.is_empty() {
+            "success"
+        } else {
+            "guardrail_tripped"
+        };
         let mut durations_ms = BTreeMap::new();
         durations_ms.insert("prepare".to_string(), plan_ms);
         durations_ms.insert("total".to_string(), clock.elapsed().as_millis() as u64);
@@ -248,7 +269,10 @@ pub async fn run(job: &JobConfig, opts: &RunOptions) -> Result<RunOutcome> {
                 status: status.into(),
                 source: job.source.clone(),
                 replica: job.replica.clone(),
-                apply_order: prepared.iter().map(|p| p.plan.entity.name.clone()).collect(),
+                apply_order: prepared
+                    .iter()
+                    .map(|p| p.plan.entity.name.clone())
+                    .collect(),
                 withheld: tripped.clone(),
                 files,
             };
@@ -268,7 +292,11 @@ pub async fn run(job: &JobConfig, opts: &RunOptions) -> Result<RunOutcome> {
             warn!(error = %e, "run committed, but the latest-run pointer could not be updated");
         }
         info!(status, "run committed");
-        let exit = if tripped.is_empty() { ExitCode::Success } else { ExitCode::Guardrail };
+        let exit = if tripped.is_empty() {
+            ExitCode::Success
+        } else {
+            ExitCode::Guardrail
+        };
         Ok(RunOutcome { summary, exit })
     }
     .instrument(span)
@@ -298,7 +326,9 @@ async fn diff_all(
         let result: EntityResult = diff::run_entity(&ctx, &p.plan, stamp, layout)
             .instrument(span.clone())
             .await?;
-        let limit = opts.max_correction_share.unwrap_or(entity.max_correction_share);
+        let limit = opts
+            .max_correction_share
+            .unwrap_or(entity.max_correction_share);
         let verdict = guardrail(&result, p.source.rows, p.replica.rows, limit);
         let discrepancies = result.counts.iter().map(|c| c.count).sum();
         span.in_scope(|| {
@@ -313,7 +343,11 @@ async fn diff_all(
         files.push(result.discrepancy_file.clone());
         if verdict.tripped {
             warn!(entity = %entity.name, reason = verdict.reason.as_deref().unwrap_or(""), "guardrail tripped: corrections withheld");
-            let rels: Vec<String> = result.correction_files.iter().map(|f| f.path.clone()).collect();
+            let rels: Vec<String> = result
+                .correction_files
+                .iter()
+                .map(|f| f.path.clone())
+                .collect();
             write::remove(layout, &rels).await;
         } else {
             files.extend(result.correction_files.iter().cloned());
@@ -342,7 +376,12 @@ async fn diff_all(
 }
 
 /// Corrections may touch at most `limit` of the entity's rows (the larger side).
-fn guardrail(result: &EntityResult, source_rows: u64, replica_rows: u64, limit: f64) -> GuardrailVerdict {
+fn guardrail(
+    result: &EntityResult,
+    source_rows: u64,
+    replica_rows: u64,
+    limit: f64,
+) -> GuardrailVerdict {
     let corrections = result.correction_total();
     let rows = source_rows.max(replica_rows);
     let share = if rows == 0 {

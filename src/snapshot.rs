@@ -12,8 +12,10 @@ use datafusion::datasource::listing::{
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
-use parquet::arrow::async_reader::ParquetObjectReader;
+use object_store::ObjectStoreExt;
+use parquet::arrow::parquet_to_arrow_schema;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{FooterTail, ParquetMetaDataReader};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -59,12 +61,17 @@ impl Snapshot {
             store
                 .list(Some(&location.prefix))
                 .try_filter(|m| {
+                    // Only parts below the prefix count: `_SUCCESS`, `.tmp/`, `_staging/`.
                     let name = m.location.filename().unwrap_or("");
-                    let visible = !m
-                        .location
-                        .parts()
-                        .any(|p| p.as_ref().starts_with('_') || p.as_ref().starts_with('.'));
-                    futures::future::ready(name.ends_with(".parquet") && visible)
+                    let hidden =
+                        m.location
+                            .prefix_match(&location.prefix)
+                            .is_some_and(|mut parts| {
+                                parts.any(|p| {
+                                    p.as_ref().starts_with('_') || p.as_ref().starts_with('.')
+                                })
+                            });
+                    futures::future::ready(name.ends_with(".parquet") && !hidden)
                 })
                 .try_collect()
                 .await?
@@ -77,16 +84,25 @@ impl Snapshot {
             });
         }
         objects.sort_by(|a, b| a.location.cmp(&b.location));
-        let footers: Vec<(ObjectMeta, ArrowReaderMetadata)> =
+        let root = location.root.as_str();
+        let footers: Vec<(ObjectMeta, Footer)> =
             futures::stream::iter(objects.into_iter().map(|meta| {
                 let store = Arc::clone(&store);
                 async move {
-                    let mut reader = ParquetObjectReader::new(store, meta.location.clone())
-                        .with_file_size(meta.size);
-                    let footer =
-                        ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
-                            .await
-                            .map_err(|e| footer_error(e, entity, system, &meta))?;
+                    let footer = read_footer(store.as_ref(), &meta)
+                        .await
+                        .map_err(|e| match e {
+                            FooterError::Store(source) => Error::Storage {
+                                location: format!("{root}{}", meta.location),
+                                source,
+                            },
+                            FooterError::Parquet(source) => Error::CorruptFile {
+                                entity: entity.into(),
+                                system: system.into(),
+                                path: format!("{root}{}", meta.location),
+                                source,
+                            },
+                        })?;
                     Ok::<_, Error>((meta, footer))
                 }
             }))
@@ -94,19 +110,19 @@ impl Snapshot {
             .try_collect()
             .await?;
 
-        let schema = Arc::clone(footers[0].1.schema());
+        let schema = Arc::clone(&footers[0].1.schema);
         let mut files = Vec::with_capacity(footers.len());
         let mut rows = 0u64;
         for (meta, footer) in &footers {
-            check_same_schema(&schema, footer.schema()).map_err(|message| Error::Snapshot {
+            check_same_schema(&schema, &footer.schema).map_err(|message| Error::Snapshot {
                 entity: entity.into(),
                 system: system.into(),
                 message: format!(
-                    "file {} does not match {}: {message}",
+                    "file {root}{} does not match {root}{}: {message}",
                     meta.location, footers[0].0.location
                 ),
             })?;
-            let n = footer.metadata().file_metadata().num_rows().max(0) as u64;
+            let n = footer.rows;
             rows += n;
             files.push(SnapshotFile {
                 path: meta.location.to_string(),
@@ -130,15 +146,15 @@ impl Snapshot {
     /// Registers exactly the checked files as table `name` in `ctx`.
     pub fn register(&self, ctx: &SessionContext, name: &str) -> Result<()> {
         self.location.register(ctx);
-        let root = self.location.root.as_str().trim_end_matches('/');
+        let root = self.location.root.as_str();
         let urls = self
             .files
             .iter()
-            .map(|f| ListingTableUrl::parse(format!("{root}/{}", f.path)))
+            .map(|f| ListingTableUrl::parse(format!("{root}{}", f.path)))
             .collect::<datafusion::error::Result<Vec<_>>>()
             .map_err(|e| Error::query(format!("registering snapshot {}", self.url), e))?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-            .with_file_extension(".parquet");
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         let config = ListingTableConfig::new_with_multi_paths(urls)
             .with_listing_options(options)
             .with_schema(Arc::clone(&self.schema));
@@ -150,29 +166,58 @@ impl Snapshot {
     }
 }
 
-fn footer_error(
-    e: parquet::errors::ParquetError,
-    entity: &str,
-    system: &str,
+/// What a file's footer says: its Arrow schema and row count.
+struct Footer {
+    schema: SchemaRef,
+    rows: u64,
+}
+
+enum FooterError {
+    Store(object_store::Error),
+    Parquet(ParquetError),
+}
+
+/// Reads a Parquet footer with two ranged reads: the 8-byte tail, then the metadata.
+async fn read_footer(
+    store: &dyn object_store::ObjectStore,
     meta: &ObjectMeta,
-) -> Error {
-    if let parquet::errors::ParquetError::External(inner) = &e {
-        if inner.downcast_ref::<object_store::Error>().is_some() {
-            return Error::Storage {
-                location: meta.location.to_string(),
-                source: object_store::Error::Generic {
-                    store: "snapshot",
-                    source: e.to_string().into(),
-                },
-            };
-        }
+) -> std::result::Result<Footer, FooterError> {
+    let corrupt = |m: String| FooterError::Parquet(ParquetError::General(m));
+    if meta.size < 12 {
+        return Err(corrupt(format!(
+            "{} bytes is too small for Parquet",
+            meta.size
+        )));
     }
-    Error::CorruptFile {
-        entity: entity.into(),
-        system: system.into(),
-        path: meta.location.to_string(),
-        source: e,
+    let tail = store
+        .get_range(&meta.location, meta.size - 8..meta.size)
+        .await
+        .map_err(FooterError::Store)?;
+    let tail: [u8; 8] = tail[..]
+        .try_into()
+        .map_err(|_| corrupt("short read of the footer".into()))?;
+    let tail = FooterTail::try_new(&tail).map_err(FooterError::Parquet)?;
+    if tail.is_encrypted_footer() {
+        return Err(corrupt("encrypted footers are not supported".into()));
     }
+    let len = tail.metadata_length() as u64;
+    if len + 8 > meta.size {
+        return Err(corrupt(format!(
+            "footer length {len} exceeds the file size"
+        )));
+    }
+    let bytes = store
+        .get_range(&meta.location, meta.size - 8 - len..meta.size - 8)
+        .await
+        .map_err(FooterError::Store)?;
+    let metadata = ParquetMetaDataReader::decode_metadata(&bytes).map_err(FooterError::Parquet)?;
+    let file = metadata.file_metadata();
+    let schema = parquet_to_arrow_schema(file.schema_descr(), file.key_value_metadata())
+        .map_err(FooterError::Parquet)?;
+    Ok(Footer {
+        schema: Arc::new(schema),
+        rows: file.num_rows().max(0) as u64,
+    })
 }
 
 /// Files of one snapshot must agree on column names and types (nullability may differ).

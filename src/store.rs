@@ -38,11 +38,12 @@ impl std::fmt::Debug for Location {
 impl Location {
     /// The location's URL without a trailing slash.
     pub fn url(&self) -> String {
-        let root = self.root.as_str().trim_end_matches('/');
+        // `file:///`, `s3://bucket/`: the root always ends with exactly one slash.
+        let root = self.root.as_str();
         if self.prefix.as_ref().is_empty() {
-            root.to_string()
+            root.strip_suffix('/').unwrap_or(root).to_string()
         } else {
-            format!("{root}/{}", self.prefix)
+            format!("{root}{}", self.prefix)
         }
     }
 
@@ -163,7 +164,11 @@ pub fn open(url: &str) -> Result<Location> {
                     if authority.is_empty() {
                         return Err(bad("an s3 URL needs a bucket: s3://bucket/prefix".into()));
                     }
-                    Arc::new(s3_builder(&authority).build().map_err(|e| bad(e.to_string()))?)
+                    Arc::new(
+                        s3_builder(&authority)
+                            .build()
+                            .map_err(|e| bad(e.to_string()))?,
+                    )
                 }
                 other => return Err(bad(format!("unsupported scheme `{other}`"))),
             };
@@ -190,7 +195,10 @@ fn s3_builder(bucket: &str) -> AmazonS3Builder {
         ..Default::default()
     };
     let client = ClientOptions::new()
-        .with_connect_timeout(Duration::from_secs(env_u64("RECON_S3_CONNECT_TIMEOUT_SECS", 10)))
+        .with_connect_timeout(Duration::from_secs(env_u64(
+            "RECON_S3_CONNECT_TIMEOUT_SECS",
+            10,
+        )))
         .with_timeout(Duration::from_secs(env_u64("RECON_S3_TIMEOUT_SECS", 60)));
     AmazonS3Builder::from_env()
         .with_bucket_name(bucket)

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use chrono::{DateTime, NaiveDate, Utc};
-use object_store::PutPayload;
+use object_store::buffered::BufWriter;
 use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::AsyncArrowWriter;
-use parquet::arrow::async_writer::ParquetObjectWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
@@ -34,7 +34,10 @@ impl RunLayout {
         format!("run_date={}/run_id={}", self.run_date, self.run_id)
     }
     pub fn discrepancies(&self, entity: &str) -> String {
-        format!("discrepancies/{}/entity={entity}/part-00000.parquet", self.part())
+        format!(
+            "discrepancies/{}/entity={entity}/part-00000.parquet",
+            self.part()
+        )
     }
     pub fn corrections(&self, system: &str, entity: &str) -> String {
         format!(
@@ -86,7 +89,7 @@ pub fn discrepancy_schema() -> SchemaRef {
 pub struct ParquetSink {
     rel: String,
     path: Path,
-    writer: AsyncArrowWriter<ParquetObjectWriter>,
+    writer: AsyncArrowWriter<BufWriter>,
     rows: u64,
 }
 
@@ -97,7 +100,7 @@ impl ParquetSink {
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(128 * 1024))
             .build();
-        let object = ParquetObjectWriter::new(Arc::clone(&layout.output.store), path.clone());
+        let object = BufWriter::new(Arc::clone(&layout.output.store), path.clone());
         let writer = AsyncArrowWriter::try_new(object, schema, Some(props))
             .map_err(|e| Error::Internal(format!("creating {rel}: {e}")))?;
         Ok(ParquetSink {
@@ -138,16 +141,16 @@ impl ParquetSink {
 }
 
 fn parquet_write_error(rel: &str, e: parquet::errors::ParquetError) -> Error {
-    if let parquet::errors::ParquetError::External(inner) = &e {
-        if inner.downcast_ref::<object_store::Error>().is_some() {
-            return Error::Storage {
-                location: rel.to_string(),
-                source: object_store::Error::Generic {
-                    store: "output",
-                    source: e.to_string().into(),
-                },
-            };
-        }
+    if let parquet::errors::ParquetError::External(inner) = &e
+        && inner.downcast_ref::<object_store::Error>().is_some()
+    {
+        return Error::Storage {
+            location: rel.to_string(),
+            source: object_store::Error::Generic {
+                store: "output",
+                source: e.to_string().into(),
+            },
+        };
     }
     Error::Internal(format!("writing {rel}: {e}"))
 }

@@ -28,12 +28,15 @@ impl ReconDb {
         let name = name.trim();
         let entity = recon::job::parse_entity(&format!("name = \"{name}\"\n{body}"))
             .map_err(|e| SltError(e.to_string()))?;
-        let schema = |table: String| async move {
-            self.ctx
-                .table_provider(&table)
-                .await
-                .map(|t| t.schema())
-                .map_err(|e| SltError(e.to_string()))
+        let ctx = self.ctx.clone();
+        let schema = |table: String| {
+            let ctx = ctx.clone();
+            async move {
+                ctx.table_provider(&table)
+                    .await
+                    .map(|t| t.schema())
+                    .map_err(|e| SltError(e.to_string()))
+            }
         };
         let source = schema(format!("{name}_source")).await?;
         let replica = schema(format!("{name}_replica")).await?;
@@ -45,10 +48,22 @@ impl ReconDb {
         let (s, r) = (format!("{name}_source"), format!("{name}_replica"));
         let views = [
             (format!("{name}_diff"), plan.diff_sql(&s, &r)),
-            (format!("{name}_null_keys_source"), plan.null_keys_sql(Side::Source, &s)),
-            (format!("{name}_null_keys_replica"), plan.null_keys_sql(Side::Replica, &r)),
-            (format!("{name}_duplicate_keys_source"), plan.duplicate_keys_sql(Side::Source, &s)),
-            (format!("{name}_duplicate_keys_replica"), plan.duplicate_keys_sql(Side::Replica, &r)),
+            (
+                format!("{name}_null_keys_source"),
+                plan.null_keys_sql(Side::Source, &s),
+            ),
+            (
+                format!("{name}_null_keys_replica"),
+                plan.null_keys_sql(Side::Replica, &r),
+            ),
+            (
+                format!("{name}_duplicate_keys_source"),
+                plan.duplicate_keys_sql(Side::Source, &s),
+            ),
+            (
+                format!("{name}_duplicate_keys_replica"),
+                plan.duplicate_keys_sql(Side::Replica, &r),
+            ),
         ];
         for (view, sql) in views {
             self.ctx
@@ -70,7 +85,11 @@ impl AsyncDB for ReconDb {
             self.plan(rest.trim_start()).await?;
             return Ok(DBOutput::StatementComplete(0));
         }
-        let df = self.ctx.sql(sql).await.map_err(|e| SltError(e.to_string()))?;
+        let df = self
+            .ctx
+            .sql(sql)
+            .await
+            .map_err(|e| SltError(e.to_string()))?;
         let batches = df.collect().await.map_err(|e| SltError(e.to_string()))?;
         let options = FormatOptions::default().with_null("NULL");
         let mut rows = Vec::new();
@@ -89,7 +108,11 @@ impl AsyncDB for ReconDb {
                         .iter()
                         .map(|f| {
                             let v = f.value(row).to_string();
-                            if v.is_empty() { "(empty)".to_string() } else { v }
+                            if v.is_empty() {
+                                "(empty)".to_string()
+                            } else {
+                                v
+                            }
                         })
                         .collect(),
                 );

@@ -46,7 +46,12 @@ pub async fn run(args: DiffArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let cwd = std::path::Path::new(".");
     let url = |s: &str| crate::store::resolve_url(s, cwd);
     let entity = check_name(&args.entity).map_err(Error::Usage)?;
-    let key: Vec<String> = args.key.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+    let key: Vec<String> = args
+        .key
+        .iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
     if key.is_empty() {
         return Err(Error::Usage("--key needs at least one column".into()));
     }
@@ -77,7 +82,9 @@ pub async fn run(args: DiffArgs, global: &GlobalArgs) -> Result<ExitCode> {
         }],
     };
     let opts = RunOptions {
-        run_date: args.run_date.unwrap_or_else(|| chrono::Utc::now().date_naive()),
+        run_date: args
+            .run_date
+            .unwrap_or_else(|| chrono::Utc::now().date_naive()),
         run_id: args.run_id,
         entities: vec![],
         max_correction_share: None,

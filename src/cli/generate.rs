@@ -20,11 +20,18 @@ pub struct GenerateArgs {
 
 pub async fn run(args: GenerateArgs, global: &GlobalArgs) -> Result<ExitCode> {
     if args.scale < 1 {
-        return Err(Error::Usage(format!("--scale must be at least 1, got {}", args.scale)));
+        return Err(Error::Usage(format!(
+            "--scale must be at least 1, got {}",
+            args.scale
+        )));
     }
     Sample { scale: args.scale }.write(&args.out)?;
     if !global.quiet {
-        println!("wrote sample lake (scale {}) to {} for run date {SAMPLE_RUN_DATE}", args.scale, args.out.display());
+        println!(
+            "wrote sample lake (scale {}) to {} for run date {SAMPLE_RUN_DATE}",
+            args.scale,
+            args.out.display()
+        );
     }
     Ok(ExitCode::Success)
 }

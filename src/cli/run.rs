@@ -40,12 +40,12 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
     if let Some(output) = &args.output {
         job.output = crate::store::resolve_url(output, std::path::Path::new("."))?;
     }
-    if let Some(s) = args.max_correction_share {
-        if !(0.0..=1.0).contains(&s) {
-            return Err(crate::Error::Usage(format!(
-                "--max-correction-share must be between 0 and 1, got {s}"
-            )));
-        }
+    if let Some(s) = args.max_correction_share
+        && !(0.0..=1.0).contains(&s)
+    {
+        return Err(crate::Error::Usage(format!(
+            "--max-correction-share must be between 0 and 1, got {s}"
+        )));
     }
     let opts = RunOptions {
         run_date: args.run_date,
@@ -64,7 +64,10 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
 pub fn print_summary(s: &RunSummary, format: Format) {
     match format {
         Format::Json => {
-            println!("{}", serde_json::to_string_pretty(s).expect("summary serialises"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(s).expect("summary serialises")
+            );
         }
         Format::Text => println!("{}", render_text(s)),
     }
@@ -85,7 +88,13 @@ pub fn render_text(s: &RunSummary) -> String {
         "entity", "source", "replica", "missing", "extra", "mismatch", "dup", "null", "corrections"
     );
     for e in &s.entities {
-        let kind = |k: &str| -> u64 { e.counts.iter().filter(|c| c.kind == k).map(|c| c.count).sum() };
+        let kind = |k: &str| -> u64 {
+            e.counts
+                .iter()
+                .filter(|c| c.kind == k)
+                .map(|c| c.count)
+                .sum()
+        };
         let verdict = match &e.guardrail.reason {
             Some(r) => format!("TRIPPED: {r}"),
             None => "ok".to_string(),

@@ -36,7 +36,13 @@ pub async fn run(args: ValidateArgs, global: &GlobalArgs) -> Result<ExitCode> {
                     .plan
                     .fields
                     .iter()
-                    .map(|f| format!("{}({})", p.plan.field_column(f).source, f.rule.owner.as_str()))
+                    .map(|f| {
+                        format!(
+                            "{}({})",
+                            p.plan.field_column(f).source,
+                            f.rule.owner.as_str()
+                        )
+                    })
                     .collect();
                 lines.push(format!(
                     "  {}: {} + {} rows, key ({}), compared: {}",
@@ -44,7 +50,11 @@ pub async fn run(args: ValidateArgs, global: &GlobalArgs) -> Result<ExitCode> {
                     p.source.rows,
                     p.replica.rows,
                     p.plan.entity.key.join(", "),
-                    if fields.is_empty() { "none".into() } else { fields.join(", ") }
+                    if fields.is_empty() {
+                        "none".into()
+                    } else {
+                        fields.join(", ")
+                    }
                 ));
             }
             lines.push(format!("snapshots of {date}: ok"));

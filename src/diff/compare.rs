@@ -9,8 +9,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
-use arrow::compute::kernels::cmp::distinct;
 use arrow::compute::cast;
+use arrow::compute::kernels::cmp::distinct;
 use arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, TimeUnit};
 use datafusion::common::{Result as DfResult, exec_err};
 use datafusion::logical_expr::{
@@ -72,12 +72,16 @@ impl FieldComparator {
             DataType::Float16 | DataType::Float32 | DataType::Float64 => {
                 let a = cast(a, &DataType::Float64)?;
                 let b = cast(b, &DataType::Float64)?;
-                let (a, b) = (a.as_primitive::<Float64Type>(), b.as_primitive::<Float64Type>());
+                let (a, b) = (
+                    a.as_primitive::<Float64Type>(),
+                    b.as_primitive::<Float64Type>(),
+                );
                 for i in 0..a.len() {
                     let r = match (a.is_valid(i), b.is_valid(i)) {
                         (false, false) => None,
-                        (true, true) => (!floats_equal(rule, a.value(i), b.value(i)))
-                            .then_some(NUMERIC_DELTA),
+                        (true, true) => {
+                            (!floats_equal(rule, a.value(i), b.value(i))).then_some(NUMERIC_DELTA)
+                        }
                         _ => Some(NULL_VS_VALUE),
                     };
                     out.append_option(r);
@@ -86,7 +90,10 @@ impl FieldComparator {
             t if t.is_integer() || matches!(t, DataType::Decimal128(..)) => {
                 let (a, scale) = as_decimal(a)?;
                 let (b, _) = as_decimal(b)?;
-                let (a, b) = (a.as_primitive::<Decimal128Type>(), b.as_primitive::<Decimal128Type>());
+                let (a, b) = (
+                    a.as_primitive::<Decimal128Type>(),
+                    b.as_primitive::<Decimal128Type>(),
+                );
                 for i in 0..a.len() {
                     let r = match (a.is_valid(i), b.is_valid(i)) {
                         (false, false) => None,
@@ -226,18 +233,7 @@ pub fn compare_text(rule: &CompareRule, a: Option<&str>, b: Option<&str>) -> Opt
     if a == b {
         return None;
     }
-    let norm = |x: Option<&str>| -> Option<Cow<'_, str>> {
-        let x = x.map(|s| if rule.trim { s.trim() } else { s });
-        let x = x.filter(|s| !(rule.null_equals_empty && s.is_empty()));
-        x.map(|s| {
-            if rule.case_insensitive {
-                Cow::Owned(s.to_lowercase())
-            } else {
-                Cow::Borrowed(s)
-            }
-        })
-    };
-    let (na, nb) = (norm(a), norm(b));
+    let (na, nb) = (normalize(rule, a), normalize(rule, b));
     if na == nb {
         return None;
     }
@@ -252,6 +248,19 @@ pub fn compare_text(rule: &CompareRule, a: Option<&str>, b: Option<&str>) -> Opt
             }
         }
         _ => NULL_VS_VALUE,
+    })
+}
+
+/// Applies the text rule: trim, then empty as NULL, then lower case.
+fn normalize<'s>(rule: &CompareRule, x: Option<&'s str>) -> Option<Cow<'s, str>> {
+    let x = x.map(|s| if rule.trim { s.trim() } else { s });
+    let x = x.filter(|s| !(rule.null_equals_empty && s.is_empty()));
+    x.map(|s| {
+        if rule.case_insensitive {
+            Cow::Owned(s.to_lowercase())
+        } else {
+            Cow::Borrowed(s)
+        }
     })
 }
 
@@ -328,7 +337,10 @@ mod tests {
         let r = rule();
         assert_eq!(compare_text(&r, Some("a"), Some("a")), None);
         assert_eq!(compare_text(&r, Some("A"), Some("a")), Some(CASE_ONLY));
-        assert_eq!(compare_text(&r, Some("a "), Some("a")), Some(WHITESPACE_ONLY));
+        assert_eq!(
+            compare_text(&r, Some("a "), Some("a")),
+            Some(WHITESPACE_ONLY)
+        );
         assert_eq!(compare_text(&r, None, Some("a")), Some(NULL_VS_VALUE));
         assert_eq!(compare_text(&r, None, Some("")), Some(NULL_VS_VALUE));
         assert_eq!(compare_text(&r, Some("x"), Some("y")), Some(VALUE));

@@ -189,11 +189,8 @@ struct Classifier<'a> {
 impl<'a> Classifier<'a> {
     fn try_new(plan: &'a EntityPlan, stamp: &'a RunStamp, layout: &'a RunLayout) -> Result<Self> {
         let entity = &plan.entity.name;
-        let discrepancies = ParquetSink::try_new(
-            layout,
-            layout.discrepancies(entity),
-            discrepancy_schema(),
-        )?;
+        let discrepancies =
+            ParquetSink::try_new(layout, layout.discrepancies(entity), discrepancy_schema())?;
         let sink = |side: Side, system: &str| CorrectionSink {
             side,
             system: system.to_string(),
@@ -249,7 +246,20 @@ impl<'a> Classifier<'a> {
                 Side::Source => (Some(count.as_str()), None),
                 Side::Replica => (None, Some(count.as_str())),
             };
-            self.rows.push(self.stamp, &self.plan.entity.name, &key, kind, None, sv, rv, None, "report_only", Some(reason), None, None);
+            self.rows.push(
+                self.stamp,
+                &self.plan.entity.name,
+                &key,
+                kind,
+                None,
+                sv,
+                rv,
+                None,
+                "report_only",
+                Some(reason),
+                None,
+                None,
+            );
             self.count(kind, None);
         }
         Ok(())
@@ -258,7 +268,11 @@ impl<'a> Classifier<'a> {
     async fn diff_batch(&mut self, batch: &RecordBatch) -> Result<()> {
         let plan = self.plan;
         let entity = plan.entity.name.as_str();
-        let class = batch.column_by_name("__class").expect("diff has __class").as_string::<i32>().clone();
+        let class = batch
+            .column_by_name("__class")
+            .expect("diff has __class")
+            .as_string::<i32>()
+            .clone();
         let keys: Vec<KeyColumn> = (0..plan.key_len)
             .map(|i| KeyColumn::new(column(batch, &format!("k{i}"))))
             .collect::<Result<_>>()?;
@@ -267,7 +281,9 @@ impl<'a> Classifier<'a> {
             .fields
             .iter()
             .enumerate()
-            .map(|(i, f)| FieldColumns::new(batch, i, f.newest.is_some(), plan::is_numeric(&f.common)))
+            .map(|(i, f)| {
+                FieldColumns::new(batch, i, f.newest.is_some(), plan::is_numeric(&f.common))
+            })
             .collect::<Result<_>>()?;
         let insert_columns: Vec<usize> = (plan.key_len..plan.mapped.len()).collect();
 
@@ -276,10 +292,35 @@ impl<'a> Classifier<'a> {
             let r = row as u32;
             match class.value(row) {
                 "missing_in_replica" => {
-                    let id = correction_id(&self.stamp.job, entity, &self.stamp.replica, Op::Insert, &key, &[]);
-                    self.rows.push(self.stamp, entity, &key, MISSING_IN_REPLICA, None, None, None, Some("source"), "correct_replica", None, None, Some(&id));
+                    let id = correction_id(
+                        &self.stamp.job,
+                        entity,
+                        &self.stamp.replica,
+                        Op::Insert,
+                        &key,
+                        &[],
+                    );
+                    self.rows.push(
+                        self.stamp,
+                        entity,
+                        &key,
+                        MISSING_IN_REPLICA,
+                        None,
+                        None,
+                        None,
+                        Some("source"),
+                        "correct_replica",
+                        None,
+                        None,
+                        Some(&id),
+                    );
                     self.count(MISSING_IN_REPLICA, None);
-                    self.corrections[0].pending.push(PendingCorrection { row: r, op: Op::Insert, id, changed: insert_columns.clone() });
+                    self.corrections[0].pending.push(PendingCorrection {
+                        row: r,
+                        op: Op::Insert,
+                        id,
+                        changed: insert_columns.clone(),
+                    });
                 }
                 "extra_in_replica" => {
                     let op = match plan.entity.deletes {
@@ -287,12 +328,36 @@ impl<'a> Classifier<'a> {
                         DeletePolicy::Soft { .. } => Some(Op::SoftDelete),
                         DeletePolicy::Report => None,
                     };
-                    let id = op.map(|op| correction_id(&self.stamp.job, entity, &self.stamp.replica, op, &key, &[]));
-                    let action = if op.is_some() { "correct_replica" } else { "report_only" };
-                    self.rows.push(self.stamp, entity, &key, EXTRA_IN_REPLICA, None, None, None, Some("source"), action, None, None, id.as_deref());
+                    let id = op.map(|op| {
+                        correction_id(&self.stamp.job, entity, &self.stamp.replica, op, &key, &[])
+                    });
+                    let action = if op.is_some() {
+                        "correct_replica"
+                    } else {
+                        "report_only"
+                    };
+                    self.rows.push(
+                        self.stamp,
+                        entity,
+                        &key,
+                        EXTRA_IN_REPLICA,
+                        None,
+                        None,
+                        None,
+                        Some("source"),
+                        action,
+                        None,
+                        None,
+                        id.as_deref(),
+                    );
                     self.count(EXTRA_IN_REPLICA, None);
                     if let (Some(op), Some(id)) = (op, id) {
-                        self.corrections[0].pending.push(PendingCorrection { row: r, op, id, changed: vec![] });
+                        self.corrections[0].pending.push(PendingCorrection {
+                            row: r,
+                            op,
+                            id,
+                            changed: vec![],
+                        });
                     }
                 }
                 _ => self.mismatches(row, &key, &fields),
@@ -320,7 +385,10 @@ impl<'a> Classifier<'a> {
                 Owner::Replica => Some(Side::Source),
                 Owner::None => None,
                 Owner::Newest { .. } => {
-                    let newer = fields[i].replica_newer.as_ref().is_some_and(|a| a.is_valid(row) && a.value(row));
+                    let newer = fields[i]
+                        .replica_newer
+                        .as_ref()
+                        .is_some_and(|a| a.is_valid(row) && a.value(row));
                     Some(if newer { Side::Source } else { Side::Replica })
                 }
             };
@@ -333,20 +401,29 @@ impl<'a> Classifier<'a> {
                 .filter(|(_, s)| *s == Some(side))
                 .map(|(i, _)| {
                     let m = plan.field_column(&plan.fields[*i]);
-                    (*i, m.name(side), fields[*i].source_text(row), fields[*i].replica_text(row))
+                    (
+                        *i,
+                        m.name(side),
+                        fields[*i].source_text(row),
+                        fields[*i].replica_text(row),
+                    )
                 })
                 .collect();
             if changed.is_empty() {
                 continue;
             }
-            let detail: Vec<(&str, Option<&str>, Option<&str>)> = changed.iter().map(|(_, n, s, r)| (*n, *s, *r)).collect();
+            let detail: Vec<(&str, Option<&str>, Option<&str>)> =
+                changed.iter().map(|(_, n, s, r)| (*n, *s, *r)).collect();
             let system = &self.corrections[slot].system;
             let id = correction_id(&self.stamp.job, entity, system, Op::Update, key, &detail);
             self.corrections[slot].pending.push(PendingCorrection {
                 row: row as u32,
                 op: Op::Update,
                 id: id.clone(),
-                changed: changed.iter().map(|(i, ..)| plan.fields[*i].column).collect(),
+                changed: changed
+                    .iter()
+                    .map(|(i, ..)| plan.fields[*i].column)
+                    .collect(),
             });
             ids[slot] = Some(id);
         }
@@ -398,7 +475,14 @@ impl<'a> Classifier<'a> {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.corrections[slot].pending);
-        let out = build_corrections(self.plan, &self.corrections[slot], batch, &pending, self.soft_deleted.as_ref(), self.stamp.run_date)?;
+        let out = build_corrections(
+            self.plan,
+            &self.corrections[slot],
+            batch,
+            &pending,
+            self.soft_deleted.as_ref(),
+            self.stamp.run_date,
+        )?;
         let c = &mut self.corrections[slot];
         for p in &pending {
             *c.counts.entry(p.op).or_default() += 1;
@@ -418,15 +502,29 @@ impl<'a> Classifier<'a> {
         let entity = self.plan.entity.name.clone();
         let discrepancy_file = self
             .discrepancies
-            .finish(self.layout, FileEntry { kind: "discrepancies", entity: Some(entity.clone()), system: None })
+            .finish(
+                self.layout,
+                FileEntry {
+                    kind: "discrepancies",
+                    entity: Some(entity.clone()),
+                    system: None,
+                },
+            )
             .await?;
         let mut correction_files = Vec::new();
         let mut corrections = BTreeMap::new();
         for c in self.corrections {
             if let Some(sink) = c.sink {
                 correction_files.push(
-                    sink.finish(self.layout, FileEntry { kind: "corrections", entity: Some(entity.clone()), system: Some(c.system.clone()) })
-                        .await?,
+                    sink.finish(
+                        self.layout,
+                        FileEntry {
+                            kind: "corrections",
+                            entity: Some(entity.clone()),
+                            system: Some(c.system.clone()),
+                        },
+                    )
+                    .await?,
                 );
             }
             if !c.counts.is_empty() {
@@ -439,7 +537,14 @@ impl<'a> Classifier<'a> {
             .map(|((kind, field), count)| Count { kind, field, count })
             .collect();
         counts.sort();
-        Ok(EntityResult { counts, corrections, discrepancy_file, correction_files, quality_ms, diff_ms })
+        Ok(EntityResult {
+            counts,
+            corrections,
+            discrepancy_file,
+            correction_files,
+            quality_ms,
+            diff_ms,
+        })
     }
 }
 
@@ -471,7 +576,11 @@ pub fn correction_schema(plan: &EntityPlan, side: Side) -> SchemaRef {
         ),
     ];
     fields.extend(payload.iter().cloned());
-    fields.push(Field::new("expected", DataType::Struct(Fields::from(payload)), true));
+    fields.push(Field::new(
+        "expected",
+        DataType::Struct(Fields::from(payload)),
+        true,
+    ));
     Arc::new(Schema::new(fields))
 }
 
@@ -496,11 +605,19 @@ fn soft_value(s: &SoftColumn, run_date: NaiveDate, deleted: bool) -> Result<Scal
     let value = match (&s.marker, deleted) {
         (SoftMarker::Bool(v), true) => ScalarValue::Boolean(Some(*v)),
         (SoftMarker::Bool(v), false) => ScalarValue::Boolean(Some(!*v)),
-        (SoftMarker::NotNull(_), false) => return ScalarValue::try_from(&t).map_err(|e| Error::Internal(e.to_string())),
+        (SoftMarker::NotNull(_), false) => {
+            return ScalarValue::try_from(&t).map_err(|e| Error::Internal(e.to_string()));
+        }
         (SoftMarker::NotNull(_), true) => {
-            let midnight = run_date.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp();
+            let midnight = run_date
+                .and_hms_opt(0, 0, 0)
+                .expect("midnight")
+                .and_utc()
+                .timestamp();
             let seconds = ScalarValue::TimestampSecond(Some(midnight), None);
-            seconds.cast_to(&t).map_err(|e| Error::Internal(format!("soft-delete value for `{}`: {e}", s.name)))?
+            seconds
+                .cast_to(&t)
+                .map_err(|e| Error::Internal(format!("soft-delete value for `{}`: {e}", s.name)))?
         }
     };
     Ok(value)
@@ -521,25 +638,45 @@ fn build_corrections(
     };
     let n = pending.len();
     let indices = UInt32Array::from_iter_values(pending.iter().map(|p| p.row));
-    let internal = |e: arrow::error::ArrowError| Error::Internal(format!("building corrections of `{}`: {e}", plan.entity.name));
+    let internal = |e: arrow::error::ArrowError| {
+        Error::Internal(format!(
+            "building corrections of `{}`: {e}",
+            plan.entity.name
+        ))
+    };
     let soft_rows = BooleanArray::from_iter(pending.iter().map(|p| Some(p.op == Op::SoftDelete)));
-    let soft_name = plan.replica_soft.as_ref().filter(|_| side == Side::Replica).map(|s| s.name.as_str());
+    let soft_name = plan
+        .replica_soft
+        .as_ref()
+        .filter(|_| side == Side::Replica)
+        .map(|s| s.name.as_str());
 
     let mut values: Vec<ArrayRef> = Vec::with_capacity(plan.mapped.len() + 1);
     let mut expected: Vec<ArrayRef> = Vec::with_capacity(plan.mapped.len() + 1);
     for (j, m) in plan.mapped.iter().enumerate() {
-        let set = take(column(batch, &format!("{prefix}set{j}")).as_ref(), &indices, None).map_err(internal)?;
-        let cur = take(column(batch, &format!("{prefix}cur{j}")).as_ref(), &indices, None).map_err(internal)?;
+        let set = take(
+            column(batch, &format!("{prefix}set{j}")).as_ref(),
+            &indices,
+            None,
+        )
+        .map_err(internal)?;
+        let cur = take(
+            column(batch, &format!("{prefix}cur{j}")).as_ref(),
+            &indices,
+            None,
+        )
+        .map_err(internal)?;
         let drop = BooleanArray::from_iter(pending.iter().map(|p| {
-            let keep = m.is_key || p.op == Op::Insert || (p.op == Op::Update && p.changed.contains(&j));
+            let keep =
+                m.is_key || p.op == Op::Insert || (p.op == Op::Update && p.changed.contains(&j));
             Some(!keep)
         }));
-        let mut value = nullif(&set, &drop).map_err(internal)?;
-        if soft_name == Some(m.name(side)) {
-            if let Some(v) = soft_deleted {
-                let marker = v.to_scalar().map_err(|e| Error::Internal(e.to_string()))?;
-                value = zip(&soft_rows, &marker, &value).map_err(internal)?;
-            }
+        let mut value = nullif(set.as_ref(), &drop).map_err(internal)?;
+        if soft_name == Some(m.name(side))
+            && let Some(v) = soft_deleted
+        {
+            let marker = v.to_scalar().map_err(|e| Error::Internal(e.to_string()))?;
+            value = zip(&soft_rows, &marker, &value).map_err(internal)?;
         }
         values.push(value);
         expected.push(cur);
@@ -547,7 +684,8 @@ fn build_corrections(
     if let (Side::Replica, Some(soft)) = (side, extra_soft_column(plan)) {
         let deleted = soft_value(soft, run_date, true)?;
         let live = soft_value(soft, run_date, false)?;
-        let none = ScalarValue::try_from(&soft_type(soft)).map_err(|e| Error::Internal(e.to_string()))?;
+        let none =
+            ScalarValue::try_from(&soft_type(soft)).map_err(|e| Error::Internal(e.to_string()))?;
         let scalars: Vec<ScalarValue> = pending
             .iter()
             .map(|p| match p.op {
@@ -556,22 +694,37 @@ fn build_corrections(
                 _ => none.clone(),
             })
             .collect();
-        let array = ScalarValue::iter_to_array(scalars).map_err(|e| Error::Internal(e.to_string()))?;
+        let array =
+            ScalarValue::iter_to_array(scalars).map_err(|e| Error::Internal(e.to_string()))?;
         values.push(array);
         expected.push(arrow::array::new_null_array(&soft_type(soft), n));
     }
 
     let schema = &sink.schema;
-    let payload_fields: Fields = match schema.field_with_name("expected").expect("expected").data_type() {
+    let payload_fields: Fields = match schema
+        .field_with_name("expected")
+        .expect("expected")
+        .data_type()
+    {
         DataType::Struct(f) => f.clone(),
         _ => unreachable!("expected is a struct"),
     };
-    let not_insert = arrow::buffer::NullBuffer::from(pending.iter().map(|p| p.op != Op::Insert).collect::<Vec<_>>());
-    let expected = StructArray::try_new(payload_fields, expected, Some(not_insert)).map_err(internal)?;
+    let not_insert = arrow::buffer::NullBuffer::from(
+        pending
+            .iter()
+            .map(|p| p.op != Op::Insert)
+            .collect::<Vec<_>>(),
+    );
+    let expected =
+        StructArray::try_new(payload_fields, expected, Some(not_insert)).map_err(internal)?;
 
     let ids = StringArray::from_iter_values(pending.iter().map(|p| p.id.as_str()));
     let ops = StringArray::from_iter_values(pending.iter().map(|p| p.op.as_str()));
-    let mut changed = ListBuilder::new(StringBuilder::new());
+    let mut changed = ListBuilder::new(StringBuilder::new()).with_field(Arc::new(Field::new(
+        "item",
+        DataType::Utf8,
+        true,
+    )));
     for p in pending {
         match p.op {
             Op::SoftDelete => {
@@ -587,7 +740,7 @@ fn build_corrections(
         }
         changed.append(true);
     }
-    let changed = changed.finish().with_field(Arc::new(Field::new("item", DataType::Utf8, true)));
+    let changed = changed.finish();
 
     let mut columns: Vec<ArrayRef> = vec![Arc::new(ids), Arc::new(ops), Arc::new(changed)];
     columns.extend(values);
@@ -636,7 +789,9 @@ impl KeyColumn {
     fn json(&self, row: usize) -> serde_json::Value {
         use serde_json::Value;
         match self {
-            KeyColumn::Int(a) if a.is_valid(row) => Value::from(a.as_primitive::<Int64Type>().value(row)),
+            KeyColumn::Int(a) if a.is_valid(row) => {
+                Value::from(a.as_primitive::<Int64Type>().value(row))
+            }
             KeyColumn::Text(a) if a.is_valid(row) => Value::from(a.as_string::<i32>().value(row)),
             KeyColumn::Bool(a) if a.is_valid(row) => Value::from(a.as_boolean().value(row)),
             KeyColumn::Other(a) if a.is_valid(row) => Value::from(a.value(row)),
@@ -658,9 +813,14 @@ fn key_json(names: &[&str], keys: &[KeyColumn], row: usize) -> String {
 
 /// Canonical text of values: Arrow's text form, binary as hex, timestamps ISO 8601.
 pub fn canonical_text(a: &ArrayRef) -> Result<StringArray> {
-    let err = |e: arrow::error::ArrowError| Error::Internal(format!("rendering {} as text: {e}", a.data_type()));
+    let err = |e: arrow::error::ArrowError| {
+        Error::Internal(format!("rendering {} as text: {e}", a.data_type()))
+    };
     match a.data_type() {
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => {
             let b = cast(a, &DataType::Binary).map_err(err)?;
             let b = b.as_binary::<i32>();
             Ok(b.iter().map(|v| v.map(hex::encode)).collect())
@@ -686,29 +846,41 @@ impl FieldColumns {
         let sc = column(batch, &format!("sc{i}"));
         let rc = column(batch, &format!("rc{i}"));
         let delta = if numeric {
-            let f = |a: &ArrayRef| cast(a, &DataType::Float64).map_err(|e| Error::Internal(e.to_string()));
+            let f = |a: &ArrayRef| {
+                cast(a, &DataType::Float64).map_err(|e| Error::Internal(e.to_string()))
+            };
             Some((f(sc)?, f(rc)?))
         } else {
             None
         };
         Ok(FieldColumns {
-            reason: column(batch, &format!("reason{i}")).as_string::<i32>().clone(),
+            reason: column(batch, &format!("reason{i}"))
+                .as_string::<i32>()
+                .clone(),
             source_text: canonical_text(sc)?,
             replica_text: canonical_text(rc)?,
             delta,
-            replica_newer: newest.then(|| column(batch, &format!("rnewer{i}")).as_boolean().clone()),
+            replica_newer: newest
+                .then(|| column(batch, &format!("rnewer{i}")).as_boolean().clone()),
         })
     }
     fn source_text(&self, row: usize) -> Option<&str> {
-        self.source_text.is_valid(row).then(|| self.source_text.value(row))
+        self.source_text
+            .is_valid(row)
+            .then(|| self.source_text.value(row))
     }
     fn replica_text(&self, row: usize) -> Option<&str> {
-        self.replica_text.is_valid(row).then(|| self.replica_text.value(row))
+        self.replica_text
+            .is_valid(row)
+            .then(|| self.replica_text.value(row))
     }
     /// replica − source, when both are numbers.
     fn delta(&self, row: usize) -> Option<f64> {
         let (s, r) = self.delta.as_ref()?;
-        let (s, r) = (s.as_primitive::<Float64Type>(), r.as_primitive::<Float64Type>());
+        let (s, r) = (
+            s.as_primitive::<Float64Type>(),
+            r.as_primitive::<Float64Type>(),
+        );
         (s.is_valid(row) && r.is_valid(row)).then(|| r.value(row) - s.value(row))
     }
 }
@@ -789,7 +961,8 @@ impl DiscrepancyRows {
             Arc::new(self.delta.finish()),
             Arc::new(self.correction_id.finish()),
         ];
-        RecordBatch::try_new(discrepancy_schema(), columns).map_err(|e| Error::Internal(e.to_string()))
+        RecordBatch::try_new(discrepancy_schema(), columns)
+            .map_err(|e| Error::Internal(e.to_string()))
     }
 }
 

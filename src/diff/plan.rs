@@ -112,7 +112,10 @@ fn fill(template: &str, parts: &[(&str, &str)]) -> String {
         let after = &rest[start + 1..];
         match after.find('}').and_then(|end| {
             let name = &after[..end];
-            parts.iter().find(|(n, _)| *n == name).map(|(_, v)| (end, *v))
+            parts
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (end, *v))
         }) {
             Some((end, value)) => {
                 out.push_str(value);
@@ -146,15 +149,23 @@ impl EntityPlan {
     ) -> Result<Self> {
         let err = |message: String| Error::JobSchema {
             path: job_path.to_path_buf(),
+            line: entity.line,
             entity: entity.name.clone(),
             message,
         };
         let clash = |message: String| Error::SchemaMismatch {
             path: job_path.to_path_buf(),
+            line: entity.line,
             entity: entity.name.clone(),
             message,
         };
-        let replica_name = |s: &str| entity.rename.get(s).cloned().unwrap_or_else(|| s.to_string());
+        let replica_name = |s: &str| {
+            entity
+                .rename
+                .get(s)
+                .cloned()
+                .unwrap_or_else(|| s.to_string())
+        };
         for from in entity.rename.keys() {
             if source.field_with_name(from).is_err() {
                 return Err(err(format!(
@@ -280,7 +291,10 @@ impl EntityPlan {
                             m.source
                         ))
                     })?;
-                    let t = mapped[j].common.clone().ok_or_else(|| clash(type_clash("`by` column", &mapped[j])))?;
+                    let t = mapped[j]
+                        .common
+                        .clone()
+                        .ok_or_else(|| clash(type_clash("`by` column", &mapped[j])))?;
                     newest.push((j, t));
                     Some(newest.len() - 1)
                 }
@@ -318,8 +332,12 @@ impl EntityPlan {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                FieldComparator::new(format!("recon_cmp_{i}"), f.rule.compare.clone(), f.common.clone())
-                    .into_udf()
+                FieldComparator::new(
+                    format!("recon_cmp_{i}"),
+                    f.rule.compare.clone(),
+                    f.common.clone(),
+                )
+                .into_udf()
             })
             .collect()
     }
@@ -333,7 +351,11 @@ impl EntityPlan {
                 .collect::<Vec<_>>()
                 .join(join)
         };
-        (names.join(", "), with("IS NULL", " OR "), with("IS NOT NULL", " AND "))
+        (
+            names.join(", "),
+            with("IS NULL", " OR "),
+            with("IS NOT NULL", " AND "),
+        )
     }
 
     /// Keys of `table` (one side's raw snapshot) with a NULL part, with their row counts.
@@ -341,7 +363,11 @@ impl EntityPlan {
         let (keys, is_null, _) = self.key_lists(side, "");
         fill(
             NULL_KEYS_SQL,
-            &[("keys", &keys), ("key_is_null", &is_null), ("table", &quote(table))],
+            &[
+                ("keys", &keys),
+                ("key_is_null", &is_null),
+                ("table", &quote(table)),
+            ],
         )
     }
 
@@ -350,7 +376,11 @@ impl EntityPlan {
         let (keys, _, complete) = self.key_lists(side, "");
         fill(
             DUPLICATE_KEYS_SQL,
-            &[("keys", &keys), ("key_is_complete", &complete), ("table", &quote(table))],
+            &[
+                ("keys", &keys),
+                ("key_is_complete", &complete),
+                ("table", &quote(table)),
+            ],
         )
     }
 
@@ -367,15 +397,24 @@ impl EntityPlan {
         let mut projection = Vec::new();
         for (i, k) in self.keys().iter().enumerate() {
             let common = k.common.as_ref().expect("keys have a common type");
-            projection.push(format!("{} AS \"k{i}\"", cast_to(&col(k), k.data_type(side), common)));
+            projection.push(format!(
+                "{} AS \"k{i}\"",
+                cast_to(&col(k), k.data_type(side), common)
+            ));
         }
         for (i, f) in self.fields.iter().enumerate() {
             let m = self.field_column(f);
-            projection.push(format!("{} AS \"c{i}\"", cast_to(&col(m), m.data_type(side), &f.common)));
+            projection.push(format!(
+                "{} AS \"c{i}\"",
+                cast_to(&col(m), m.data_type(side), &f.common)
+            ));
         }
         for (i, (j, common)) in self.newest.iter().enumerate() {
             let m = &self.mapped[*j];
-            projection.push(format!("{} AS \"n{i}\"", cast_to(&col(m), m.data_type(side), common)));
+            projection.push(format!(
+                "{} AS \"n{i}\"",
+                cast_to(&col(m), m.data_type(side), common)
+            ));
         }
         // Payload: this side's current values, and its values in the other side's types
         // (what a correction of the other side would set).
@@ -432,7 +471,9 @@ impl EntityPlan {
             columns.push(format!("coalesce(s.\"k{i}\", r.\"k{i}\") AS \"k{i}\""));
         }
         for i in 0..self.fields.len() {
-            columns.push(format!("recon_cmp_{i}(s.\"c{i}\", r.\"c{i}\") AS \"reason{i}\""));
+            columns.push(format!(
+                "recon_cmp_{i}(s.\"c{i}\", r.\"c{i}\") AS \"reason{i}\""
+            ));
             columns.push(format!("s.\"c{i}\" AS \"sc{i}\", r.\"c{i}\" AS \"rc{i}\""));
         }
         for (i, f) in self.fields.iter().enumerate() {
@@ -443,8 +484,12 @@ impl EntityPlan {
         for (j, m) in self.mapped.iter().enumerate() {
             if m.is_key {
                 // Keys to set come from whichever side has the row.
-                columns.push(format!("coalesce(s.\"rset{j}\", r.\"rcur{j}\") AS \"rset{j}\""));
-                columns.push(format!("coalesce(r.\"sset{j}\", s.\"scur{j}\") AS \"sset{j}\""));
+                columns.push(format!(
+                    "coalesce(s.\"rset{j}\", r.\"rcur{j}\") AS \"rset{j}\""
+                ));
+                columns.push(format!(
+                    "coalesce(r.\"sset{j}\", s.\"scur{j}\") AS \"sset{j}\""
+                ));
             } else {
                 columns.push(format!("s.\"rset{j}\""));
                 columns.push(format!("r.\"sset{j}\""));
@@ -482,7 +527,10 @@ impl EntityPlan {
                     Side::Source => source,
                     Side::Replica => replica,
                 };
-                format!("SELECT {keys} FROM ({}) AS t", self.duplicate_keys_sql(*side, table))
+                format!(
+                    "SELECT {keys} FROM ({}) AS t",
+                    self.duplicate_keys_sql(*side, table)
+                )
             })
             .collect::<Vec<_>>()
             .join(" UNION ");
@@ -525,7 +573,9 @@ fn type_clash(what: &str, m: &MappedColumn) -> String {
 fn check_rule(rule: &FieldRule, t: &DataType) -> std::result::Result<(), String> {
     let c = &rule.compare;
     if c.is_textual() && !matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
-        return Err(format!("case_insensitive, trim and null_equals_empty apply to text, not {t}"));
+        return Err(format!(
+            "case_insensitive, trim and null_equals_empty apply to text, not {t}"
+        ));
     }
     if c.is_numeric() && !is_numeric(t) {
         return Err(format!("abs_tol and rel_tol apply to numbers, not {t}"));
@@ -624,8 +674,14 @@ mod tests {
     fn common_types() {
         use DataType::*;
         assert_eq!(common_type(&Int32, &Int64), Some(Int64));
-        assert_eq!(common_type(&Decimal128(10, 2), &Decimal128(14, 4)), Some(Decimal128(14, 4)));
-        assert_eq!(common_type(&Int64, &Decimal128(10, 2)), Some(Decimal128(21, 2)));
+        assert_eq!(
+            common_type(&Decimal128(10, 2), &Decimal128(14, 4)),
+            Some(Decimal128(14, 4))
+        );
+        assert_eq!(
+            common_type(&Int64, &Decimal128(10, 2)),
+            Some(Decimal128(21, 2))
+        );
         assert_eq!(common_type(&Float32, &Decimal128(10, 2)), Some(Float64));
         assert_eq!(
             common_type(

@@ -12,13 +12,24 @@ use crate::common::*;
 
 fn recon(fx: &Fixture) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_recon"));
-    cmd.current_dir(fx.path()).env_remove("RUST_LOG").arg("--log-level").arg("error");
+    cmd.current_dir(fx.path())
+        .env_remove("RUST_LOG")
+        .arg("--log-level")
+        .arg("error");
     cmd
 }
 
 fn run_sample(fx: &Fixture) -> Command {
     let mut cmd = recon(fx);
-    cmd.args(["run", "--job", "job.toml", "--run-date", "2024-06-01", "--run-id", "cli-test"]);
+    cmd.args([
+        "run",
+        "--job",
+        "job.toml",
+        "--run-date",
+        "2024-06-01",
+        "--run-id",
+        "cli-test",
+    ]);
     cmd
 }
 
@@ -55,14 +66,24 @@ fn malformed_toml_names_file_and_line() {
 #[test]
 fn unknown_key_names_file_and_line() {
     let fx = Fixture::new();
-    fx.edit_job(|t| t.replace("depends_on = [\"groups\", \"users\"]", "depends_on = [\"groups\", \"users\"]\ncolour = \"red\""));
+    fx.edit_job(|t| {
+        t.replace(
+            "depends_on = [\"groups\", \"users\"]",
+            "depends_on = [\"groups\", \"users\"]\ncolour = \"red\"",
+        )
+    });
     snapshot!(run_sample(&fx));
 }
 
 #[test]
 fn unknown_column_names_entity_and_column() {
     let fx = Fixture::new();
-    fx.edit_job(|t| t.replace("fields.nickname", "fields.shoe_size = { owner = \"none\" }\nfields.nickname"));
+    fx.edit_job(|t| {
+        t.replace(
+            "fields.nickname",
+            "fields.shoe_size = { owner = \"none\" }\nfields.nickname",
+        )
+    });
     snapshot!(run_sample(&fx));
 }
 
@@ -77,7 +98,12 @@ fn missing_snapshot_is_bad_input() {
 #[test]
 fn corrupt_parquet_names_the_file() {
     let fx = Fixture::new();
-    std::fs::write(fx.snapshot("monolith", "tenants").join("part-00001.parquet"), b"not parquet at all").unwrap();
+    std::fs::write(
+        fx.snapshot("monolith", "tenants")
+            .join("part-00001.parquet"),
+        b"not parquet at all",
+    )
+    .unwrap();
     snapshot!(run_sample(&fx));
     assert!(manifests(&fx.out()).is_empty(), "nothing is committed");
 }
@@ -94,7 +120,8 @@ fn schema_mismatch_names_entity_and_column() {
         Field::new("created_at", DataType::Utf8, false),
     ]));
     let col = || Arc::new(StringArray::from(vec!["1"])) as _;
-    let batch = RecordBatch::try_new(Arc::clone(&schema), vec![col(), col(), col(), col()]).unwrap();
+    let batch =
+        RecordBatch::try_new(Arc::clone(&schema), vec![col(), col(), col(), col()]).unwrap();
     let file = std::fs::File::create(dir.join("part-00000.parquet")).unwrap();
     let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
     w.write(&batch).unwrap();

@@ -54,8 +54,9 @@ impl Fixture {
     }
     /// The snapshot folder of one system's entity for the sample run date.
     pub fn snapshot(&self, system: &str, entity: &str) -> PathBuf {
-        self.path()
-            .join(format!("lake/snapshots/{system}/{entity}/run_date=2024-06-01"))
+        self.path().join(format!(
+            "lake/snapshots/{system}/{entity}/run_date=2024-06-01"
+        ))
     }
     pub fn edit_job(&self, f: impl FnOnce(String) -> String) {
         let text = std::fs::read_to_string(self.job()).unwrap();
@@ -97,10 +98,16 @@ pub fn manifests(out: &Path) -> Vec<Manifest> {
 }
 
 fn text(batch: &RecordBatch, name: &str, row: usize) -> String {
-    let col = batch.column_by_name(name).unwrap_or_else(|| panic!("no column {name}"));
+    let col = batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("no column {name}"));
     let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8).unwrap();
     let col = col.as_string::<i32>();
-    if col.is_null(row) { String::new() } else { col.value(row).to_string() }
+    if col.is_null(row) {
+        String::new()
+    } else {
+        col.value(row).to_string()
+    }
 }
 
 /// (entity, key, kind, field, action, reason) of every discrepancy of a run.
@@ -129,14 +136,22 @@ pub fn discrepancies(out: &Path, m: &Manifest) -> BTreeSet<Disc> {
 /// (system, entity, key json, op, changed fields joined with `;`, correction id).
 pub type Corr = (String, String, String, String, String, String);
 
-pub fn corrections(out: &Path, m: &Manifest, key_columns: &dyn Fn(&str) -> Vec<String>) -> Vec<Corr> {
+pub fn corrections(
+    out: &Path,
+    m: &Manifest,
+    key_columns: &dyn Fn(&str) -> Vec<String>,
+) -> Vec<Corr> {
     let mut rows = Vec::new();
     for f in m.files.iter().filter(|f| f.kind == "corrections") {
         let system = f.system.clone().unwrap();
         let entity = f.entity.clone().unwrap();
         let keys = key_columns(&entity);
         for b in read_parquet(&out.join(&f.path)) {
-            let changed = b.column_by_name("changed_fields").unwrap().as_list::<i32>().clone();
+            let changed = b
+                .column_by_name("changed_fields")
+                .unwrap()
+                .as_list::<i32>()
+                .clone();
             for r in 0..b.num_rows() {
                 let mut key = serde_json::Map::new();
                 for k in &keys {
