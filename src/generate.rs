@@ -177,6 +177,9 @@ impl Sample {
                 t.plan = "legacy".into(); // T3 field_mismatch plan
             }
         }
+        // T4 sub-millisecond created_at in the monolith: equal under precision = "ms".
+        let mut mono_t = mono_t;
+        mono_t[6].created_at += 500;
         self.put(lake, "monolith", "tenants", tenants_batch(&mono_t, false)?)?;
         self.put(lake, "service", "tenants", tenants_batch(&serv_t, true)?)?;
 
