@@ -103,6 +103,17 @@ pub enum Error {
         source: DataFusionError,
     },
 
+    /// Another run of the same job and run date holds the lock.
+    #[error("another run holds the lock {lock}: {holder}")]
+    Locked { lock: String, holder: String },
+
+    /// The store accepts a second conditional create of the same object, so no lock
+    /// taken there would be real.
+    #[error(
+        "the object store at {url} ignores conditional writes (If-None-Match), so recon cannot guarantee one run at a time there; use a store that honours them (S3, MinIO), or pass --no-lock if your scheduler already guarantees it"
+    )]
+    NoConditionalWrites { url: String },
+
     #[error("{0}")]
     Internal(String),
 }
@@ -120,6 +131,8 @@ impl Error {
             | Error::SchemaMismatch { .. } => ExitCode::InputData,
             Error::Storage { source, .. } => storage_exit_code(source),
             Error::Query { source, .. } => query_exit_code(source),
+            Error::Locked { .. } => ExitCode::Locked,
+            Error::NoConditionalWrites { .. } => ExitCode::Usage,
             Error::Internal(_) => ExitCode::Internal,
         }
     }

@@ -9,6 +9,7 @@ pub mod diff;
 pub mod error;
 pub mod generate;
 pub mod job;
+pub mod lock;
 pub mod run;
 pub mod snapshot;
 pub mod store;

@@ -12,6 +12,7 @@ use crate::diff::plan::EntityPlan;
 use crate::diff::{self, Count, EntityResult, Op, RunStamp};
 use crate::error::{Error, ExitCode, Result};
 use crate::job::{EntityConfig, JobConfig};
+use crate::lock::RunLock;
 use crate::snapshot::Snapshot;
 use crate::store;
 use crate::write::{self, LatestPointer, MANIFEST_FORMAT, Manifest, ManifestFile, RunLayout};
@@ -27,6 +28,24 @@ pub struct RunOptions {
     /// Overrides every entity's guardrail share.
     pub max_correction_share: Option<f64>,
     pub target_partitions: usize,
+    pub lock: LockMode,
+}
+
+/// Whether a run takes the job's lock for its run date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Take the lock, refusing stores that ignore conditional writes.
+    Required { ttl: std::time::Duration },
+    /// No lock: the scheduler guarantees one run at a time (`--no-lock`).
+    Disabled,
+}
+
+impl Default for LockMode {
+    fn default() -> Self {
+        LockMode::Required {
+            ttl: std::time::Duration::from_secs(crate::lock::DEFAULT_TTL_SECS),
+        }
+    }
 }
 
 /// One entity, ready to diff: both snapshots checked and the plan made.
@@ -202,7 +221,38 @@ pub async fn run(job: &JobConfig, opts: &RunOptions) -> Result<RunOutcome> {
         run_id: run_id.clone(),
     };
     let span = info_span!("run", job = %job.name, run_id = %run_id, run_date = %opts.run_date);
-    async {
+    let lock = match opts.lock {
+        LockMode::Disabled => {
+            warn!("running without a lock (--no-lock)");
+            None
+        }
+        LockMode::Required { ttl } => {
+            if !crate::lock::probe(&layout.output).await? {
+                return Err(Error::NoConditionalWrites {
+                    url: layout.output.url(),
+                });
+            }
+            Some(RunLock::acquire(&layout.output, &job.name, opts.run_date, &run_id, ttl).await?)
+        }
+    };
+    let outcome = run_locked(job, opts, started_at, clock, run_id, layout)
+        .instrument(span)
+        .await;
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    outcome
+}
+
+async fn run_locked(
+    job: &JobConfig,
+    opts: &RunOptions,
+    started_at: DateTime<Utc>,
+    clock: Instant,
+    run_id: String,
+    layout: RunLayout,
+) -> Result<RunOutcome> {
+    {
         let prepared = prepare(job, opts.run_date, &opts.entities).await?;
         let plan_ms = clock.elapsed().as_millis() as u64;
         let stamp = RunStamp {
@@ -299,8 +349,6 @@ pub async fn run(job: &JobConfig, opts: &RunOptions) -> Result<RunOutcome> {
         };
         Ok(RunOutcome { summary, exit })
     }
-    .instrument(span)
-    .await
 }
 
 async fn diff_all(

@@ -200,10 +200,16 @@ fn s3_builder(bucket: &str) -> AmazonS3Builder {
             10,
         )))
         .with_timeout(Duration::from_secs(env_u64("RECON_S3_TIMEOUT_SECS", 60)));
-    AmazonS3Builder::from_env()
+    let builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
         .with_retry(retry)
-        .with_client_options(client)
+        .with_client_options(client);
+    // Lock takeover needs If-Match; AWS_CONDITIONAL_PUT, when set, decides instead.
+    if std::env::var_os("AWS_CONDITIONAL_PUT").is_some() {
+        builder
+    } else {
+        builder.with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
+    }
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {

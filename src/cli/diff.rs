@@ -40,6 +40,8 @@ pub struct DiffArgs {
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    #[command(flatten)]
+    pub lock: super::LockArgs,
 }
 
 pub async fn run(args: DiffArgs, global: &GlobalArgs) -> Result<ExitCode> {
@@ -89,6 +91,7 @@ pub async fn run(args: DiffArgs, global: &GlobalArgs) -> Result<ExitCode> {
         entities: vec![],
         max_correction_share: None,
         target_partitions: super::target_partitions(),
+        lock: args.lock.mode(),
     };
     let outcome = crate::run::run(&job, &opts).await?;
     if !global.quiet {

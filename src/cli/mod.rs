@@ -42,6 +42,30 @@ pub enum Command {
     Generate(generate::GenerateArgs),
 }
 
+/// The run-date lock (one run at a time per job and run date).
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Run without the lock: only when the scheduler already guarantees one run at a time,
+    /// or the store ignores conditional writes.
+    #[arg(long)]
+    pub no_lock: bool,
+    /// Lifetime of the lock in seconds; after it, another run may take over a crashed run's lock.
+    #[arg(long, default_value_t = crate::lock::DEFAULT_TTL_SECS)]
+    pub lock_ttl_secs: u64,
+}
+
+impl LockArgs {
+    pub fn mode(&self) -> crate::run::LockMode {
+        if self.no_lock {
+            crate::run::LockMode::Disabled
+        } else {
+            crate::run::LockMode::Required {
+                ttl: std::time::Duration::from_secs(self.lock_ttl_secs),
+            }
+        }
+    }
+}
+
 /// How results are printed on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {

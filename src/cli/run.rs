@@ -33,6 +33,8 @@ pub struct RunArgs {
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    #[command(flatten)]
+    pub lock: super::LockArgs,
 }
 
 pub async fn run(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
@@ -53,6 +55,7 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
         entities: args.entities,
         max_correction_share: args.max_correction_share,
         target_partitions: super::target_partitions(),
+        lock: args.lock.mode(),
     };
     let outcome = crate::run::run(&job, &opts).await?;
     if !global.quiet {

@@ -168,3 +168,17 @@ fn validate_checks_job_and_snapshots() {
     cmd.args(["validate", "--job", "job.toml", "--run-date", "2024-06-01"]);
     snapshot!(cmd);
 }
+
+#[test]
+fn a_held_lock_has_its_own_exit_code() {
+    let fx = Fixture::new();
+    let lock = fx.out().join("locks/run_date=2024-06-01.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    std::fs::write(
+        &lock,
+        r#"{"job":"identity","run_date":"2024-06-01","run_id":"nightly-1","owner":"worker-3:4242",
+            "acquired_at":"2999-01-01T00:00:00Z","expires_at":"2999-01-01T06:00:00Z"}"#,
+    )
+    .unwrap();
+    snapshot!(run_sample(&fx));
+}

@@ -16,6 +16,7 @@ fn opts(run_id: &str) -> RunOptions {
         entities: vec![],
         max_correction_share: None,
         target_partitions: 2,
+        lock: recon::run::LockMode::default(),
     }
 }
 
