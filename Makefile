@@ -4,7 +4,7 @@ CARGO ?= cargo
 RECON = $(CARGO_TARGET_DIR)/debug/recon
 SAMPLE_DATE = 2024-06-01
 
-.PHONY: help build run test test-unit test-slt fmt lint sample-data clean
+.PHONY: help build run test tools fmt lint sample-data clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -16,9 +16,12 @@ run: build ## Reconcile the sample job on local files (no services needed)
 	@$(RECON) run --job jobs/identity.toml --run-date $(SAMPLE_DATE); code=$$?; \
 	echo "(exit code $$code; outputs under recon-output/identity)"; exit $$code
 
-test: ## Run every test: unit, SQL logic (.slt) and integration
+test: tools ## Run every test: unit, SQL logic (.slt), integration (files, memory, moto, Garage)
 	$(CARGO) build --locked --all-targets
 	$(CARGO) test --locked --no-fail-fast
+
+tools: ## Install the S3 servers the tests start (moto, Garage) into ~/.cache/recon-tools
+	bash scripts/tools.sh
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

@@ -158,7 +158,15 @@ fn storage_exit_code(e: &object_store::Error) -> ExitCode {
 fn query_exit_code(e: &DataFusionError) -> ExitCode {
     match e.find_root() {
         DataFusionError::ObjectStore(os) => storage_exit_code(os),
-        DataFusionError::ParquetError(_) | DataFusionError::ArrowError(..) => ExitCode::InputData,
+        DataFusionError::ParquetError(p) => match p.as_ref() {
+            parquet::errors::ParquetError::External(inner)
+                if inner.downcast_ref::<object_store::Error>().is_some() =>
+            {
+                ExitCode::Storage
+            }
+            _ => ExitCode::InputData,
+        },
+        DataFusionError::ArrowError(..) => ExitCode::InputData,
         DataFusionError::IoError(_) => ExitCode::Storage,
         DataFusionError::External(inner) => {
             if let Some(os) = inner.downcast_ref::<object_store::Error>() {

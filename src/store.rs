@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::prelude::SessionContext;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ClientOptions, ObjectStore, RetryConfig};
+use object_store::{ClientConfigKey, ObjectStore, RetryConfig};
 use url::Url;
 
 use crate::error::{Error, Result};
@@ -194,16 +194,21 @@ fn s3_builder(bucket: &str) -> AmazonS3Builder {
         retry_timeout: Duration::from_secs(env_u64("RECON_S3_RETRY_TIMEOUT_SECS", 120)),
         ..Default::default()
     };
-    let client = ClientOptions::new()
-        .with_connect_timeout(Duration::from_secs(env_u64(
-            "RECON_S3_CONNECT_TIMEOUT_SECS",
-            10,
-        )))
-        .with_timeout(Duration::from_secs(env_u64("RECON_S3_TIMEOUT_SECS", 60)));
+    // Timeouts go through the config keys so that the client options read from the
+    // environment (AWS_ALLOW_HTTP and friends) are kept.
+    let connect = env_u64("RECON_S3_CONNECT_TIMEOUT_SECS", 10);
+    let timeout = env_u64("RECON_S3_TIMEOUT_SECS", 60);
     let builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
         .with_retry(retry)
-        .with_client_options(client);
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+            format!("{connect}s"),
+        )
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+            format!("{timeout}s"),
+        );
     // Lock takeover needs If-Match; AWS_CONDITIONAL_PUT, when set, decides instead.
     if std::env::var_os("AWS_CONDITIONAL_PUT").is_some() {
         builder

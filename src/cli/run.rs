@@ -27,6 +27,9 @@ pub struct RunArgs {
     /// Override the guardrail: the largest share (0..1) of an entity's rows corrections may touch.
     #[arg(long)]
     pub max_correction_share: Option<f64>,
+    /// Read snapshots from this lake instead of the job's (URL or path).
+    #[arg(long)]
+    pub lake: Option<String>,
     /// Write outputs here instead of the job's output prefix (URL or path).
     #[arg(long)]
     pub output: Option<String>,
@@ -39,6 +42,9 @@ pub struct RunArgs {
 
 pub async fn run(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let mut job = JobConfig::load(&args.job)?;
+    if let Some(lake) = &args.lake {
+        job.lake = crate::store::resolve_url(lake, std::path::Path::new("."))?;
+    }
     if let Some(output) = &args.output {
         job.output = crate::store::resolve_url(output, std::path::Path::new("."))?;
     }

@@ -14,13 +14,19 @@ pub struct ValidateArgs {
     /// The job file (TOML).
     #[arg(long)]
     pub job: PathBuf,
+    /// Read snapshots from this lake instead of the job's (URL or path).
+    #[arg(long)]
+    pub lake: Option<String>,
     /// Also open this run date's snapshots and check every column the job names.
     #[arg(long, value_parser = super::parse_date)]
     pub run_date: Option<NaiveDate>,
 }
 
 pub async fn run(args: ValidateArgs, global: &GlobalArgs) -> Result<ExitCode> {
-    let job = JobConfig::load(&args.job)?;
+    let mut job = JobConfig::load(&args.job)?;
+    if let Some(lake) = &args.lake {
+        job.lake = crate::store::resolve_url(lake, std::path::Path::new("."))?;
+    }
     let mut lines = vec![format!(
         "job {}: {} entities, {} → {}, output {}",
         job.name,

@@ -3,4 +3,5 @@
 mod cli;
 mod common;
 mod lock;
+mod s3;
 mod sample;

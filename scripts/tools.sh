@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the S3-compatible servers the integration tests start on loopback, once, into
+# $RECON_TOOLS (default ~/.cache/recon-tools): moto's S3 server from PyPI (AWS
+# conditional-write semantics) and Garage from crates.io (a production object store;
+# building it takes a while the first time).
+set -euo pipefail
+TOOLS="${RECON_TOOLS:-$HOME/.cache/recon-tools}"
+MOTO_VERSION=5.2.5
+GARAGE_VERSION=2.5.0
+mkdir -p "$TOOLS"
+if ! "$TOOLS/venv/bin/python" -c "import moto, flask" 2>/dev/null; then
+  echo "tools: installing moto $MOTO_VERSION into $TOOLS/venv"
+  python3 -m venv "$TOOLS/venv"
+  "$TOOLS/venv/bin/pip" install --quiet "moto[server]==$MOTO_VERSION"
+fi
+if [ ! -x "$TOOLS/bin/garage" ]; then
+  echo "tools: building garage $GARAGE_VERSION into $TOOLS/bin (about 15 minutes on 2 cores)"
+  cargo install garage --version "$GARAGE_VERSION" --locked --root "$TOOLS" --target-dir "$TOOLS/target"
+  rm -rf "$TOOLS/target"
+fi
+"$TOOLS/bin/garage" --version >/dev/null
+"$TOOLS/venv/bin/moto_server" --help >/dev/null
+echo "tools: garage and moto ready in $TOOLS"

@@ -1,0 +1,630 @@
+//! The lake on real S3-compatible servers started on loopback by the tests: moto's S3
+//! server (AWS conditional-write semantics) and Garage (a production object store that
+//! ignores `If-None-Match`). `scripts/tools.sh` (run by `make test`) installs both. In CI
+//! (`CI=true`) a missing server fails the test; elsewhere it says loudly that it skipped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use recon::ExitCode;
+use recon::lock::{RunLock, probe};
+use recon::store::Location;
+
+use crate::common::*;
+
+fn tool(rel: &str) -> Option<PathBuf> {
+    let base = std::env::var_os("RECON_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/recon-tools")
+        });
+    let p = base.join(rel);
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "{} is missing: run scripts/tools.sh (make test does)",
+            p.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: {} is missing; run scripts/tools.sh to install it",
+        p.display()
+    );
+    None
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for(port: u16, child: &mut Child, what: &str) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early: {status}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A running S3-compatible server with one bucket and a key that may use it.
+pub struct S3Server {
+    child: Option<Child>,
+    command: Vec<String>,
+    pub port: u16,
+    pub bucket: String,
+    key: String,
+    secret: String,
+    region: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl S3Server {
+    fn spawn(command: &[String], port: u16, what: &str) -> Child {
+        let mut child = Command::new(&command[0])
+            .args(&command[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        wait_for(port, &mut child, what);
+        child
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (as a crash would).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Some(Self::spawn(&self.command, self.port, "server"));
+    }
+
+    /// moto's S3 server, with bucket `recon`.
+    pub fn moto() -> Option<Self> {
+        let bin = tool("venv/bin/moto_server")?;
+        let port = free_port();
+        let command: Vec<String> = vec![
+            bin.to_string_lossy().into(),
+            "-H".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ];
+        let child = Self::spawn(&command, port, "moto_server");
+        // moto accepts an unsigned bucket creation.
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(conn, "PUT /recon HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).unwrap();
+        assert!(
+            reply.starts_with("HTTP/1.1 200"),
+            "creating the moto bucket: {reply}"
+        );
+        Some(S3Server {
+            child: Some(child),
+            command,
+            port,
+            bucket: "recon".into(),
+            key: "testing".into(),
+            secret: "testing".into(),
+            region: "us-east-1".into(),
+            _dir: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    /// Garage, single node, with bucket `recon` and an imported key.
+    pub fn garage() -> Option<Self> {
+        let bin = tool("bin/garage")?;
+        let dir = tempfile::tempdir().unwrap();
+        let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+        let config = dir.path().join("garage.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"metadata_dir = "{d}/meta"
+data_dir = "{d}/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{secret}"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:{s3}"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:{admin}"
+"#,
+                d = dir.path().display(),
+                secret = "4a".repeat(32),
+            ),
+        )
+        .unwrap();
+        let garage = |args: &[&str]| -> String {
+            let out = Command::new(&bin)
+                .arg("-c")
+                .arg(&config)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "garage {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let command: Vec<String> = vec![
+            bin.to_string_lossy().into(),
+            "-c".into(),
+            config.to_string_lossy().into(),
+            "server".into(),
+        ];
+        let child = Self::spawn(&command, s3, "garage server");
+        let node = garage(&["node", "id", "-q"]);
+        let node = node.trim().split('@').next().unwrap().to_string();
+        garage(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
+        garage(&["layout", "apply", "--version", "1"]);
+        let key = format!("GK{}", "1".repeat(24));
+        let secret = "2".repeat(64);
+        garage(&["key", "import", "--yes", "-n", "recon", &key, &secret]);
+        garage(&["bucket", "create", "recon"]);
+        garage(&[
+            "bucket", "allow", "--read", "--write", "--owner", "recon", "--key", "recon",
+        ]);
+        Some(S3Server {
+            child: Some(child),
+            command,
+            port: s3,
+            bucket: "recon".into(),
+            key,
+            secret,
+            region: "garage".into(),
+            _dir: dir,
+        })
+    }
+
+    /// The environment a `recon` process needs for this server.
+    pub fn env(&self, cmd: &mut Command) {
+        cmd.env("AWS_ENDPOINT_URL", self.endpoint())
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", &self.key)
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret)
+            .env("AWS_REGION", &self.region)
+            .env("RECON_S3_MAX_RETRIES", "2")
+            .env("RECON_S3_RETRY_TIMEOUT_SECS", "5")
+            .env("RECON_S3_CONNECT_TIMEOUT_SECS", "2")
+            .env("RECON_S3_TIMEOUT_SECS", "10");
+    }
+
+    /// A client for the test itself, configured explicitly (no process environment).
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        Arc::new(
+            AmazonS3Builder::new()
+                .with_endpoint(self.endpoint())
+                .with_allow_http(true)
+                .with_bucket_name(&self.bucket)
+                .with_access_key_id(&self.key)
+                .with_secret_access_key(&self.secret)
+                .with_region(&self.region)
+                .with_conditional_put(S3ConditionalPut::ETagMatch)
+                .build()
+                .unwrap(),
+        )
+    }
+
+    pub fn location(&self, prefix: &str) -> Location {
+        Location {
+            store: self.store(),
+            root: datafusion::execution::object_store::ObjectStoreUrl::parse(format!(
+                "s3://{}",
+                self.bucket
+            ))
+            .unwrap(),
+            prefix: ObjectPath::from(prefix),
+        }
+    }
+}
+
+pub async fn upload(store: &dyn ObjectStore, prefix: &str, local: &Path) {
+    let mut stack = vec![local.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(local).unwrap().to_str().unwrap();
+                let path = ObjectPath::from(format!("{prefix}/{rel}"));
+                store
+                    .put(&path, PutPayload::from(std::fs::read(&p).unwrap()))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+pub async fn download(store: &dyn ObjectStore, prefix: &str, local: &Path) {
+    let prefix = ObjectPath::from(prefix);
+    let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
+    for o in objects {
+        let rel: Vec<String> = o
+            .location
+            .prefix_match(&prefix)
+            .unwrap()
+            .map(|p| p.as_ref().to_string())
+            .collect();
+        let path = local.join(rel.join("/"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let bytes = store.get(&o.location).await.unwrap().bytes().await.unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+fn recon_cmd(fx: &Fixture, server: &S3Server) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_recon"));
+    cmd.current_dir(fx.path())
+        .env_remove("RUST_LOG")
+        .args(["--log-level", "error"]);
+    server.env(&mut cmd);
+    cmd
+}
+
+fn code(out: &std::process::Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+/// Runs the sample job with outputs on `server` and checks them against the file run.
+async fn assert_same_as_file_run(server: &S3Server, out_prefix: &str, run_id: &str) {
+    let local = tempfile::tempdir().unwrap();
+    download(server.store().as_ref(), out_prefix, local.path()).await;
+    let s3_runs = manifests(local.path());
+    let s3_run = s3_runs
+        .iter()
+        .find(|m| m.run_id == run_id)
+        .expect("committed on s3");
+
+    let fx = Fixture::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_recon"))
+        .current_dir(fx.path())
+        .args([
+            "--log-level",
+            "error",
+            "run",
+            "--job",
+            "job.toml",
+            "--run-date",
+            "2024-06-01",
+            "--run-id",
+            run_id,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0);
+    let file_run = &manifests(&fx.out())[0];
+    assert_eq!(
+        discrepancies(local.path(), s3_run),
+        discrepancies(&fx.out(), file_run)
+    );
+    let job = recon::job::JobConfig::load(&fx.job()).unwrap();
+    let keys = |e: &str| job.entity(e).unwrap().key.clone();
+    assert_eq!(
+        corrections(local.path(), s3_run, &keys),
+        corrections(&fx.out(), file_run, &keys)
+    );
+    let files = |m: &recon::write::Manifest| -> Vec<(String, Option<u64>)> {
+        m.files
+            .iter()
+            .filter(|f| f.kind != "summary")
+            .map(|f| (f.path.clone(), f.rows))
+            .collect()
+    };
+    assert_eq!(files(s3_run), files(file_run));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_honours_conditional_writes_and_one_run_at_a_time() {
+    let Some(server) = S3Server::moto() else {
+        return;
+    };
+    let output = server.location("locks-test");
+    assert!(probe(&output).await.unwrap(), "moto honours If-None-Match");
+    let date = recon::generate::sample_run_date();
+    let ttl = Duration::from_secs(600);
+    let (a, b) = tokio::join!(
+        RunLock::acquire(&output, "job", date, "a", ttl),
+        RunLock::acquire(&output, "job", date, "b", ttl),
+    );
+    let held = match (a, b) {
+        (Ok(l), Err(e)) | (Err(e), Ok(l)) => {
+            assert_eq!(e.exit_code(), ExitCode::Locked);
+            l
+        }
+        (a, b) => panic!("exactly one must proceed: {a:?} / {b:?}"),
+    };
+    held.release().await;
+
+    // A stale lock is taken over with If-Match.
+    let stale = recon::lock::LockInfo {
+        job: "job".into(),
+        run_date: date,
+        run_id: "crashed".into(),
+        owner: "elsewhere:1".into(),
+        acquired_at: chrono::Utc::now() - chrono::Duration::hours(8),
+        expires_at: chrono::Utc::now() - chrono::Duration::hours(2),
+    };
+    let path = output.child(&recon::lock::lock_path(date)).prefix;
+    output
+        .store
+        .put(&path, serde_json::to_vec(&stale).unwrap().into())
+        .await
+        .unwrap();
+    let lock = RunLock::acquire(&output, "job", date, "fresh", ttl)
+        .await
+        .unwrap();
+    assert_eq!(lock.info().run_id, "fresh");
+    lock.release().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_second_run_is_refused_then_outputs_match_the_file_run() {
+    let Some(server) = S3Server::moto() else {
+        return;
+    };
+    let fx = Fixture::new();
+    let output = server.location("identity");
+    let date = recon::generate::sample_run_date();
+    let held = RunLock::acquire(
+        &output,
+        "identity",
+        date,
+        "holder",
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    let run = |id: &str| {
+        recon_cmd(&fx, &server)
+            .args([
+                "run",
+                "--job",
+                "job.toml",
+                "--run-date",
+                "2024-06-01",
+                "--run-id",
+                id,
+                "--output",
+                "s3://recon/identity",
+            ])
+            .output()
+            .unwrap()
+    };
+    let refused = run("second");
+    assert_eq!(
+        code(&refused),
+        ExitCode::Locked as i32,
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    held.release().await;
+    let ok = run("s3-run");
+    assert_eq!(code(&ok), 0, "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_same_as_file_run(&server, "identity", "s3-run").await;
+}
+
+/// A job like the sample's, with its lake (and so its outputs) in the server's bucket.
+fn s3_job(fx: &Fixture) {
+    fx.edit_job(|t| {
+        t.replace("lake = \"lake\"", "lake = \"s3://recon/lake\"")
+            .replace("output = \"out\"\n", "")
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garage_ignores_conditional_writes_and_recon_refuses_to_pretend() {
+    let Some(server) = S3Server::garage() else {
+        return;
+    };
+    assert!(
+        !probe(&server.location("probe")).await.unwrap(),
+        "Garage ignores If-None-Match"
+    );
+    let fx = Fixture::new();
+    upload(
+        server.store().as_ref(),
+        "lake",
+        &repo().join("sample-data/lake"),
+    )
+    .await;
+    s3_job(&fx);
+    let out = recon_cmd(&fx, &server)
+        .args(["run", "--job", "job.toml", "--run-date", "2024-06-01"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), ExitCode::Usage as i32);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ignores conditional writes") && stderr.contains("--no-lock"),
+        "{stderr}"
+    );
+    let local = tempfile::tempdir().unwrap();
+    download(server.store().as_ref(), "lake/recon", local.path()).await;
+    assert!(manifests(&local.path().join("identity")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garage_lake_end_to_end_equals_the_file_run() {
+    let Some(server) = S3Server::garage() else {
+        return;
+    };
+    let fx = Fixture::new();
+    upload(
+        server.store().as_ref(),
+        "lake",
+        &repo().join("sample-data/lake"),
+    )
+    .await;
+    s3_job(&fx);
+    let validate = recon_cmd(&fx, &server)
+        .args(["validate", "--job", "job.toml", "--run-date", "2024-06-01"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        code(&validate),
+        0,
+        "{}",
+        String::from_utf8_lossy(&validate.stderr)
+    );
+    let out = recon_cmd(&fx, &server)
+        .args([
+            "run",
+            "--job",
+            "job.toml",
+            "--run-date",
+            "2024-06-01",
+            "--run-id",
+            "garage-run",
+            "--no-lock",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("s3://recon/lake/recon/identity"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(&server.secret)
+            && !String::from_utf8_lossy(&out.stderr).contains(&server.secret)
+    );
+    assert_same_as_file_run(&server, "lake/recon/identity", "garage-run").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garage_stopped_mid_write_fails_with_the_storage_code_and_commits_nothing() {
+    let Some(mut server) = S3Server::garage() else {
+        return;
+    };
+    let fx = Fixture::new();
+    // A larger lake, so the run is still writing when the server goes away.
+    let big = tempfile::tempdir().unwrap();
+    recon::generate::Sample { scale: 1500 }
+        .write(big.path())
+        .unwrap();
+    upload(server.store().as_ref(), "lake", big.path()).await;
+    s3_job(&fx);
+    fx.edit_job(|t| t.replace("max_correction_share = 0.5", "max_correction_share = 1.0"));
+    let mut child = recon_cmd(&fx, &server)
+        .args([
+            "run",
+            "--job",
+            "job.toml",
+            "--run-date",
+            "2024-06-01",
+            "--run-id",
+            "doomed",
+            "--no-lock",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first output file, then take the server down.
+    let store = server.store();
+    let outputs = ObjectPath::from("lake/recon/identity/discrepancies");
+    let start = Instant::now();
+    loop {
+        let listed: Vec<_> = store
+            .list(Some(&outputs))
+            .try_collect()
+            .await
+            .unwrap_or_default();
+        if !listed.is_empty() {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before writing anything"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no output appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.stop();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), ExitCode::Storage as i32, "{stderr}");
+
+    server.restart();
+    let local = tempfile::tempdir().unwrap();
+    download(server.store().as_ref(), "lake/recon/identity", local.path()).await;
+    assert!(
+        manifests(local.path()).is_empty(),
+        "nothing looks committed"
+    );
+
+    let rerun = recon_cmd(&fx, &server)
+        .args([
+            "run",
+            "--job",
+            "job.toml",
+            "--run-date",
+            "2024-06-01",
+            "--run-id",
+            "rerun",
+            "--no-lock",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        code(&rerun),
+        0,
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    let local = tempfile::tempdir().unwrap();
+    download(server.store().as_ref(), "lake/recon/identity", local.path()).await;
+    let runs = manifests(local.path());
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].run_id, "rerun");
+}
