@@ -11,6 +11,24 @@ use crate::error::{Error, Result};
 
 /// Share of an entity's rows that corrections may touch before the guardrail trips.
 pub const DEFAULT_MAX_CORRECTION_SHARE: f64 = 0.05;
+/// Largest drop of a snapshot's row count against the previous committed run (share).
+pub const DEFAULT_MAX_ROW_DROP: f64 = 0.5;
+
+/// Guardrail limits, from `[guardrails]` or an entity's own keys.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Guardrails {
+    pub max_correction_share: f64,
+    pub max_row_drop: f64,
+}
+
+impl Default for Guardrails {
+    fn default() -> Self {
+        Guardrails {
+            max_correction_share: DEFAULT_MAX_CORRECTION_SHARE,
+            max_row_drop: DEFAULT_MAX_ROW_DROP,
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------
 // Raw form, exactly as written in the file.
@@ -46,6 +64,7 @@ struct RawSystems {
 #[serde(deny_unknown_fields)]
 struct RawGuardrails {
     max_correction_share: Option<Spanned<f64>>,
+    max_row_drop: Option<Spanned<f64>>,
 }
 
 /// One `[[entities]]` table.
@@ -64,6 +83,7 @@ pub struct RawEntity {
     #[serde(default)]
     snapshots: RawSnapshots,
     max_correction_share: Option<f64>,
+    max_row_drop: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +158,9 @@ pub struct EntityConfig {
     pub source_snapshot: Option<String>,
     pub replica_snapshot: Option<String>,
     pub max_correction_share: f64,
+    /// The run's guardrail trips when a snapshot has fewer than (1 − this) × the rows it
+    /// had in the previous committed run.
+    pub max_row_drop: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -306,10 +329,15 @@ impl Cx<'_> {
                 .map_err(|e| self.err(o.span().start, e.to_string()))?,
             None => format!("{}/recon/{}", lake.trim_end_matches('/'), name),
         };
-        let default_share = match raw.guardrails.max_correction_share {
-            Some(s) => check_share(*s.get_ref()).map_err(|m| self.err(s.span().start, m))?,
-            None => DEFAULT_MAX_CORRECTION_SHARE,
-        };
+        let mut defaults = Guardrails::default();
+        if let Some(s) = raw.guardrails.max_correction_share {
+            defaults.max_correction_share = check_share(*s.get_ref(), "max_correction_share")
+                .map_err(|m| self.err(s.span().start, m))?;
+        }
+        if let Some(s) = raw.guardrails.max_row_drop {
+            defaults.max_row_drop = check_share(*s.get_ref(), "max_row_drop")
+                .map_err(|m| self.err(s.span().start, m))?;
+        }
         if raw.entities.is_empty() {
             return Err(self.err(0, "the job declares no [[entities]]"));
         }
@@ -317,7 +345,7 @@ impl Cx<'_> {
         for spanned in raw.entities {
             let start = spanned.span().start;
             let e = spanned.into_inner();
-            entities.push(self.entity(e, start, default_share, base)?);
+            entities.push(self.entity(e, start, defaults, base)?);
         }
         let entities = self.order(entities)?;
         Ok(JobConfig {
@@ -335,7 +363,7 @@ impl Cx<'_> {
         &self,
         raw: RawEntity,
         start: usize,
-        default_share: f64,
+        defaults: Guardrails,
         base: &Path,
     ) -> Result<EntityConfig> {
         let line = line_of(self.text, start);
@@ -408,8 +436,12 @@ impl Cx<'_> {
             }
         }
         let max_correction_share = match raw.max_correction_share {
-            Some(s) => check_share(s).map_err(ctx)?,
-            None => default_share,
+            Some(s) => check_share(s, "max_correction_share").map_err(ctx)?,
+            None => defaults.max_correction_share,
+        };
+        let max_row_drop = match raw.max_row_drop {
+            Some(s) => check_share(s, "max_row_drop").map_err(ctx)?,
+            None => defaults.max_row_drop,
         };
         let snapshot = |u: Option<String>| -> Result<Option<String>> {
             u.map(|u| crate::store::resolve_url(&u, base).map_err(|e| ctx(e.to_string())))
@@ -426,6 +458,7 @@ impl Cx<'_> {
             fields,
             rename: raw.rename,
             max_correction_share,
+            max_row_drop,
         })
     }
 
@@ -566,13 +599,11 @@ fn parse_field(raw: RawField) -> std::result::Result<FieldRule, String> {
     })
 }
 
-fn check_share(s: f64) -> std::result::Result<f64, String> {
+fn check_share(s: f64, what: &str) -> std::result::Result<f64, String> {
     if (0.0..=1.0).contains(&s) {
         Ok(s)
     } else {
-        Err(format!(
-            "max_correction_share must be between 0 and 1, got {s}"
-        ))
+        Err(format!("{what} must be between 0 and 1, got {s}"))
     }
 }
 
@@ -601,7 +632,7 @@ pub fn parse_entity(text: &str) -> Result<EntityConfig> {
     })?;
     let path = PathBuf::from("<entity>");
     let cx = Cx { path: &path, text };
-    cx.entity(raw, 0, DEFAULT_MAX_CORRECTION_SHARE, Path::new("."))
+    cx.entity(raw, 0, Guardrails::default(), Path::new("."))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::diff::plan::EntityPlan;
@@ -103,6 +103,10 @@ pub struct GuardrailVerdict {
     pub corrections: u64,
     pub rows: u64,
     pub share: f64,
+    pub max_row_drop: f64,
+    /// Rows in the previous committed run, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousRows>,
     pub tripped: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -359,6 +363,7 @@ async fn diff_all(
     layout: &RunLayout,
     written: &mut Vec<String>,
 ) -> Result<(Vec<EntitySummary>, Vec<ManifestFile>)> {
+    let previous = previous_rows(layout).await?;
     let mut summaries = Vec::new();
     let mut files = Vec::new();
     for p in prepared {
@@ -377,7 +382,14 @@ async fn diff_all(
         let limit = opts
             .max_correction_share
             .unwrap_or(entity.max_correction_share);
-        let verdict = guardrail(&result, p.source.rows, p.replica.rows, limit);
+        let verdict = guardrail(
+            &result,
+            p.source.rows,
+            p.replica.rows,
+            limit,
+            entity.max_row_drop,
+            previous.get(&entity.name).cloned(),
+        );
         let discrepancies = result.counts.iter().map(|c| c.count).sum();
         span.in_scope(|| {
             info!(
@@ -429,6 +441,8 @@ fn guardrail(
     source_rows: u64,
     replica_rows: u64,
     limit: f64,
+    max_row_drop: f64,
+    previous: Option<PreviousRows>,
 ) -> GuardrailVerdict {
     let corrections = result.correction_total();
     let rows = source_rows.max(replica_rows);
@@ -437,19 +451,116 @@ fn guardrail(
     } else {
         corrections as f64 / rows as f64
     };
-    let tripped = share > limit;
+    let mut reasons = Vec::new();
+    if share > limit {
+        reasons.push(format!(
+            "{corrections} corrections would touch {:.2}% of {rows} rows, above the limit of {:.2}%",
+            share * 100.0,
+            limit * 100.0
+        ));
+    }
+    if let Some(prev) = &previous {
+        for (side, now, before) in [
+            ("source", source_rows, prev.source),
+            ("replica", replica_rows, prev.replica),
+        ] {
+            if (now as f64) < (1.0 - max_row_drop) * before as f64 {
+                reasons.push(format!(
+                    "the {side} snapshot has {now} rows, down from {before} in run {} of {} (more than {:.0}% fewer)",
+                    prev.run_id,
+                    prev.run_date,
+                    max_row_drop * 100.0
+                ));
+            }
+        }
+    }
     GuardrailVerdict {
         max_correction_share: limit,
         corrections,
         rows,
         share,
-        tripped,
-        reason: tripped.then(|| {
-            format!(
-                "{corrections} corrections would touch {:.2}% of {rows} rows, above the limit of {:.2}%",
-                share * 100.0,
-                limit * 100.0
-            )
-        }),
+        max_row_drop,
+        previous,
+        tripped: !reasons.is_empty(),
+        reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
     }
+}
+
+/// Rows per side of one entity in an earlier committed run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreviousRows {
+    pub run_date: NaiveDate,
+    pub run_id: String,
+    pub source: u64,
+    pub replica: u64,
+}
+
+#[derive(Deserialize)]
+struct PastSummary {
+    entities: Vec<PastEntity>,
+}
+
+#[derive(Deserialize)]
+struct PastEntity {
+    entity: String,
+    rows: PastRows,
+}
+
+#[derive(Deserialize)]
+struct PastRows {
+    source: u64,
+    replica: u64,
+}
+
+/// Rows per entity in the newest committed run of an earlier run date, found through
+/// `_latest.json` pointers and manifests only: uncommitted runs are never read.
+async fn previous_rows(layout: &RunLayout) -> Result<BTreeMap<String, PreviousRows>> {
+    let runs = layout.output.child("runs");
+    let listing = match runs.store.list_with_delimiter(Some(&runs.prefix)).await {
+        Ok(l) => l,
+        Err(object_store::Error::NotFound { .. }) => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut dates: Vec<NaiveDate> = listing
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename()?.strip_prefix("run_date=")?.parse().ok())
+        .filter(|d| *d < layout.run_date)
+        .collect();
+    dates.sort();
+    for date in dates.into_iter().rev() {
+        let Some(pointer) = write::get_json::<LatestPointer>(
+            &layout.output,
+            &format!("runs/run_date={date}/_latest.json"),
+        )
+        .await?
+        else {
+            continue;
+        };
+        let Some(manifest) = write::get_json::<Manifest>(&layout.output, &pointer.manifest).await?
+        else {
+            continue;
+        };
+        let Some(summary) = manifest.files.iter().find(|f| f.kind == "summary") else {
+            continue;
+        };
+        let Some(past) = write::get_json::<PastSummary>(&layout.output, &summary.path).await?
+        else {
+            continue;
+        };
+        return Ok(past
+            .entities
+            .into_iter()
+            .map(|e| {
+                let rows = PreviousRows {
+                    run_date: date,
+                    run_id: manifest.run_id.clone(),
+                    source: e.rows.source,
+                    replica: e.rows.replica,
+                };
+                (e.entity, rows)
+            })
+            .collect());
+    }
+    Ok(BTreeMap::new())
 }

@@ -209,6 +209,22 @@ pub async fn put_json<T: Serialize>(layout: &RunLayout, rel: &str, value: &T) ->
     Ok(size)
 }
 
+/// Reads a small JSON object below `output`; `None` when it does not exist.
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    output: &Location,
+    rel: &str,
+) -> Result<Option<T>> {
+    let location = output.child(rel);
+    let bytes = match location.store.get(&location.prefix).await {
+        Ok(r) => r.bytes().await?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Internal(format!("reading {}: {e}", location.url())))
+}
+
 /// Pointer to the newest committed run of a run date, rewritten after each commit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LatestPointer {

@@ -81,6 +81,7 @@ pub async fn run(args: DiffArgs, global: &GlobalArgs) -> Result<ExitCode> {
             source_snapshot: Some(url(&args.left)?),
             replica_snapshot: Some(url(&args.right)?),
             max_correction_share: args.max_correction_share,
+            max_row_drop: 1.0,
         }],
     };
     let opts = RunOptions {

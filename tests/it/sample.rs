@@ -368,3 +368,58 @@ async fn memory_store_run_equals_the_file_run() {
         corrections(local.path(), &m[0], &key_columns(&job))
     );
 }
+
+#[tokio::test]
+async fn a_collapsed_snapshot_trips_the_guardrail_the_next_night() {
+    let fx = Fixture::new();
+    let job = JobConfig::load(&fx.job()).unwrap();
+    assert_eq!(
+        run(&job, &opts("night-1")).await.unwrap().exit,
+        ExitCode::Success
+    );
+    // The next night: the same snapshots, but the monolith's users were restored from an
+    // old backup holding 10 rows.
+    for system in ["monolith", "service"] {
+        for entity in ["tenants", "users", "groups", "memberships"] {
+            let from = fx.snapshot(system, entity);
+            let to = from.parent().unwrap().join("run_date=2024-06-02");
+            copy_dir(&from, &to);
+        }
+    }
+    let users = fx
+        .path()
+        .join("lake/snapshots/monolith/users/run_date=2024-06-02/part-00000.parquet");
+    let batch = read_parquet(&users)[0].slice(0, 10);
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&users).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+
+    let mut o = opts("night-2");
+    o.run_date = chrono::NaiveDate::from_ymd_opt(2024, 6, 2).unwrap();
+    let outcome = run(&job, &o).await.unwrap();
+    assert_eq!(outcome.exit, ExitCode::Guardrail);
+    let verdict = |name: &str| {
+        &outcome
+            .summary
+            .entities
+            .iter()
+            .find(|e| e.entity == name)
+            .unwrap()
+            .guardrail
+    };
+    let users = verdict("users");
+    assert!(users.tripped);
+    let reason = users.reason.as_deref().unwrap();
+    assert!(
+        reason
+            .contains("the source snapshot has 10 rows, down from 81 in run night-1 of 2024-06-01"),
+        "{reason}"
+    );
+    assert!(!verdict("tenants").tripped, "unchanged entities pass");
+    assert_eq!(verdict("tenants").previous.as_ref().unwrap().source, 10);
+}
