@@ -160,7 +160,8 @@ fn query_exit_code(e: &DataFusionError) -> ExitCode {
         DataFusionError::ObjectStore(os) => storage_exit_code(os),
         DataFusionError::ParquetError(p) => match p.as_ref() {
             parquet::errors::ParquetError::External(inner)
-                if inner.downcast_ref::<object_store::Error>().is_some() =>
+                if inner.downcast_ref::<object_store::Error>().is_some()
+                    || inner.downcast_ref::<std::io::Error>().is_some() =>
             {
                 ExitCode::Storage
             }
@@ -171,6 +172,8 @@ fn query_exit_code(e: &DataFusionError) -> ExitCode {
         DataFusionError::External(inner) => {
             if let Some(os) = inner.downcast_ref::<object_store::Error>() {
                 storage_exit_code(os)
+            } else if inner.downcast_ref::<std::io::Error>().is_some() {
+                ExitCode::Storage
             } else if inner
                 .downcast_ref::<parquet::errors::ParquetError>()
                 .is_some()

@@ -140,19 +140,20 @@ impl ParquetSink {
     }
 }
 
+/// While writing, the only outside party is the object store behind the sink: an
+/// external or I/O error from the Parquet writer is a storage failure.
 fn parquet_write_error(rel: &str, e: parquet::errors::ParquetError) -> Error {
-    if let parquet::errors::ParquetError::External(inner) = &e
-        && inner.downcast_ref::<object_store::Error>().is_some()
-    {
-        return Error::Storage {
+    use parquet::errors::ParquetError;
+    match e {
+        ParquetError::External(_) => Error::Storage {
             location: rel.to_string(),
             source: object_store::Error::Generic {
                 store: "output",
                 source: e.to_string().into(),
             },
-        };
+        },
+        e => Error::Internal(format!("writing {rel}: {e}")),
     }
-    Error::Internal(format!("writing {rel}: {e}"))
 }
 
 /// What a file is, for its manifest entry.
