@@ -6,6 +6,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray, RecordBatch};
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use recon::write::Manifest;
 
@@ -207,4 +210,42 @@ pub fn read_csv(path: &Path) -> Vec<Vec<String>> {
             fields
         })
         .collect()
+}
+
+/// Copies a local folder into a store below `prefix`.
+pub async fn upload(store: &dyn ObjectStore, prefix: &str, local: &Path) {
+    let mut stack = vec![local.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(local).unwrap().to_str().unwrap();
+                let path = ObjectPath::from(format!("{prefix}/{rel}"));
+                store
+                    .put(&path, PutPayload::from(std::fs::read(&p).unwrap()))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+/// Copies every object below `prefix` into a local folder.
+pub async fn download(store: &dyn ObjectStore, prefix: &str, local: &Path) {
+    let prefix = ObjectPath::from(prefix);
+    let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
+    for o in objects {
+        let rel: Vec<String> = o
+            .location
+            .prefix_match(&prefix)
+            .unwrap()
+            .map(|p| p.as_ref().to_string())
+            .collect();
+        let path = local.join(rel.join("/"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let bytes = store.get(&o.location).await.unwrap().bytes().await.unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
 }

@@ -5,3 +5,4 @@ mod common;
 mod lock;
 mod s3;
 mod sample;
+mod store;

@@ -4,7 +4,7 @@
 //! (`CI=true`) a missing server fails the test; elsewhere it says loudly that it skipped.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 use recon::ExitCode;
 use recon::lock::{RunLock, probe};
 use recon::store::Location;
@@ -259,42 +259,6 @@ api_bind_addr = "127.0.0.1:{admin}"
             .unwrap(),
             prefix: ObjectPath::from(prefix),
         }
-    }
-}
-
-pub async fn upload(store: &dyn ObjectStore, prefix: &str, local: &Path) {
-    let mut stack = vec![local.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(local).unwrap().to_str().unwrap();
-                let path = ObjectPath::from(format!("{prefix}/{rel}"));
-                store
-                    .put(&path, PutPayload::from(std::fs::read(&p).unwrap()))
-                    .await
-                    .unwrap();
-            }
-        }
-    }
-}
-
-pub async fn download(store: &dyn ObjectStore, prefix: &str, local: &Path) {
-    let prefix = ObjectPath::from(prefix);
-    let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
-    for o in objects {
-        let rel: Vec<String> = o
-            .location
-            .prefix_match(&prefix)
-            .unwrap()
-            .map(|p| p.as_ref().to_string())
-            .collect();
-        let path = local.join(rel.join("/"));
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let bytes = store.get(&o.location).await.unwrap().bytes().await.unwrap();
-        std::fs::write(path, bytes).unwrap();
     }
 }
 

@@ -301,27 +301,14 @@ async fn a_larger_scale_keeps_exactly_the_planted_set() {
 
 #[tokio::test]
 async fn memory_store_run_equals_the_file_run() {
-    use futures::TryStreamExt;
-    use object_store::ObjectStoreExt;
     // The sample lake, copied into an in-memory store.
     let lake = recon::store::open("memory://sample-it/lake").unwrap();
-    let root = repo().join("sample-data/lake");
-    let mut stack = vec![root.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(&root).unwrap().to_str().unwrap().to_string();
-                let bytes = std::fs::read(&p).unwrap();
-                lake.store
-                    .put(&lake.child(&rel).prefix, bytes.into())
-                    .await
-                    .unwrap();
-            }
-        }
-    }
+    upload(
+        lake.store.as_ref(),
+        lake.prefix.as_ref(),
+        &repo().join("sample-data/lake"),
+    )
+    .await;
     let mut job = JobConfig::load(&repo().join("jobs/identity.toml")).unwrap();
     job.lake = "memory://sample-it/lake".into();
     job.output = "memory://sample-it/out".into();
@@ -331,31 +318,7 @@ async fn memory_store_run_equals_the_file_run() {
     // Bring the outputs to disk and read them as the file run's.
     let out = recon::store::open("memory://sample-it/out").unwrap();
     let local = tempfile::tempdir().unwrap();
-    let objects: Vec<_> = out
-        .store
-        .list(Some(&out.prefix))
-        .try_collect()
-        .await
-        .unwrap();
-    for o in objects {
-        let rel: Vec<_> = o
-            .location
-            .prefix_match(&out.prefix)
-            .unwrap()
-            .map(|p| p.as_ref().to_string())
-            .collect();
-        let path = local.path().join(rel.join("/"));
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let bytes = out
-            .store
-            .get(&o.location)
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        std::fs::write(path, bytes).unwrap();
-    }
+    download(out.store.as_ref(), out.prefix.as_ref(), local.path()).await;
     let m = manifests(local.path());
     assert_eq!(m.len(), 1);
     assert_eq!(discrepancies(local.path(), &m[0]), planted());
