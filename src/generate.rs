@@ -18,6 +18,8 @@ use parquet::file::properties::WriterProperties;
 
 use crate::error::{Error, Result};
 
+pub mod bench;
+
 /// The run date of the sample snapshots.
 pub const SAMPLE_RUN_DATE: &str = "2024-06-01";
 /// Tenants in the sample (fixed), users and groups per tenant (times `scale`).

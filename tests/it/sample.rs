@@ -386,3 +386,60 @@ async fn a_collapsed_snapshot_trips_the_guardrail_the_next_night() {
     assert!(!verdict("tenants").tripped, "unchanged entities pass");
     assert_eq!(verdict("tenants").previous.as_ref().unwrap().source, 10);
 }
+
+#[test]
+fn benchmark_pair_diff_finds_exactly_the_expected_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = recon::generate::bench::write_pair(&dir.path().join("pair"), 20_000).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recon"))
+        .current_dir(dir.path())
+        .args([
+            "--log-level",
+            "error",
+            "diff",
+            "--left",
+            "pair/left.parquet",
+            "--right",
+            "pair/right.parquet",
+            "--key",
+            "id",
+            "--run-date",
+            "2024-01-01",
+            "--run-id",
+            "bench",
+            "--output",
+            "out",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let counts = &summary["entities"][0]["counts"];
+    let total = |kind: &str| -> u64 {
+        counts
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["kind"] == kind)
+            .map(|c| c["count"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(total("missing_in_replica"), expected.missing_in_replica);
+    assert_eq!(total("extra_in_replica"), expected.extra_in_replica);
+    assert_eq!(total("field_mismatch"), expected.field_mismatch);
+    // Each of the 11 compared columns drifts in turn.
+    let fields: std::collections::BTreeSet<_> = counts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "field_mismatch")
+        .map(|c| c["field"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(fields.len(), recon::generate::bench::FIELDS.len());
+}
