@@ -4,7 +4,9 @@ CARGO ?= cargo
 RECON = $(CARGO_TARGET_DIR)/debug/recon
 SAMPLE_DATE = 2024-06-01
 
-.PHONY: help build run test tools fmt lint sample-data clean
+.PHONY: help build run test tools bench fmt lint sample-data clean
+BENCH_SIZES ?= 1000000,5000000,20000000
+BENCH_RUNS ?= 3
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -22,6 +24,11 @@ test: tools ## Run every test: unit, SQL logic (.slt), integration (files, memor
 
 tools: ## Install the S3 servers the tests start (moto, Garage) into ~/.cache/recon-tools
 	bash scripts/tools.sh
+
+bench: tools ## Diff benchmark: recon vs DuckDB and Polars on the same pairs (BENCH_SIZES, BENCH_RUNS)
+	$(CARGO) build --locked --release --bin recon
+	$(HOME)/.cache/recon-tools/venv/bin/python bench/bench.py --recon $(CARGO_TARGET_DIR)/release/recon \
+		--python $(HOME)/.cache/recon-tools/venv/bin/python --sizes $(BENCH_SIZES) --runs $(BENCH_RUNS)
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

@@ -80,6 +80,7 @@ pub fn init_tracing(global: &GlobalArgs) {
         .unwrap_or_else(|_| EnvFilter::new(format!("recon={0},warn", global.log_level)));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

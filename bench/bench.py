@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""The diff benchmark: recon against DuckDB and Polars on the same snapshot pairs.
+
+For each size, generates a pair with recon's own generator (12 columns, 1% changed,
+0.5% missing each way; deterministic), then runs, several times each:
+  - recon:  `recon diff` (full outer join, per-field null-safe comparison, long-format
+            discrepancies and typed corrections written to Parquet),
+  - duckdb: the same diff in SQL, long-format discrepancies written to Parquet,
+  - polars: the same diff with the streaming engine, written to Parquet,
+  - floor:  DuckDB reading every column of both files (the scan floor).
+Checks that every tool finds the expected counts, and reports median wall time, peak
+RSS (of the process tree's largest process, from wait4) and the ratios recon/peer and
+recon/floor, on stdout and in bench/results/results.{csv,md}.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+FIELDS = ["qty", "amount", "price", "ratio", "name", "note", "category", "active",
+          "created_at", "updated_at", "day"]
+
+DUCKDB_DIFF = """
+import duckdb, sys, json
+left, right, out = sys.argv[1:4]
+con = duckdb.connect()
+fields = {fields}
+cond = " OR ".join(f"l.{{f}} IS DISTINCT FROM r.{{f}}" for f in fields)
+con.execute(f'''CREATE TEMP TABLE j AS
+  SELECT coalesce(l.id, r.id) AS id, l.id IS NULL AS only_r, r.id IS NULL AS only_l,
+         {{", ".join(f"l.{{f}} AS l_{{f}}, r.{{f}} AS r_{{f}}" for f in fields)}}
+  FROM read_parquet('{{left}}') l FULL OUTER JOIN read_parquet('{{right}}') r ON l.id = r.id
+  WHERE l.id IS NULL OR r.id IS NULL OR {{cond}}''')
+parts = ["SELECT id, 'missing_in_replica' AS kind, NULL AS field, NULL AS source_value, NULL AS replica_value FROM j WHERE only_l",
+         "SELECT id, 'extra_in_replica', NULL, NULL, NULL FROM j WHERE only_r"]
+parts += [f"SELECT id, 'field_mismatch', '{{f}}', CAST(l_{{f}} AS VARCHAR), CAST(r_{{f}} AS VARCHAR) FROM j "
+          f"WHERE NOT only_l AND NOT only_r AND l_{{f}} IS DISTINCT FROM r_{{f}}" for f in fields]
+con.execute(f"COPY ({{' UNION ALL '.join(parts)}}) TO '{{out}}' (FORMAT PARQUET)")
+counts = dict(con.execute(f"SELECT kind, count(*) FROM read_parquet('{{out}}') GROUP BY kind").fetchall())
+print(json.dumps(counts))
+"""
+
+POLARS_DIFF = """
+import polars as pl, sys, json
+left, right, out = sys.argv[1:4]
+fields = {fields}
+l = pl.scan_parquet(left)
+r = pl.scan_parquet(right).rename({{f: f + "_r" for f in fields + ["id"]}})
+j = l.join(r, left_on="id", right_on="id_r", how="full", coalesce=False)
+diff = [pl.col(f).ne_missing(pl.col(f + "_r")) for f in fields]
+j = j.with_columns(
+    pl.coalesce("id", "id_r").alias("key"),
+    pl.col("id_r").is_null().alias("only_l"),
+    pl.col("id").is_null().alias("only_r"),
+).filter(pl.col("only_l") | pl.col("only_r") | pl.any_horizontal(diff)).collect(engine="streaming")
+parts = [j.filter(pl.col("only_l")).select(pl.col("key").alias("id"), pl.lit("missing_in_replica").alias("kind"),
+          pl.lit(None, pl.Utf8).alias("field"), pl.lit(None, pl.Utf8).alias("source_value"), pl.lit(None, pl.Utf8).alias("replica_value")),
+         j.filter(pl.col("only_r")).select(pl.col("key").alias("id"), pl.lit("extra_in_replica").alias("kind"),
+          pl.lit(None, pl.Utf8).alias("field"), pl.lit(None, pl.Utf8).alias("source_value"), pl.lit(None, pl.Utf8).alias("replica_value"))]
+both = j.filter(~pl.col("only_l") & ~pl.col("only_r"))
+for f in fields:
+    parts.append(both.filter(pl.col(f).ne_missing(pl.col(f + "_r"))).select(
+        pl.col("key").alias("id"), pl.lit("field_mismatch").alias("kind"), pl.lit(f).alias("field"),
+        pl.col(f).cast(pl.Utf8).alias("source_value"), pl.col(f + "_r").cast(pl.Utf8).alias("replica_value")))
+res = pl.concat(parts)
+res.write_parquet(out)
+print(json.dumps({{k: n for k, n in res.group_by("kind").len().iter_rows()}}))
+"""
+
+DUCKDB_FLOOR = """
+import duckdb, sys
+con = duckdb.connect()
+for f in sys.argv[1:3]:
+    con.execute(f"SELECT max(hash(t)) FROM read_parquet('{f}') t").fetchall()
+print("{}")
+"""
+
+
+def run_tool(cmd, cwd):
+    """Runs cmd; returns (wall seconds, peak RSS in MiB from wait4, stdout)."""
+    with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            sys.exit(f"{cmd[0]} failed ({proc.returncode}):\n{err.read()}")
+        return elapsed, usage.ru_maxrss / 1024.0, out.read()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recon", required=True, help="the recon binary (release build)")
+    ap.add_argument("--python", default=sys.executable, help="python with duckdb and polars")
+    ap.add_argument("--sizes", default="1000000,5000000,20000000")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--data", default=os.path.expanduser("~/.cache/recon-bench"), help="where pairs are kept")
+    ap.add_argument("--results", default="bench/results")
+    args = ap.parse_args()
+    fields = json.dumps(FIELDS)
+    work = Path(tempfile.mkdtemp(prefix="recon-bench-"))
+    scripts = {}
+    for name, body in [("duckdb", DUCKDB_DIFF.format(fields=fields)), ("polars", POLARS_DIFF.format(fields=fields)),
+                       ("floor", DUCKDB_FLOOR)]:
+        scripts[name] = work / f"bench_{name}.py"
+        scripts[name].write_text(body)
+    rows_out = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        pair = Path(args.data) / f"pair-{size}"
+        if not (pair / "expected.json").exists():
+            subprocess.run([args.recon, "--quiet", "generate", "--bench-rows", str(size), "--out", str(pair)], check=True)
+        expected = json.loads((pair / "expected.json").read_text())
+        want = {k: expected[k] for k in ("missing_in_replica", "extra_in_replica", "field_mismatch")}
+        left, right = str(pair / "left.parquet"), str(pair / "right.parquet")
+        tools = {
+            "recon": lambda i: [args.recon, "--log-level", "error", "diff", "--left", left, "--right", right,
+                                "--key", "id", "--no-lock", "--output", str(work / f"recon-{size}-{i}"), "--format", "json",
+                                "--run-id", f"bench-{i}", "--run-date", "2024-01-01"],
+            "duckdb": lambda i: [args.python, str(scripts["duckdb"]), left, right, str(work / f"duckdb-{size}-{i}.parquet")],
+            "polars": lambda i: [args.python, str(scripts["polars"]), left, right, str(work / f"polars-{size}-{i}.parquet")],
+            "floor": lambda i: [args.python, str(scripts["floor"]), left, right],
+        }
+        results = {}
+        for tool, cmd in tools.items():
+            times, rss = [], []
+            for i in range(args.runs):
+                t, m, out = run_tool(cmd(i), work)
+                times.append(t)
+                rss.append(m)
+                if tool == "recon":
+                    summary = json.loads(out)
+                    got = {}
+                    for c in summary["entities"][0]["counts"]:
+                        got[c["kind"]] = got.get(c["kind"], 0) + c["count"]
+                elif tool == "floor":
+                    got = want
+                else:
+                    got = json.loads(out)
+                got = {k: got.get(k, 0) for k in want}
+                if got != want:
+                    sys.exit(f"{tool} at {size} rows found {got}, expected {want}")
+            results[tool] = (statistics.median(times), statistics.median(rss))
+            print(f"{size:>10} {tool:<7} {results[tool][0]:8.2f} s {results[tool][1]:9.0f} MiB", flush=True)
+        r = results["recon"]
+        rows_out.append({
+            "rows": size,
+            **{f"{t}_s": round(v[0], 2) for t, v in results.items()},
+            **{f"{t}_rss_mib": round(v[1]) for t, v in results.items()},
+            "recon_vs_duckdb": round(r[0] / results["duckdb"][0], 2),
+            "recon_vs_polars": round(r[0] / results["polars"][0], 2),
+            "recon_vs_floor": round(r[0] / results["floor"][0], 2),
+            "recon_rss_vs_duckdb": round(r[1] / results["duckdb"][1], 2),
+        })
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = list(rows_out[0].keys())
+    with open(out / "results.csv", "w") as f:
+        f.write(",".join(keys) + "\n")
+        for row in rows_out:
+            f.write(",".join(str(row[k]) for k in keys) + "\n")
+    with open(out / "results.md", "w") as f:
+        f.write("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n")
+        for row in rows_out:
+            f.write("| " + " | ".join(str(row[k]) for k in keys) + " |\n")
+    print((out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
