@@ -97,7 +97,7 @@ pub enum Error {
     },
 
     /// A query failed while running; `context` names the entity and query.
-    #[error("{context}: {source}")]
+    #[error("{context}: {source}{}", memory_hint(source))]
     Query {
         context: String,
         source: DataFusionError,
@@ -146,6 +146,14 @@ impl Error {
     }
 }
 
+fn memory_hint(e: &DataFusionError) -> &'static str {
+    if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) {
+        " (raise --memory-limit)"
+    } else {
+        ""
+    }
+}
+
 fn storage_exit_code(e: &object_store::Error) -> ExitCode {
     match e {
         object_store::Error::NotFound { .. } => ExitCode::InputData,
@@ -169,6 +177,8 @@ fn query_exit_code(e: &DataFusionError) -> ExitCode {
         },
         DataFusionError::ArrowError(..) => ExitCode::InputData,
         DataFusionError::IoError(_) => ExitCode::Storage,
+        // Not a bug and not bad data: the run needs a larger --memory-limit.
+        DataFusionError::ResourcesExhausted(_) => ExitCode::Usage,
         DataFusionError::External(inner) => {
             if let Some(os) = inner.downcast_ref::<object_store::Error>() {
                 storage_exit_code(os)

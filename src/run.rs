@@ -28,6 +28,8 @@ pub struct RunOptions {
     /// Overrides every entity's guardrail share.
     pub max_correction_share: Option<f64>,
     pub target_partitions: usize,
+    /// Memory the diff queries may hold before spilling (bytes).
+    pub memory_limit: usize,
     pub lock: LockMode,
 }
 
@@ -369,7 +371,24 @@ async fn diff_all(
     for p in prepared {
         let entity = &p.plan.entity;
         let span = info_span!("entity", entity = %entity.name);
-        let ctx = diff::session_context(opts.target_partitions);
+        // A hash join holds one side in memory, with its hash table and the projected
+        // columns; past a quarter of the limit, a sort-merge join that spills is used.
+        let input_bytes = p.source.bytes + p.replica.bytes;
+        let prefer_hash_join = (input_bytes as f64) < opts.memory_limit as f64 * 0.25;
+        if !prefer_hash_join {
+            span.in_scope(|| {
+                info!(
+                    input_bytes,
+                    memory_limit = opts.memory_limit,
+                    "inputs exceed a quarter of the memory limit: sort-merge join with spilling"
+                )
+            });
+        }
+        let ctx = diff::session_context(&diff::SessionOptions {
+            target_partitions: opts.target_partitions,
+            memory_limit: opts.memory_limit,
+            prefer_hash_join,
+        })?;
         p.source.register(&ctx, "source")?;
         p.replica.register(&ctx, "replica")?;
         // Outputs of this entity are uncommitted until the manifest lists them.

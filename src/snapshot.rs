@@ -27,6 +27,8 @@ pub struct Snapshot {
     pub system: String,
     pub url: String,
     pub rows: u64,
+    /// Uncompressed size of all row groups, from the footers.
+    pub bytes: u64,
     pub files: Vec<SnapshotFile>,
     #[serde(skip)]
     pub schema: SchemaRef,
@@ -113,6 +115,7 @@ impl Snapshot {
         let schema = Arc::clone(&footers[0].1.schema);
         let mut files = Vec::with_capacity(footers.len());
         let mut rows = 0u64;
+        let mut bytes = 0u64;
         for (meta, footer) in &footers {
             check_same_schema(&schema, &footer.schema).map_err(|message| Error::Snapshot {
                 entity: entity.into(),
@@ -124,6 +127,7 @@ impl Snapshot {
             })?;
             let n = footer.rows;
             rows += n;
+            bytes += footer.bytes;
             files.push(SnapshotFile {
                 path: meta.location.to_string(),
                 size: meta.size,
@@ -137,6 +141,7 @@ impl Snapshot {
             system: system.into(),
             url,
             rows,
+            bytes,
             files,
             schema,
             location,
@@ -170,6 +175,7 @@ impl Snapshot {
 struct Footer {
     schema: SchemaRef,
     rows: u64,
+    bytes: u64,
 }
 
 enum FooterError {
@@ -214,9 +220,15 @@ async fn read_footer(
     let file = metadata.file_metadata();
     let schema = parquet_to_arrow_schema(file.schema_descr(), file.key_value_metadata())
         .map_err(FooterError::Parquet)?;
+    let bytes = metadata
+        .row_groups()
+        .iter()
+        .map(|g| g.total_byte_size().max(0) as u64)
+        .sum();
     Ok(Footer {
         schema: Arc::new(schema),
         rows: file.num_rows().max(0) as u64,
+        bytes,
     })
 }
 

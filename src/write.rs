@@ -236,8 +236,9 @@ pub struct LatestPointer {
 /// Best-effort removal of files a failed or withheld run wrote.
 pub async fn remove(layout: &RunLayout, rels: &[String]) {
     for rel in rels {
-        if let Err(e) = layout.output.store.delete(&layout.path(rel)).await {
-            tracing::warn!(file = %rel, error = %e, "could not remove uncommitted file");
+        match layout.output.store.delete(&layout.path(rel)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(file = %rel, error = %e, "could not remove uncommitted file"),
         }
     }
 }

@@ -157,7 +157,8 @@ async fn main() {
         }
         let mut runner = sqllogictest::Runner::new(|| async {
             Ok(ReconDb {
-                ctx: recon::diff::session_context(2),
+                ctx: recon::diff::session_context(&recon::diff::SessionOptions::default())
+                    .expect("session"),
             })
         });
         runner.with_column_validator(any_types);

@@ -92,6 +92,7 @@ pub async fn run(args: DiffArgs, global: &GlobalArgs) -> Result<ExitCode> {
         entities: vec![],
         max_correction_share: None,
         target_partitions: super::target_partitions(),
+        memory_limit: global.memory_limit(),
         lock: args.lock.mode(),
     };
     let outcome = crate::run::run(&job, &opts).await?;

@@ -28,6 +28,51 @@ pub struct GlobalArgs {
     /// Print nothing on stdout; the exit code and the outputs tell the result.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Memory the diff may hold before it spills to disk, e.g. `4GiB`, `512MiB` (default:
+    /// 60% of the machine's memory).
+    #[arg(long, global = true, value_parser = parse_bytes)]
+    pub memory_limit: Option<usize>,
+}
+
+impl GlobalArgs {
+    pub fn memory_limit(&self) -> usize {
+        self.memory_limit.unwrap_or_else(default_memory_limit)
+    }
+}
+
+/// 60% of MemTotal from /proc/meminfo, or 4 GiB where that cannot be read.
+pub fn default_memory_limit() -> usize {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<usize>().ok())
+        })
+        .map(|kb| kb * 1024 / 10 * 6)
+        .unwrap_or(4 << 30)
+}
+
+/// Parses `123`, `64KiB`, `512MiB`, `4GiB` (also KB/MB/GB as powers of 1024).
+pub fn parse_bytes(s: &str) -> std::result::Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size such as 4GiB"))?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("`{s}` has an unknown unit (use KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult)
+        .filter(|b| *b >= 64 << 20)
+        .ok_or_else(|| format!("`{s}` must be at least 64MiB"))
 }
 
 #[derive(Debug, Subcommand)]

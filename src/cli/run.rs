@@ -61,6 +61,7 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
         entities: args.entities,
         max_correction_share: args.max_correction_share,
         target_partitions: super::target_partitions(),
+        memory_limit: global.memory_limit(),
         lock: args.lock.mode(),
     };
     let outcome = crate::run::run(&job, &opts).await?;

@@ -17,6 +17,8 @@ use arrow::compute::{cast, nullif, take};
 use arrow::datatypes::{DataType, Field, Fields, Float64Type, Int64Type, Schema, SchemaRef};
 use chrono::NaiveDate;
 use datafusion::common::ScalarValue;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
@@ -34,12 +36,43 @@ pub const FIELD_MISMATCH: &str = "field_mismatch";
 pub const DUPLICATE_KEY: &str = "duplicate_key";
 pub const NULL_KEY: &str = "null_key";
 
+/// How a diff session is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOptions {
+    pub target_partitions: usize,
+    /// Memory the queries may hold before spilling to disk (bytes).
+    pub memory_limit: usize,
+    /// Hash joins are fastest but keep one side in memory; when both snapshots together
+    /// are larger than a quarter of the memory limit, a sort-merge join that spills is used.
+    pub prefer_hash_join: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            target_partitions: 2,
+            memory_limit: 1 << 30,
+            prefer_hash_join: true,
+        }
+    }
+}
+
 /// The session every recon query runs in, production and SQL logic tests alike.
-pub fn session_context(target_partitions: usize) -> SessionContext {
-    let config = SessionConfig::new()
-        .with_target_partitions(target_partitions.max(1))
+pub fn session_context(opts: &SessionOptions) -> Result<SessionContext> {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(opts.target_partitions.max(1))
         .with_information_schema(true);
-    SessionContext::new_with_config(config)
+    config.options_mut().optimizer.prefer_hash_join = opts.prefer_hash_join;
+    // Each sorting partition keeps this much back for merging its spill files; keep the
+    // total well inside the limit.
+    let per_partition = opts.memory_limit / (8 * opts.target_partitions.max(1));
+    let spill = &mut config.options_mut().execution.sort_spill_reservation_bytes;
+    *spill = (*spill).min(per_partition);
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(opts.memory_limit)))
+        .build_arc()
+        .map_err(|e| Error::Internal(format!("setting up the query runtime: {e}")))?;
+    Ok(SessionContext::new_with_config_rt(config, runtime))
 }
 
 /// Correction operations.

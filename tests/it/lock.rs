@@ -24,6 +24,7 @@ fn opts(run_id: &str) -> RunOptions {
         entities: vec![],
         max_correction_share: None,
         target_partitions: 2,
+        memory_limit: 1 << 30,
         lock: LockMode::default(),
     }
 }

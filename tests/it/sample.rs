@@ -16,6 +16,7 @@ fn opts(run_id: &str) -> RunOptions {
         entities: vec![],
         max_correction_share: None,
         target_partitions: 2,
+        memory_limit: 1 << 30,
         lock: recon::run::LockMode::default(),
     }
 }
@@ -390,56 +391,64 @@ async fn a_collapsed_snapshot_trips_the_guardrail_the_next_night() {
 #[test]
 fn benchmark_pair_diff_finds_exactly_the_expected_counts() {
     let dir = tempfile::tempdir().unwrap();
-    let expected = recon::generate::bench::write_pair(&dir.path().join("pair"), 20_000).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recon"))
-        .current_dir(dir.path())
-        .args([
-            "--log-level",
-            "error",
-            "diff",
-            "--left",
-            "pair/left.parquet",
-            "--right",
-            "pair/right.parquet",
-            "--key",
-            "id",
-            "--run-date",
-            "2024-01-01",
-            "--run-id",
-            "bench",
-            "--output",
-            "out",
-            "--format",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let counts = &summary["entities"][0]["counts"];
-    let total = |kind: &str| -> u64 {
-        counts
+    let expected = recon::generate::bench::write_pair(&dir.path().join("pair"), 200_000).unwrap();
+    // Plenty of memory (hash join), then a limit below the inputs' size (sort-merge join
+    // that spills): the same answer.
+    for (limit, spills) in [("1GiB", false), ("64MiB", true)] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_recon"))
+            .current_dir(dir.path())
+            .args([
+                "--log-level",
+                "info",
+                "--memory-limit",
+                limit,
+                "diff",
+                "--left",
+                "pair/left.parquet",
+                "--right",
+                "pair/right.parquet",
+                "--key",
+                "id",
+                "--run-date",
+                "2024-01-01",
+                "--run-id",
+                limit,
+                "--output",
+                "out",
+                "--format",
+                "json",
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(
+            stderr.contains("sort-merge join with spilling"),
+            spills,
+            "{stderr}"
+        );
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let counts = &summary["entities"][0]["counts"];
+        let total = |kind: &str| -> u64 {
+            counts
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["kind"] == kind)
+                .map(|c| c["count"].as_u64().unwrap())
+                .sum()
+        };
+        assert_eq!(total("missing_in_replica"), expected.missing_in_replica);
+        assert_eq!(total("extra_in_replica"), expected.extra_in_replica);
+        assert_eq!(total("field_mismatch"), expected.field_mismatch);
+        // Each of the 11 compared columns drifts in turn.
+        let fields: std::collections::BTreeSet<_> = counts
             .as_array()
             .unwrap()
             .iter()
-            .filter(|c| c["kind"] == kind)
-            .map(|c| c["count"].as_u64().unwrap())
-            .sum()
-    };
-    assert_eq!(total("missing_in_replica"), expected.missing_in_replica);
-    assert_eq!(total("extra_in_replica"), expected.extra_in_replica);
-    assert_eq!(total("field_mismatch"), expected.field_mismatch);
-    // Each of the 11 compared columns drifts in turn.
-    let fields: std::collections::BTreeSet<_> = counts
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["kind"] == "field_mismatch")
-        .map(|c| c["field"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(fields.len(), recon::generate::bench::FIELDS.len());
+            .filter(|c| c["kind"] == "field_mismatch")
+            .map(|c| c["field"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(fields.len(), recon::generate::bench::FIELDS.len());
+    }
 }
