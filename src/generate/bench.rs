@@ -100,11 +100,11 @@ fn row(id: u64) -> Row {
         price: (h % 10_000_000_000) as i128,
         ratio: (h % 1_000_000) as f64 / 1000.0,
         name: format!("name-{:08x}", h as u32),
-        note: (h % 7 != 0).then(|| format!("note {}", h % 1000)),
+        note: (!h.is_multiple_of(7)).then(|| format!("note {}", h % 1000)),
         category: CATEGORIES[(h % 8) as usize],
-        active: h % 2 == 0,
+        active: h.is_multiple_of(2),
         created_at: BASE_US + (h % 1_000_000_000_000) as i64,
-        updated_at: (h % 11 != 0).then(|| BASE_US + (h % 1_000_000_000) as i64),
+        updated_at: (!h.is_multiple_of(11)).then(|| BASE_US + (h % 1_000_000_000) as i64),
         day: 19_000 + (h % 1000) as i32,
     }
 }
@@ -128,7 +128,7 @@ fn drift(mut r: Row) -> Row {
 }
 
 fn is_missing(id: u64) -> bool {
-    id % 200 == 0
+    id.is_multiple_of(200)
 }
 fn is_drifted(id: u64) -> bool {
     id % 100 == 1
