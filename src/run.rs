@@ -31,6 +31,8 @@ pub struct RunOptions {
     /// Memory the diff queries may hold before spilling (bytes).
     pub memory_limit: usize,
     pub lock: LockMode,
+    /// Report each entity's stage on stderr (the CLI sets it for a terminal without --quiet).
+    pub progress: bool,
 }
 
 /// Whether a run takes the job's lock for its run date.
@@ -395,9 +397,23 @@ async fn diff_all(
         written.push(layout.discrepancies(&entity.name));
         written.push(layout.corrections(&job.replica, &entity.name));
         written.push(layout.corrections(&job.source, &entity.name));
+        let started = Instant::now();
+        if opts.progress {
+            eprint!(
+                "[{}/{}] {}: {} source rows, {} replica rows: diffing…",
+                summaries.len() + 1,
+                prepared.len(),
+                entity.name,
+                p.source.rows,
+                p.replica.rows
+            );
+        }
         let result: EntityResult = diff::run_entity(&ctx, &p.plan, stamp, layout)
             .instrument(span.clone())
             .await?;
+        if opts.progress {
+            eprintln!(" done in {:.1}s", started.elapsed().as_secs_f64());
+        }
         let limit = opts
             .max_correction_share
             .unwrap_or(entity.max_correction_share);

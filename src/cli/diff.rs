@@ -94,6 +94,7 @@ pub async fn run(args: DiffArgs, global: &GlobalArgs) -> Result<ExitCode> {
         target_partitions: super::target_partitions(),
         memory_limit: global.memory_limit(),
         lock: args.lock.mode(),
+        progress: global.progress(),
     };
     let outcome = crate::run::run(&job, &opts).await?;
     if !global.quiet {

@@ -35,6 +35,11 @@ pub struct GlobalArgs {
 }
 
 impl GlobalArgs {
+    /// Stage progress on stderr: only on a terminal, never with --quiet.
+    pub fn progress(&self) -> bool {
+        !self.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())
+    }
+
     pub fn memory_limit(&self) -> usize {
         self.memory_limit.unwrap_or_else(default_memory_limit)
     }

@@ -63,6 +63,7 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
         target_partitions: super::target_partitions(),
         memory_limit: global.memory_limit(),
         lock: args.lock.mode(),
+        progress: global.progress(),
     };
     let outcome = crate::run::run(&job, &opts).await?;
     if !global.quiet {

@@ -26,6 +26,7 @@ fn opts(run_id: &str) -> RunOptions {
         target_partitions: 2,
         memory_limit: 1 << 30,
         lock: LockMode::default(),
+        progress: false,
     }
 }
 

@@ -18,6 +18,7 @@ fn opts(run_id: &str) -> RunOptions {
         target_partitions: 2,
         memory_limit: 1 << 30,
         lock: recon::run::LockMode::default(),
+        progress: false,
     }
 }
 
