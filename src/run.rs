@@ -387,7 +387,12 @@ async fn diff_all(
             });
         }
         let ctx = diff::session_context(&diff::SessionOptions {
-            target_partitions: opts.target_partitions,
+            // Concurrent sorts split the pool between them; one partition spills reliably.
+            target_partitions: if prefer_hash_join {
+                opts.target_partitions
+            } else {
+                1
+            },
             memory_limit: opts.memory_limit,
             prefer_hash_join,
         })?;
