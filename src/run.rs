@@ -16,6 +16,7 @@ use crate::lock::RunLock;
 use crate::snapshot::Snapshot;
 use crate::store;
 use crate::write::{self, LatestPointer, MANIFEST_FORMAT, Manifest, ManifestFile, RunLayout};
+use object_store::ObjectStoreExt;
 
 /// Options of one run, from the command line.
 #[derive(Debug, Clone)]
@@ -260,103 +261,107 @@ async fn run_locked(
     run_id: String,
     layout: RunLayout,
 ) -> Result<RunOutcome> {
-    {
-        let prepared = prepare(job, opts.run_date, &opts.entities).await?;
-        let plan_ms = clock.elapsed().as_millis() as u64;
-        let stamp = RunStamp {
-            job: job.name.clone(),
-            run_id: run_id.clone(),
-            run_date: opts.run_date,
-            source: job.source.clone(),
-            replica: job.replica.clone(),
-        };
-        let mut written: Vec<String> = Vec::new();
-        let result = diff_all(job, opts, &prepared, &stamp, &layout, &mut written).await;
-        let (entities, files) = match result {
-            Ok(r) => r,
-            Err(e) => {
-                write::remove(&layout, &written).await;
-                return Err(e);
-            }
-        };
-        let tripped: Vec<String> = entities
-            .iter()
-            .filter(|e| e.guardrail.tripped)
-            .map(|e| e.entity.clone())
-            .collect();
-        let status = if tripped.is_empty() {
-            "success"
-        } else {
-            "guardrail_tripped"
-        };
-        let mut durations_ms = BTreeMap::new();
-        durations_ms.insert("prepare".to_string(), plan_ms);
-        durations_ms.insert("total".to_string(), clock.elapsed().as_millis() as u64);
-        let summary = RunSummary {
-            job: job.name.clone(),
-            run_id: run_id.clone(),
-            run_date: opts.run_date,
-            status: status.into(),
-            source: job.source.clone(),
-            replica: job.replica.clone(),
-            output: layout.output.url(),
-            manifest: layout.url(&layout.manifest()),
-            started_at,
-            finished_at: Utc::now(),
-            entities,
-            durations_ms,
-        };
-        let commit = async {
-            let summary_size = write::put_json(&layout, &layout.summary(), &summary).await?;
-            written.push(layout.summary());
-            let mut files = files;
-            files.push(ManifestFile {
-                path: layout.summary(),
-                kind: "summary".into(),
-                entity: None,
-                system: None,
-                rows: None,
-                size: summary_size,
-            });
-            let manifest = Manifest {
-                format_version: MANIFEST_FORMAT,
-                job: job.name.clone(),
-                run_id: run_id.clone(),
-                run_date: opts.run_date,
-                committed_at: Utc::now(),
-                status: status.into(),
-                source: job.source.clone(),
-                replica: job.replica.clone(),
-                apply_order: prepared
-                    .iter()
-                    .map(|p| p.plan.entity.name.clone())
-                    .collect(),
-                withheld: tripped.clone(),
-                files,
-            };
-            // The manifest is the commit: it is written last, after every file it lists.
-            write::put_json(&layout, &layout.manifest(), &manifest).await?;
-            Ok::<_, Error>(())
-        };
-        if let Err(e) = commit.await {
+    let prepared = prepare(job, opts.run_date, &opts.entities).await?;
+    let plan_ms = clock.elapsed().as_millis() as u64;
+    let stamp = RunStamp {
+        job: job.name.clone(),
+        run_id: run_id.clone(),
+        run_date: opts.run_date,
+        source: job.source.clone(),
+        replica: job.replica.clone(),
+    };
+    let mut written: Vec<String> = Vec::new();
+    let result = diff_all(job, opts, &prepared, &stamp, &layout, &mut written).await;
+    let (entities, files) = match result {
+        Ok(r) => r,
+        Err(e) => {
             write::remove(&layout, &written).await;
             return Err(e);
         }
-        let pointer = LatestPointer {
+    };
+    let tripped: Vec<String> = entities
+        .iter()
+        .filter(|e| e.guardrail.tripped)
+        .map(|e| e.entity.clone())
+        .collect();
+    let status = if tripped.is_empty() {
+        "success"
+    } else {
+        "guardrail_tripped"
+    };
+    let mut durations_ms = BTreeMap::new();
+    durations_ms.insert("prepare".to_string(), plan_ms);
+    durations_ms.insert("total".to_string(), clock.elapsed().as_millis() as u64);
+    let summary = RunSummary {
+        job: job.name.clone(),
+        run_id: run_id.clone(),
+        run_date: opts.run_date,
+        status: status.into(),
+        source: job.source.clone(),
+        replica: job.replica.clone(),
+        output: layout.output.url(),
+        manifest: layout.url(&layout.manifest()),
+        started_at,
+        finished_at: Utc::now(),
+        entities,
+        durations_ms,
+    };
+    let commit = async {
+        let summary_size = write::put_json(&layout, &layout.summary(), &summary).await?;
+        written.push(layout.summary());
+        let mut files = files;
+        files.push(ManifestFile {
+            path: layout.summary(),
+            kind: "summary".into(),
+            entity: None,
+            system: None,
+            rows: None,
+            size: summary_size,
+        });
+        let manifest = Manifest {
+            format_version: MANIFEST_FORMAT,
+            job: job.name.clone(),
             run_id: run_id.clone(),
-            manifest: layout.manifest(),
+            run_date: opts.run_date,
+            committed_at: Utc::now(),
+            status: status.into(),
+            source: job.source.clone(),
+            replica: job.replica.clone(),
+            apply_order: prepared
+                .iter()
+                .map(|p| p.plan.entity.name.clone())
+                .collect(),
+            withheld: tripped.clone(),
+            files,
         };
-        if let Err(e) = write::put_json(&layout, &layout.latest(), &pointer).await {
-            warn!(error = %e, "run committed, but the latest-run pointer could not be updated");
+        // The manifest is the commit: it is written last, after every file it lists.
+        write::put_json(&layout, &layout.manifest(), &manifest).await?;
+        Ok::<_, Error>(())
+    };
+    if let Err(e) = commit.await {
+        // Clean up only when the manifest surely did not land: a committed run's files
+        // must never be removed.
+        let manifest = layout.path(&layout.manifest());
+        if let Err(object_store::Error::NotFound { .. }) = layout.output.store.head(&manifest).await
+        {
+            write::remove(&layout, &written).await;
         }
-        info!(status, "run committed");
-        let exit = if tripped.is_empty() {
-            ExitCode::Success
-        } else {
-            ExitCode::Guardrail
-        };
-        Ok(RunOutcome { summary, exit })
+        return Err(e);
     }
+    let pointer = LatestPointer {
+        run_id: run_id.clone(),
+        manifest: layout.manifest(),
+    };
+    if let Err(e) = write::put_json(&layout, &layout.latest(), &pointer).await {
+        warn!(error = %e, "run committed, but the latest-run pointer could not be updated");
+    }
+    info!(status, "run committed");
+    let exit = if tripped.is_empty() {
+        ExitCode::Success
+    } else {
+        ExitCode::Guardrail
+    };
+    Ok(RunOutcome { summary, exit })
 }
 
 async fn diff_all(
