@@ -8,6 +8,7 @@ use recon::ExitCode;
 use recon::job::JobConfig;
 use recon::lock::{LockInfo, RunLock, lock_path, probe};
 use recon::run::{LockMode, RunOptions, run};
+use recon::store::Location;
 
 use crate::common::*;
 
@@ -30,11 +31,12 @@ fn opts(run_id: &str) -> RunOptions {
     }
 }
 
-async fn concurrent_acquire_lets_one_through(url: &str) {
-    let output = recon::store::open(url).unwrap();
+/// Two runs acquire at once: exactly one proceeds; after release the next one gets it.
+pub async fn concurrent_acquire_lets_one_through(output: &Location) {
+    let output = output.clone();
     assert!(
         probe(&output).await.unwrap(),
-        "{url} honours conditional writes"
+        "{output:?} honours conditional writes"
     );
     let (a, b) = tokio::join!(
         RunLock::acquire(&output, "job", date(), "a", TTL),
@@ -58,16 +60,17 @@ async fn concurrent_acquire_lets_one_through(url: &str) {
 async fn two_runs_at_once_exactly_one_proceeds_on_files() {
     let dir = tempfile::tempdir().unwrap();
     let url = recon::store::resolve_url(dir.path().to_str().unwrap(), dir.path()).unwrap();
-    concurrent_acquire_lets_one_through(&url).await;
+    concurrent_acquire_lets_one_through(&recon::store::open(&url).unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runs_at_once_exactly_one_proceeds_in_memory() {
-    concurrent_acquire_lets_one_through("memory://lock-it/out").await;
+    concurrent_acquire_lets_one_through(&recon::store::open("memory://lock-it/out").unwrap()).await;
 }
 
-async fn stale_lock_is_taken_over(url: &str) {
-    let output = recon::store::open(url).unwrap();
+/// A lock past its expiry is taken over, and released afterwards.
+pub async fn stale_lock_is_taken_over(output: &Location) {
+    let output = output.clone();
     let stale = LockInfo {
         job: "job".into(),
         run_date: date(),
@@ -98,12 +101,12 @@ async fn stale_lock_is_taken_over(url: &str) {
 async fn a_stale_lock_is_taken_over_on_files() {
     let dir = tempfile::tempdir().unwrap();
     let url = recon::store::resolve_url(dir.path().to_str().unwrap(), dir.path()).unwrap();
-    stale_lock_is_taken_over(&url).await;
+    stale_lock_is_taken_over(&recon::store::open(&url).unwrap()).await;
 }
 
 #[tokio::test]
 async fn a_stale_lock_is_taken_over_in_memory() {
-    stale_lock_is_taken_over("memory://lock-it/stale").await;
+    stale_lock_is_taken_over(&recon::store::open("memory://lock-it/stale").unwrap()).await;
 }
 
 #[tokio::test]

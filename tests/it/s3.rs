@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStore;
 use recon::ExitCode;
 use recon::lock::{RunLock, probe};
 use recon::store::Location;
@@ -329,42 +329,9 @@ async fn moto_honours_conditional_writes_and_one_run_at_a_time() {
         return;
     };
     let output = server.location("locks-test");
-    assert!(probe(&output).await.unwrap(), "moto honours If-None-Match");
-    let date = recon::generate::sample_run_date();
-    let ttl = Duration::from_secs(600);
-    let (a, b) = tokio::join!(
-        RunLock::acquire(&output, "job", date, "a", ttl),
-        RunLock::acquire(&output, "job", date, "b", ttl),
-    );
-    let held = match (a, b) {
-        (Ok(l), Err(e)) | (Err(e), Ok(l)) => {
-            assert_eq!(e.exit_code(), ExitCode::Locked);
-            l
-        }
-        (a, b) => panic!("exactly one must proceed: {a:?} / {b:?}"),
-    };
-    held.release().await;
-
+    crate::lock::concurrent_acquire_lets_one_through(&output).await;
     // A stale lock is taken over with If-Match.
-    let stale = recon::lock::LockInfo {
-        job: "job".into(),
-        run_date: date,
-        run_id: "crashed".into(),
-        owner: "elsewhere:1".into(),
-        acquired_at: chrono::Utc::now() - chrono::Duration::hours(8),
-        expires_at: chrono::Utc::now() - chrono::Duration::hours(2),
-    };
-    let path = output.child(&recon::lock::lock_path(date)).prefix;
-    output
-        .store
-        .put(&path, serde_json::to_vec(&stale).unwrap().into())
-        .await
-        .unwrap();
-    let lock = RunLock::acquire(&output, "job", date, "fresh", ttl)
-        .await
-        .unwrap();
-    assert_eq!(lock.info().run_id, "fresh");
-    lock.release().await;
+    crate::lock::stale_lock_is_taken_over(&output).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
