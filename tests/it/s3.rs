@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
+use object_store::ObjectStore;
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path as ObjectPath;
-use object_store::ObjectStore;
 use recon::ExitCode;
 use recon::lock::{RunLock, probe};
 use recon::store::Location;
@@ -380,6 +380,19 @@ async fn moto_second_run_is_refused_then_outputs_match_the_file_run() {
     assert_same_as_file_run(&server, "identity", "s3-run").await;
 }
 
+/// The sample lake uploaded to the server, and a fixture job reading it from there.
+async fn sample_on(server: &S3Server) -> Fixture {
+    let fx = Fixture::new();
+    upload(
+        server.store().as_ref(),
+        "lake",
+        &repo().join("sample-data/lake"),
+    )
+    .await;
+    s3_job(&fx);
+    fx
+}
+
 /// A job like the sample's, with its lake (and so its outputs) in the server's bucket.
 fn s3_job(fx: &Fixture) {
     fx.edit_job(|t| {
@@ -397,14 +410,7 @@ async fn garage_ignores_conditional_writes_and_recon_refuses_to_pretend() {
         !probe(&server.location("probe")).await.unwrap(),
         "Garage ignores If-None-Match"
     );
-    let fx = Fixture::new();
-    upload(
-        server.store().as_ref(),
-        "lake",
-        &repo().join("sample-data/lake"),
-    )
-    .await;
-    s3_job(&fx);
+    let fx = sample_on(&server).await;
     let out = recon_cmd(&fx, &server)
         .args(["run", "--job", "job.toml", "--run-date", "2024-06-01"])
         .output()
@@ -425,14 +431,7 @@ async fn garage_lake_end_to_end_equals_the_file_run() {
     let Some(server) = S3Server::garage() else {
         return;
     };
-    let fx = Fixture::new();
-    upload(
-        server.store().as_ref(),
-        "lake",
-        &repo().join("sample-data/lake"),
-    )
-    .await;
-    s3_job(&fx);
+    let fx = sample_on(&server).await;
     let validate = recon_cmd(&fx, &server)
         .args(["validate", "--job", "job.toml", "--run-date", "2024-06-01"])
         .output()
