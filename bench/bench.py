@@ -15,6 +15,7 @@ recon/floor, on stdout and in bench/results/results.{csv,md}.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -171,6 +172,7 @@ def main():
         for row in rows_out:
             f.write("| " + " | ".join(str(row[k]) for k in keys) + " |\n")
     print((out / "results.md").read_text())
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
