@@ -1,10 +1,11 @@
--- The reconciliation of one entity: a full outer join of the two sides on the key,
--- keeping keys found on one side only and keys with at least one differing field.
--- A key duplicated on either side is data quality, reported elsewhere: it is left out
--- here on both sides (dk: such keys of both sides, in the common key types).
+-- The reconciliation of one entity. First a narrow full outer join of the two sides on
+-- the key (keys, compared values, newest-by columns only), keeping keys found on one
+-- side only and keys with at least one differing field. A key duplicated on either side
+-- is data quality, reported elsewhere: it is left out here on both sides (dk: such keys
+-- of both sides, in the common key types). Then, for the few keys that remain, the
+-- payload columns corrections are built from are joined in from each side.
 -- The generated columns of j: the coalesced keys; per compared field N, the comparator
--- recon_cmp_N(s.cN, r.cN) AS reasonN (NULL when equal) and both values; the payload
--- columns that corrections are built from.
+-- recon_cmp_N(s.cN, r.cN) AS reasonN (NULL when equal) and both values.
 WITH s AS ({source_side}),
      r AS ({replica_side}),
      dk AS ({duplicate_keys}),
@@ -15,9 +16,17 @@ WITH s AS ({source_side}),
               ELSE 'both' END AS "__class",
          {columns}
        FROM s FULL OUTER JOIN r ON {join_on}
-     )
-SELECT *
-FROM j
-WHERE (j."__class" <> 'both' OR {any_reason})
-  AND NOT EXISTS (SELECT 1 FROM dk WHERE {duplicate_match})
+     ),
+     d AS (
+       SELECT *
+       FROM j
+       WHERE (j."__class" <> 'both' OR {any_reason})
+         AND NOT EXISTS (SELECT 1 FROM dk WHERE {duplicate_match})
+     ),
+     sp AS ({source_payload}),
+     rp AS ({replica_payload})
+SELECT d.*, {payload}
+FROM d
+LEFT JOIN sp ON {source_payload_on}
+LEFT JOIN rp ON {replica_payload_on}
 ORDER BY {order_by}

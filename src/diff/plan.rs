@@ -15,6 +15,7 @@ const NULL_KEYS_SQL: &str = include_str!("../../queries/null_keys.sql");
 const DUPLICATE_KEYS_SQL: &str = include_str!("../../queries/duplicate_keys.sql");
 const SIDE_SQL: &str = include_str!("../../queries/side.sql");
 const DIFF_SQL: &str = include_str!("../../queries/diff.sql");
+const PAYLOAD_SQL: &str = include_str!("../../queries/payload.sql");
 
 /// Which side of the comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,14 +386,6 @@ impl EntityPlan {
     }
 
     fn side_sql(&self, side: Side, table: &str) -> String {
-        let other = match side {
-            Side::Source => Side::Replica,
-            Side::Replica => Side::Source,
-        };
-        let (s, o) = match side {
-            Side::Source => ("s", "r"),
-            Side::Replica => ("r", "s"),
-        };
         let col = |m: &MappedColumn| format!("t.{}", quote(m.name(side)));
         let mut projection = Vec::new();
         for (i, k) in self.keys().iter().enumerate() {
@@ -416,30 +409,7 @@ impl EntityPlan {
                 cast_to(&col(m), m.data_type(side), common)
             ));
         }
-        // Payload: this side's current values, and its values in the other side's types
-        // (what a correction of the other side would set).
-        for (j, m) in self.mapped.iter().enumerate() {
-            projection.push(format!("{} AS \"{s}cur{j}\"", col(m)));
-            projection.push(format!(
-                "{} AS \"{o}set{j}\"",
-                cast_to(&col(m), m.data_type(side), m.data_type(other))
-            ));
-        }
-        let live = match match side {
-            Side::Source => &self.source_soft,
-            Side::Replica => &self.replica_soft,
-        } {
-            None => "TRUE".to_string(),
-            Some(SoftColumn {
-                name,
-                marker: SoftMarker::Bool(v),
-            }) => format!(
-                "t.{} IS DISTINCT FROM {}",
-                quote(name),
-                if *v { "TRUE" } else { "FALSE" }
-            ),
-            Some(SoftColumn { name, .. }) => format!("t.{} IS NULL", quote(name)),
-        };
+        let live = self.live(side);
         let (_, _, complete) = self.key_lists(side, "t.");
         let duplicate_match = self
             .keys()
@@ -456,6 +426,65 @@ impl EntityPlan {
                 ("live", &live),
                 ("duplicate_keys", &self.duplicate_keys_sql(side, table)),
                 ("duplicate_match", &duplicate_match),
+            ],
+        )
+    }
+
+    /// `t` is live on `side`: not soft-deleted (TRUE when the side has no such column).
+    fn live(&self, side: Side) -> String {
+        match match side {
+            Side::Source => &self.source_soft,
+            Side::Replica => &self.replica_soft,
+        } {
+            None => "TRUE".to_string(),
+            Some(SoftColumn {
+                name,
+                marker: SoftMarker::Bool(v),
+            }) => format!(
+                "t.{} IS DISTINCT FROM {}",
+                quote(name),
+                if *v { "TRUE" } else { "FALSE" }
+            ),
+            Some(SoftColumn { name, .. }) => format!("t.{} IS NULL", quote(name)),
+        }
+    }
+
+    /// One side's payload: the key in the common types, the current values
+    /// (`scur{j}`/`rcur{j}`) and the values in the other side's types (what a correction
+    /// of the other side would set: `rset{j}`/`sset{j}`).
+    fn payload_sql(&self, side: Side, table: &str) -> String {
+        let other = match side {
+            Side::Source => Side::Replica,
+            Side::Replica => Side::Source,
+        };
+        let (s, o) = match side {
+            Side::Source => ("s", "r"),
+            Side::Replica => ("r", "s"),
+        };
+        let col = |m: &MappedColumn| format!("t.{}", quote(m.name(side)));
+        let mut projection = Vec::new();
+        for (i, k) in self.keys().iter().enumerate() {
+            let common = k.common.as_ref().expect("keys have a common type");
+            projection.push(format!(
+                "{} AS \"k{i}\"",
+                cast_to(&col(k), k.data_type(side), common)
+            ));
+        }
+        for (j, m) in self.mapped.iter().enumerate() {
+            projection.push(format!("{} AS \"{s}cur{j}\"", col(m)));
+            projection.push(format!(
+                "{} AS \"{o}set{j}\"",
+                cast_to(&col(m), m.data_type(side), m.data_type(other))
+            ));
+        }
+        let (_, _, complete) = self.key_lists(side, "t.");
+        fill(
+            PAYLOAD_SQL,
+            &[
+                ("projection", &projection.join(", ")),
+                ("table", &quote(table)),
+                ("key_is_complete", &complete),
+                ("live", &self.live(side)),
             ],
         )
     }
@@ -481,22 +510,29 @@ impl EntityPlan {
                 columns.push(format!("r.\"n{n}\" > s.\"n{n}\" AS \"rnewer{i}\""));
             }
         }
+        let mut payload = Vec::new();
         for (j, m) in self.mapped.iter().enumerate() {
             if m.is_key {
                 // Keys to set come from whichever side has the row.
-                columns.push(format!(
-                    "coalesce(s.\"rset{j}\", r.\"rcur{j}\") AS \"rset{j}\""
+                payload.push(format!(
+                    "coalesce(sp.\"rset{j}\", rp.\"rcur{j}\") AS \"rset{j}\""
                 ));
-                columns.push(format!(
-                    "coalesce(r.\"sset{j}\", s.\"scur{j}\") AS \"sset{j}\""
+                payload.push(format!(
+                    "coalesce(rp.\"sset{j}\", sp.\"scur{j}\") AS \"sset{j}\""
                 ));
             } else {
-                columns.push(format!("s.\"rset{j}\""));
-                columns.push(format!("r.\"sset{j}\""));
+                payload.push(format!("sp.\"rset{j}\""));
+                payload.push(format!("rp.\"sset{j}\""));
             }
-            columns.push(format!("r.\"rcur{j}\""));
-            columns.push(format!("s.\"scur{j}\""));
+            payload.push(format!("rp.\"rcur{j}\""));
+            payload.push(format!("sp.\"scur{j}\""));
         }
+        let payload_on = |alias: &str| {
+            (0..self.key_len)
+                .map(|i| format!("{alias}.\"k{i}\" = d.\"k{i}\""))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
         let join_on = (0..self.key_len)
             .map(|i| format!("s.\"k{i}\" = r.\"k{i}\""))
             .collect::<Vec<_>>()
@@ -539,7 +575,7 @@ impl EntityPlan {
             .collect::<Vec<_>>()
             .join(" AND ");
         let order_by = (0..self.key_len)
-            .map(|i| format!("\"k{i}\""))
+            .map(|i| format!("d.\"k{i}\""))
             .collect::<Vec<_>>()
             .join(", ");
         fill(
@@ -550,6 +586,11 @@ impl EntityPlan {
                 ("columns", &columns.join(",\n         ")),
                 ("duplicate_keys", &dk),
                 ("duplicate_match", &duplicate_match),
+                ("source_payload", &self.payload_sql(Side::Source, source)),
+                ("replica_payload", &self.payload_sql(Side::Replica, replica)),
+                ("payload", &payload.join(",\n       ")),
+                ("source_payload_on", &payload_on("sp")),
+                ("replica_payload_on", &payload_on("rp")),
                 ("join_on", &join_on),
                 ("any_reason", &any_reason),
                 ("order_by", &order_by),
