@@ -2,8 +2,6 @@
 //! payload, in which common type each pair is compared, and the SQL that does it,
 //! rendered from `queries/*.sql` with quoted identifiers only.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use arrow::datatypes::{DataType, Schema, TimeUnit};
 use datafusion::logical_expr::ScalarUDF;
 
@@ -688,22 +686,6 @@ fn finer(a: TimeUnit, b: TimeUnit) -> TimeUnit {
         }
     }
     if rank(a) >= rank(b) { a } else { b }
-}
-
-/// Per-field owners as a map, for documentation and summaries.
-pub fn owners(plan: &EntityPlan) -> BTreeMap<String, &'static str> {
-    plan.fields
-        .iter()
-        .map(|f| (plan.field_column(f).source.clone(), f.rule.owner.as_str()))
-        .collect()
-}
-
-/// Names of all compared fields, in order.
-pub fn field_names(plan: &EntityPlan) -> BTreeSet<String> {
-    plan.fields
-        .iter()
-        .map(|f| plan.field_column(f).source.clone())
-        .collect()
 }
 
 #[cfg(test)]
