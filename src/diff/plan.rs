@@ -383,16 +383,22 @@ impl EntityPlan {
         )
     }
 
+    /// `t`'s key columns cast to the common key types, as `k0`, `k1`, …
+    fn key_projection(&self, side: Side) -> Vec<String> {
+        self.keys()
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let common = k.common.as_ref().expect("keys have a common type");
+                let col = format!("t.{}", quote(k.name(side)));
+                format!("{} AS \"k{i}\"", cast_to(&col, k.data_type(side), common))
+            })
+            .collect()
+    }
+
     fn side_sql(&self, side: Side, table: &str) -> String {
         let col = |m: &MappedColumn| format!("t.{}", quote(m.name(side)));
-        let mut projection = Vec::new();
-        for (i, k) in self.keys().iter().enumerate() {
-            let common = k.common.as_ref().expect("keys have a common type");
-            projection.push(format!(
-                "{} AS \"k{i}\"",
-                cast_to(&col(k), k.data_type(side), common)
-            ));
-        }
+        let mut projection = self.key_projection(side);
         for (i, f) in self.fields.iter().enumerate() {
             let m = self.field_column(f);
             projection.push(format!(
@@ -460,14 +466,7 @@ impl EntityPlan {
             Side::Replica => ("r", "s"),
         };
         let col = |m: &MappedColumn| format!("t.{}", quote(m.name(side)));
-        let mut projection = Vec::new();
-        for (i, k) in self.keys().iter().enumerate() {
-            let common = k.common.as_ref().expect("keys have a common type");
-            projection.push(format!(
-                "{} AS \"k{i}\"",
-                cast_to(&col(k), k.data_type(side), common)
-            ));
-        }
+        let mut projection = self.key_projection(side);
         for (j, m) in self.mapped.iter().enumerate() {
             projection.push(format!("{} AS \"{s}cur{j}\"", col(m)));
             projection.push(format!(
@@ -546,17 +545,7 @@ impl EntityPlan {
         let dk = [Side::Source, Side::Replica]
             .iter()
             .map(|side| {
-                let keys = self
-                    .keys()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, k)| {
-                        let common = k.common.as_ref().expect("keys have a common type");
-                        let col = format!("t.{}", quote(k.name(*side)));
-                        format!("{} AS \"k{i}\"", cast_to(&col, k.data_type(*side), common))
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let keys = self.key_projection(*side).join(", ");
                 let table = match side {
                     Side::Source => source,
                     Side::Replica => replica,

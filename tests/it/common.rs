@@ -17,15 +17,10 @@ pub fn repo() -> PathBuf {
 }
 
 pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
+    for rel in files_below(from) {
+        let target = to.join(&rel);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(from.join(&rel), target).unwrap();
     }
 }
 
@@ -212,23 +207,30 @@ pub fn read_csv(path: &Path) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// Copies a local folder into a store below `prefix`.
-pub async fn upload(store: &dyn ObjectStore, prefix: &str, local: &Path) {
-    let mut stack = vec![local.to_path_buf()];
+/// Every file below `dir`, as paths relative to it.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
             } else {
-                let rel = p.strip_prefix(local).unwrap().to_str().unwrap();
-                let path = ObjectPath::from(format!("{prefix}/{rel}"));
-                store
-                    .put(&path, PutPayload::from(std::fs::read(&p).unwrap()))
-                    .await
-                    .unwrap();
+                files.push(p.strip_prefix(dir).unwrap().to_path_buf());
             }
         }
+    }
+    files.sort();
+    files
+}
+
+/// Copies a local folder into a store below `prefix`.
+pub async fn upload(store: &dyn ObjectStore, prefix: &str, local: &Path) {
+    for rel in files_below(local) {
+        let path = ObjectPath::from(format!("{prefix}/{}", rel.to_str().unwrap()));
+        let bytes = std::fs::read(local.join(&rel)).unwrap();
+        store.put(&path, PutPayload::from(bytes)).await.unwrap();
     }
 }
 

@@ -267,26 +267,18 @@ fn generator_reproduces_the_committed_sample_lake() {
     recon::generate::Sample { scale: 1 }
         .write(dir.path())
         .unwrap();
-    let mut compared = 0;
-    let mut stack = vec![repo().join("sample-data/lake")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(repo().join("sample-data/lake")).unwrap();
-                let fresh = std::fs::read(dir.path().join(rel)).unwrap();
-                assert!(
-                    fresh == std::fs::read(&p).unwrap(),
-                    "{} differs from a fresh generation",
-                    rel.display()
-                );
-                compared += 1;
-            }
-        }
+    let committed = repo().join("sample-data/lake");
+    let files = files_below(&committed);
+    for rel in &files {
+        let fresh = std::fs::read(dir.path().join(rel)).unwrap();
+        assert!(
+            fresh == std::fs::read(committed.join(rel)).unwrap(),
+            "{} differs from a fresh generation",
+            rel.display()
+        );
     }
-    assert_eq!(compared, 8);
+    assert_eq!(files, files_below(dir.path()), "same files");
+    assert_eq!(files.len(), 8);
 }
 
 #[tokio::test]
