@@ -21,15 +21,7 @@ fn recon(fx: &Fixture) -> Command {
 
 fn run_sample(fx: &Fixture) -> Command {
     let mut cmd = recon(fx);
-    cmd.args([
-        "run",
-        "--job",
-        "job.toml",
-        "--run-date",
-        "2024-06-01",
-        "--run-id",
-        "cli-test",
-    ]);
+    cmd.args(RUN_SAMPLE).args(["--run-id", "cli-test"]);
     cmd
 }
 

@@ -12,6 +12,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use recon::write::Manifest;
 
+/// `recon run` of a fixture's sample job for the sample run date.
+pub const RUN_SAMPLE: [&str; 5] = ["run", "--job", "job.toml", "--run-date", "2024-06-01"];
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

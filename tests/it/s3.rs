@@ -353,17 +353,8 @@ async fn moto_second_run_is_refused_then_outputs_match_the_file_run() {
     .unwrap();
     let run = |id: &str| {
         recon_cmd(&fx, &server)
-            .args([
-                "run",
-                "--job",
-                "job.toml",
-                "--run-date",
-                "2024-06-01",
-                "--run-id",
-                id,
-                "--output",
-                "s3://recon/identity",
-            ])
+            .args(RUN_SAMPLE)
+            .args(["--run-id", id, "--output", "s3://recon/identity"])
             .output()
             .unwrap()
     };
@@ -411,10 +402,7 @@ async fn garage_ignores_conditional_writes_and_recon_refuses_to_pretend() {
         "Garage ignores If-None-Match"
     );
     let fx = sample_on(&server).await;
-    let out = recon_cmd(&fx, &server)
-        .args(["run", "--job", "job.toml", "--run-date", "2024-06-01"])
-        .output()
-        .unwrap();
+    let out = recon_cmd(&fx, &server).args(RUN_SAMPLE).output().unwrap();
     assert_eq!(code(&out), ExitCode::Usage as i32);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -443,16 +431,8 @@ async fn garage_lake_end_to_end_equals_the_file_run() {
         String::from_utf8_lossy(&validate.stderr)
     );
     let out = recon_cmd(&fx, &server)
-        .args([
-            "run",
-            "--job",
-            "job.toml",
-            "--run-date",
-            "2024-06-01",
-            "--run-id",
-            "garage-run",
-            "--no-lock",
-        ])
+        .args(RUN_SAMPLE)
+        .args(["--run-id", "garage-run", "--no-lock"])
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
@@ -483,16 +463,8 @@ async fn garage_stopped_mid_write_fails_with_the_storage_code_and_commits_nothin
     s3_job(&fx);
     fx.edit_job(|t| t.replace("max_correction_share = 0.5", "max_correction_share = 1.0"));
     let mut child = recon_cmd(&fx, &server)
-        .args([
-            "run",
-            "--job",
-            "job.toml",
-            "--run-date",
-            "2024-06-01",
-            "--run-id",
-            "doomed",
-            "--no-lock",
-        ])
+        .args(RUN_SAMPLE)
+        .args(["--run-id", "doomed", "--no-lock"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -534,16 +506,8 @@ async fn garage_stopped_mid_write_fails_with_the_storage_code_and_commits_nothin
     );
 
     let rerun = recon_cmd(&fx, &server)
-        .args([
-            "run",
-            "--job",
-            "job.toml",
-            "--run-date",
-            "2024-06-01",
-            "--run-id",
-            "rerun",
-            "--no-lock",
-        ])
+        .args(RUN_SAMPLE)
+        .args(["--run-id", "rerun", "--no-lock"])
         .output()
         .unwrap();
     assert_eq!(
