@@ -4,9 +4,10 @@ CARGO ?= cargo
 RECON = $(CARGO_TARGET_DIR)/debug/recon
 SAMPLE_DATE = 2024-06-01
 
-.PHONY: help build run test tools bench fmt lint sample-data clean
+.PHONY: help build run test tools bench bench-diff bench-export fmt lint sample-data clean
 BENCH_SIZES ?= 1000000,5000000,20000000
 BENCH_RUNS ?= 3
+EXPORT_ROWS ?= 5000000
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,10 +26,17 @@ test: tools ## Run every test: unit, SQL logic (.slt), integration (files, memor
 tools: ## Install the S3 servers the tests start (moto, Garage) into ~/.cache/recon-tools
 	bash scripts/tools.sh
 
-bench: tools ## Diff benchmark: recon vs DuckDB and Polars on the same pairs (BENCH_SIZES, BENCH_RUNS)
+bench: bench-diff bench-export ## Both benchmarks (results in bench/results)
+
+bench-diff: tools ## Diff benchmark: recon vs DuckDB and Polars on the same pairs (BENCH_SIZES, BENCH_RUNS)
 	$(CARGO) build --locked --release --bin recon
 	$(HOME)/.cache/recon-tools/venv/bin/python bench/bench.py --recon $(CARGO_TARGET_DIR)/release/recon \
 		--python $(HOME)/.cache/recon-tools/venv/bin/python --sizes $(BENCH_SIZES) --runs $(BENCH_RUNS)
+
+bench-export: tools ## Export benchmark: a Postgres table to Parquet, recon vs connectorx (EXPORT_ROWS)
+	$(CARGO) build --locked --release --bin recon
+	$(HOME)/.cache/recon-tools/venv/bin/python bench/export_bench.py --recon $(CARGO_TARGET_DIR)/release/recon \
+		--python $(HOME)/.cache/recon-tools/venv/bin/python --rows $(EXPORT_ROWS) --runs $(BENCH_RUNS)
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

@@ -2,18 +2,22 @@
 # Installs, once, into $RECON_TOOLS (default ~/.cache/recon-tools): the S3-compatible
 # servers the integration tests start on loopback, moto's S3 server from PyPI (AWS
 # conditional-write semantics) and Garage from crates.io (a production object store;
-# building it takes a while the first time), and the benchmark peers DuckDB and Polars.
+# building it takes a while the first time), and the benchmark peers DuckDB, Polars and
+# connectorx (with pyarrow).
 set -euo pipefail
 TOOLS="${RECON_TOOLS:-$HOME/.cache/recon-tools}"
 MOTO_VERSION=5.2.5
 GARAGE_VERSION=2.5.0
 DUCKDB_VERSION=2.0.0
 POLARS_VERSION=2.1.0
+CONNECTORX_VERSION=0.4.6
+PYARROW_VERSION=26.0.1
 mkdir -p "$TOOLS"
-if ! "$TOOLS/venv/bin/python" -c "import moto, flask, duckdb, polars" 2>/dev/null; then
-  echo "tools: installing moto $MOTO_VERSION, duckdb and polars into $TOOLS/venv"
+if ! "$TOOLS/venv/bin/python" -c "import moto, flask, duckdb, polars, connectorx, pyarrow" 2>/dev/null; then
+  echo "tools: installing moto $MOTO_VERSION, duckdb, polars, connectorx and pyarrow into $TOOLS/venv"
   python3 -m venv "$TOOLS/venv"
-  "$TOOLS/venv/bin/pip" install --quiet "moto[server]==$MOTO_VERSION" "duckdb==$DUCKDB_VERSION" "polars==$POLARS_VERSION"
+  "$TOOLS/venv/bin/pip" install --quiet "moto[server]==$MOTO_VERSION" "duckdb==$DUCKDB_VERSION" "polars==$POLARS_VERSION" \
+    "connectorx==$CONNECTORX_VERSION" "pyarrow==$PYARROW_VERSION"
 fi
 if [ ! -x "$TOOLS/bin/garage" ]; then
   echo "tools: building garage $GARAGE_VERSION into $TOOLS/bin (about 15 minutes on 2 cores)"

@@ -103,6 +103,20 @@ pub enum Error {
         source: DataFusionError,
     },
 
+    /// The exporter cannot take what the source gives (unsupported column type, a value
+    /// that does not fit, malformed JSON): names the system, entity and column or page.
+    #[error("export of entity `{entity}` from {system}: {message}")]
+    Export {
+        system: String,
+        entity: String,
+        message: String,
+    },
+
+    /// The source system could not be reached or kept failing (connection, timeouts,
+    /// HTTP 429/5xx after the retries): retrying later may succeed.
+    #[error("export from {system}: {message}")]
+    SourceUnavailable { system: String, message: String },
+
     /// Another run of the same job and run date holds the lock.
     #[error("another run holds the lock {lock}: {holder}")]
     Locked { lock: String, holder: String },
@@ -128,7 +142,9 @@ impl Error {
             Error::MissingSnapshot { .. }
             | Error::Snapshot { .. }
             | Error::CorruptFile { .. }
-            | Error::SchemaMismatch { .. } => ExitCode::InputData,
+            | Error::SchemaMismatch { .. }
+            | Error::Export { .. } => ExitCode::InputData,
+            Error::SourceUnavailable { .. } => ExitCode::Storage,
             Error::Storage { source, .. } => storage_exit_code(source),
             Error::Query { source, .. } => query_exit_code(source),
             Error::Locked { .. } => ExitCode::Locked,

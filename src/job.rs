@@ -8,6 +8,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::error::{Error, Result};
+use crate::export::config::{
+    ExportSpec, ExporterConfig, RawEntityExport, RawExporter, parse_entity_export,
+    parse_exporter,
+};
 
 /// Share of an entity's rows that corrections may touch before the guardrail trips.
 pub const DEFAULT_MAX_CORRECTION_SHARE: f64 = 0.05;
@@ -41,6 +45,8 @@ struct RawJobFile {
     systems: RawSystems,
     #[serde(default)]
     guardrails: RawGuardrails,
+    #[serde(default)]
+    exporters: BTreeMap<String, Spanned<RawExporter>>,
     #[serde(default)]
     entities: Vec<Spanned<RawEntity>>,
 }
@@ -84,6 +90,8 @@ pub struct RawEntity {
     snapshots: RawSnapshots,
     max_correction_share: Option<f64>,
     max_row_drop: Option<f64>,
+    #[serde(default)]
+    export: BTreeMap<String, Spanned<RawEntityExport>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +145,9 @@ pub struct JobConfig {
     pub output: String,
     pub source: String,
     pub replica: String,
+    /// How each system is exported, by system name; a system without one is read as an
+    /// existing snapshot.
+    pub exporters: BTreeMap<String, ExporterConfig>,
     /// Entities, parents before children (topological order of `depends_on`).
     pub entities: Vec<EntityConfig>,
 }
@@ -161,6 +172,9 @@ pub struct EntityConfig {
     /// The run's guardrail trips when a snapshot has fewer than (1 − this) × the rows it
     /// had in the previous committed run.
     pub max_row_drop: f64,
+    /// What the export stage reads for this entity, by system name (systems whose
+    /// exporter writes snapshots only).
+    pub exports: BTreeMap<String, ExportSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -341,11 +355,26 @@ impl Cx<'_> {
         if raw.entities.is_empty() {
             return Err(self.err(0, "the job declares no [[entities]]"));
         }
+        let mut exporters = BTreeMap::new();
+        for (system, spanned) in raw.exporters {
+            let start = spanned.span().start;
+            if system != source && system != replica {
+                return Err(self.err(
+                    start,
+                    format!(
+                        "exporters.{system}: `{system}` is neither systems.source (`{source}`) nor systems.replica (`{replica}`)"
+                    ),
+                ));
+            }
+            let exporter = parse_exporter(&system, spanned.into_inner(), line_of(self.text, start))
+                .map_err(|m| self.err(start, format!("exporters.{system}: {m}")))?;
+            exporters.insert(system, exporter);
+        }
         let mut entities = Vec::with_capacity(raw.entities.len());
         for spanned in raw.entities {
             let start = spanned.span().start;
             let e = spanned.into_inner();
-            entities.push(self.entity(e, start, defaults, base)?);
+            entities.push(self.entity(e, start, defaults, base, &exporters)?);
         }
         let entities = self.order(entities)?;
         Ok(JobConfig {
@@ -355,6 +384,7 @@ impl Cx<'_> {
             output,
             source,
             replica,
+            exporters,
             entities,
         })
     }
@@ -365,6 +395,7 @@ impl Cx<'_> {
         start: usize,
         defaults: Guardrails,
         base: &Path,
+        exporters: &BTreeMap<String, ExporterConfig>,
     ) -> Result<EntityConfig> {
         let line = line_of(self.text, start);
         let at = |m: String| Error::Job {
@@ -447,7 +478,45 @@ impl Cx<'_> {
             u.map(|u| crate::store::resolve_url(&u, base).map_err(|e| ctx(e.to_string())))
                 .transpose()
         };
+        let mut raw_exports = raw.export;
+        let mut exports = BTreeMap::new();
+        for (system, spanned) in &raw_exports {
+            if !exporters.contains_key(system) {
+                return Err(Error::Job {
+                    path: self.path.to_path_buf(),
+                    line: line_of(self.text, spanned.span().start),
+                    message: format!(
+                        "entity `{name}`: export.{system} needs an [exporters.{system}] table"
+                    ),
+                });
+            }
+        }
+        for (system, exporter) in exporters {
+            let spanned = raw_exports.remove(system);
+            let eline = spanned
+                .as_ref()
+                .map(|s| line_of(self.text, s.span().start))
+                .unwrap_or(line);
+            let resolve = |u: &str| {
+                crate::store::resolve_url(u, base).map_err(|e| e.to_string())
+            };
+            let spec = parse_entity_export(
+                &name,
+                exporter,
+                spanned.map(Spanned::into_inner),
+                &resolve,
+            )
+            .map_err(|m| Error::Job {
+                path: self.path.to_path_buf(),
+                line: eline,
+                message: format!("entity `{name}`: {m}"),
+            })?;
+            if let Some(spec) = spec {
+                exports.insert(system.clone(), spec);
+            }
+        }
         Ok(EntityConfig {
+            exports,
             source_snapshot: snapshot(raw.snapshots.source)?,
             replica_snapshot: snapshot(raw.snapshots.replica)?,
             name,
@@ -632,7 +701,7 @@ pub fn parse_entity(text: &str) -> Result<EntityConfig> {
     })?;
     let path = PathBuf::from("<entity>");
     let cx = Cx { path: &path, text };
-    cx.entity(raw, 0, Guardrails::default(), Path::new("."))
+    cx.entity(raw, 0, Guardrails::default(), Path::new("."), &BTreeMap::new())
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
 //! recon: nightly reconciliation of two systems through data-lake snapshots.
 //!
-//! The pipeline: [`job`] (validated configuration) → [`snapshot`] (input Parquet) →
+//! The pipeline: [`job`] (validated configuration) → [`export`] (databases, APIs and
+//! files to Parquet snapshots) → [`snapshot`] (input Parquet) →
 //! [`diff`] (DataFusion full outer join per entity) → [`write`] (discrepancies,
 //! corrections, summary, manifest). [`run`] drives it; [`cli`] is the command line.
 
 pub mod cli;
 pub mod diff;
 pub mod error;
+pub mod export;
 pub mod generate;
 pub mod job;
 pub mod lock;

@@ -34,6 +34,8 @@ pub struct RunOptions {
     pub lock: LockMode,
     /// Report each entity's stage on stderr (the CLI sets it for a terminal without --quiet).
     pub progress: bool,
+    /// Run the export stage first when the job declares exporters (`--no-export` clears it).
+    pub export: bool,
 }
 
 /// Whether a run takes the job's lock for its run date.
@@ -75,6 +77,9 @@ pub struct RunSummary {
     pub finished_at: DateTime<Utc>,
     pub entities: Vec<EntitySummary>,
     pub durations_ms: BTreeMap<String, u64>,
+    /// What the export stage wrote, when this run exported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export: Option<crate::export::ExportReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -178,7 +183,11 @@ pub async fn prepare(
             let system = system.to_string();
             async move {
                 let location = store::open(&url)?;
-                Snapshot::open(location, &entity.name, &system).await
+                let exported = job
+                    .exporters
+                    .get(&system)
+                    .is_some_and(|e| e.kind.writes_snapshots() && entity.exports.contains_key(&system));
+                Snapshot::open(location, &entity.name, &system, exported).await
             }
         };
         let (source, replica) = futures::try_join!(open(&job.source), open(&job.replica))?;
@@ -261,8 +270,27 @@ async fn run_locked(
     run_id: String,
     layout: RunLayout,
 ) -> Result<RunOutcome> {
+    let export = if opts.export && crate::export::has_exporters(job) {
+        let export_clock = Instant::now();
+        if opts.progress {
+            eprintln!("recon: exporting");
+        }
+        let report = crate::export::export(
+            job,
+            &crate::export::ExportOptions {
+                run_date: opts.run_date,
+                systems: vec![],
+                entities: opts.entities.clone(),
+            },
+        )
+        .await?;
+        Some((report, export_clock.elapsed().as_millis() as u64))
+    } else {
+        None
+    };
+    let plan_clock = Instant::now();
     let prepared = prepare(job, opts.run_date, &opts.entities).await?;
-    let plan_ms = clock.elapsed().as_millis() as u64;
+    let plan_ms = plan_clock.elapsed().as_millis() as u64;
     let stamp = RunStamp {
         job: job.name.clone(),
         run_id: run_id.clone(),
@@ -291,6 +319,9 @@ async fn run_locked(
     };
     let mut durations_ms = BTreeMap::new();
     durations_ms.insert("prepare".to_string(), plan_ms);
+    if let Some((_, ms)) = &export {
+        durations_ms.insert("export".to_string(), *ms);
+    }
     durations_ms.insert("total".to_string(), clock.elapsed().as_millis() as u64);
     let summary = RunSummary {
         job: job.name.clone(),
@@ -305,6 +336,7 @@ async fn run_locked(
         finished_at: Utc::now(),
         entities,
         durations_ms,
+        export: export.map(|(r, _)| r),
     };
     let commit = async {
         let summary_size = write::put_json(&layout, &layout.summary(), &summary).await?;

@@ -30,6 +30,9 @@ pub struct Snapshot {
     /// Uncompressed size of all row groups, from the footers.
     pub bytes: u64,
     pub files: Vec<SnapshotFile>,
+    /// The export that wrote the snapshot, when recon exported it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export_id: Option<String>,
     #[serde(skip)]
     pub schema: SchemaRef,
     #[serde(skip)]
@@ -50,9 +53,26 @@ pub struct SnapshotFile {
 impl Snapshot {
     /// Lists and checks the snapshot at `location`: either one `.parquet` object or every
     /// `.parquet` object below the prefix (names starting with `_` or `.` are skipped).
-    pub async fn open(location: Location, entity: &str, system: &str) -> Result<Self> {
+    /// A folder with a snapshot manifest (`_manifest.json`, written by `recon export`)
+    /// is read as exactly the files the manifest lists; `exported` says the folder must
+    /// have one, because recon exports this system.
+    pub async fn open(location: Location, entity: &str, system: &str, exported: bool) -> Result<Self> {
         let url = location.url();
         let store = Arc::clone(&location.store);
+        let manifest = if url.ends_with(".parquet") {
+            None
+        } else {
+            crate::export::read_manifest(&location).await?
+        };
+        if manifest.is_none() && exported {
+            return Err(Error::Snapshot {
+                entity: entity.into(),
+                system: system.into(),
+                message: format!(
+                    "{url} has no _manifest.json, so its export did not complete; run `recon export` for this run date"
+                ),
+            });
+        }
         let mut objects: Vec<ObjectMeta> = if url.ends_with(".parquet") {
             match store.head(&location.prefix).await {
                 Ok(m) => vec![m],
@@ -78,6 +98,27 @@ impl Snapshot {
                 .try_collect()
                 .await?
         };
+        if let Some(m) = &manifest {
+            let wanted: Vec<object_store::path::Path> = m
+                .files
+                .iter()
+                .map(|f| location.child(&f.path).prefix)
+                .collect();
+            objects.retain(|o| wanted.contains(&o.location));
+            if let Some(missing) = wanted
+                .iter()
+                .find(|w| !objects.iter().any(|o| &o.location == *w))
+            {
+                return Err(Error::Snapshot {
+                    entity: entity.into(),
+                    system: system.into(),
+                    message: format!(
+                        "its _manifest.json lists {}{missing}, which is missing",
+                        location.root.as_str()
+                    ),
+                });
+            }
+        }
         if objects.is_empty() {
             return Err(Error::MissingSnapshot {
                 entity: entity.into(),
@@ -143,6 +184,7 @@ impl Snapshot {
             rows,
             bytes,
             files,
+            export_id: manifest.map(|m| m.export_id),
             schema,
             location,
         })

@@ -89,26 +89,52 @@ pub fn discrepancy_schema() -> SchemaRef {
 pub struct ParquetSink {
     rel: String,
     path: Path,
+    store: Arc<dyn object_store::ObjectStore>,
     writer: AsyncArrowWriter<BufWriter>,
     rows: u64,
 }
 
 impl ParquetSink {
     pub fn try_new(layout: &RunLayout, rel: String, schema: SchemaRef) -> Result<Self> {
-        let path = layout.path(&rel);
+        Self::create(&layout.output, rel, schema, 128 * 1024)
+    }
+
+    /// A sink for `rel` below `base`, with row groups of at most `row_group_rows`.
+    pub fn create(
+        base: &Location,
+        rel: String,
+        schema: SchemaRef,
+        row_group_rows: usize,
+    ) -> Result<Self> {
+        let path = base.child(&rel).prefix;
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(128 * 1024))
+            .set_max_row_group_row_count(Some(row_group_rows))
             .build();
-        let object = BufWriter::new(Arc::clone(&layout.output.store), path.clone());
+        let object = BufWriter::new(Arc::clone(&base.store), path.clone());
         let writer = AsyncArrowWriter::try_new(object, schema, Some(props))
             .map_err(|e| Error::Internal(format!("creating {rel}: {e}")))?;
         Ok(ParquetSink {
             rel,
             path,
+            store: Arc::clone(&base.store),
             writer,
             rows: 0,
         })
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Completes the upload; returns the rows written and the object's size.
+    pub async fn close(self) -> Result<(u64, u64)> {
+        self.writer
+            .close()
+            .await
+            .map_err(|e| parquet_write_error(&self.rel, e))?;
+        let meta = self.store.head(&self.path).await?;
+        Ok((self.rows, meta.size))
     }
 
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
@@ -123,19 +149,16 @@ impl ParquetSink {
     }
 
     /// Completes the upload and returns the file's manifest entry.
-    pub async fn finish(self, layout: &RunLayout, entry: FileEntry) -> Result<ManifestFile> {
-        self.writer
-            .close()
-            .await
-            .map_err(|e| parquet_write_error(&self.rel, e))?;
-        let meta = layout.output.store.head(&self.path).await?;
+    pub async fn finish(self, entry: FileEntry) -> Result<ManifestFile> {
+        let rel = self.rel.clone();
+        let (rows, size) = self.close().await?;
         Ok(ManifestFile {
-            path: self.rel,
+            path: rel,
             kind: entry.kind.into(),
             entity: entry.entity,
             system: entry.system,
-            rows: Some(self.rows),
-            size: meta.size,
+            rows: Some(rows),
+            size,
         })
     }
 }

@@ -95,6 +95,7 @@ pub async fn run(args: DiffArgs, global: &GlobalArgs) -> Result<ExitCode> {
         memory_limit: global.memory_limit(),
         lock: args.lock.mode(),
         progress: global.progress(),
+        export: false,
     };
     let outcome = crate::run::run(&job, &opts).await?;
     if !global.quiet {

@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand, each owning its arguments and `run`.
 
 pub mod diff;
+pub mod export;
 pub mod generate;
 pub mod run;
 pub mod validate;
@@ -82,8 +83,11 @@ pub fn parse_bytes(s: &str) -> std::result::Result<usize, String> {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Reconcile every entity of a job for one run date and commit the outputs.
+    /// Reconcile every entity of a job for one run date and commit the outputs (exporting
+    /// first when the job declares exporters).
     Run(run::RunArgs),
+    /// Export the job's systems to Parquet snapshots for one run date, without diffing.
+    Export(export::ExportArgs),
     /// Diff two snapshots ad hoc, without a job file (all fields exact, left is the source).
     Diff(diff::DiffArgs),
     /// Check a job file, and with --run-date the snapshots' schemas, without diffing.
@@ -139,6 +143,7 @@ pub fn init_tracing(global: &GlobalArgs) {
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(args, &cli.global).await,
+        Command::Export(args) => export::run(args, &cli.global).await,
         Command::Diff(args) => diff::run(args, &cli.global).await,
         Command::Validate(args) => validate::run(args, &cli.global).await,
         Command::Generate(args) => generate::run(args, &cli.global).await,

@@ -36,6 +36,9 @@ pub struct RunArgs {
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Diff the snapshots already in the lake without running the job's exporters first.
+    #[arg(long)]
+    pub no_export: bool,
     #[command(flatten)]
     pub lock: super::LockArgs,
 }
@@ -64,6 +67,7 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
         memory_limit: global.memory_limit(),
         lock: args.lock.mode(),
         progress: global.progress(),
+        export: !args.no_export,
     };
     let outcome = crate::run::run(&job, &opts).await?;
     if !global.quiet {

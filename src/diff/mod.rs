@@ -535,23 +535,18 @@ impl<'a> Classifier<'a> {
         let entity = self.plan.entity.name.clone();
         let discrepancy_file = self
             .discrepancies
-            .finish(
-                self.layout,
-                FileEntry {
-                    kind: "discrepancies",
-                    entity: Some(entity.clone()),
-                    system: None,
-                },
-            )
+            .finish(FileEntry {
+                kind: "discrepancies",
+                entity: Some(entity.clone()),
+                system: None,
+            })
             .await?;
         let mut correction_files = Vec::new();
         let mut corrections = BTreeMap::new();
         for c in self.corrections {
             if let Some(sink) = c.sink {
                 correction_files.push(
-                    sink.finish(
-                        self.layout,
-                        FileEntry {
+                    sink.finish(FileEntry {
                             kind: "corrections",
                             entity: Some(entity.clone()),
                             system: Some(c.system.clone()),

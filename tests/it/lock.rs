@@ -28,6 +28,7 @@ fn opts(run_id: &str) -> RunOptions {
         memory_limit: 1 << 30,
         lock: LockMode::default(),
         progress: false,
+        export: false,
     }
 }
 

@@ -2,6 +2,10 @@
 
 mod cli;
 mod common;
+mod db;
+mod export_db;
+mod export_http;
+mod export_files;
 mod lock;
 mod s3;
 mod sample;

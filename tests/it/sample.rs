@@ -19,10 +19,11 @@ fn opts(run_id: &str) -> RunOptions {
         memory_limit: 1 << 30,
         lock: recon::run::LockMode::default(),
         progress: false,
+        export: false,
     }
 }
 
-fn planted() -> BTreeSet<Disc> {
+pub fn planted() -> BTreeSet<Disc> {
     read_csv(&repo().join("sample-data/planted.csv"))
         .into_iter()
         .map(|f| {
