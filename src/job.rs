@@ -762,6 +762,47 @@ mod tests {
     }
 
     #[test]
+    fn exporters_default_to_the_entity_table_and_name_bad_keys() {
+        let job = parse(&format!(
+            "{BASE}[exporters.a]\nkind = \"postgres\"\nurl_env = \"A_URL\"\n[[entities]]\nname = \"users\"\nkey = [\"id\"]\n[[entities]]\nname = \"q\"\nkey = [\"id\"]\nexport.a = {{ query = \"SELECT 1 AS id\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            job.entity("users").unwrap().exports["a"],
+            ExportSpec::Table {
+                table: "users".into(),
+                columns: None
+            }
+        );
+        assert_eq!(
+            job.entity("q").unwrap().exports["a"],
+            ExportSpec::Query("SELECT 1 AS id".into())
+        );
+        assert!(job.entity("q").unwrap().exports.get("b").is_none());
+
+        let e = parse(&format!(
+            "{BASE}[exporters.c]\nkind = \"postgres\"\nurl_env = \"X\"\n[[entities]]\nname = \"x\"\nkey = [\"id\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains(":7: exporters.c: `c` is neither"), "{e}");
+        let e = parse(&format!(
+            "{BASE}[exporters.a]\nkind = \"http\"\nbase_url = \"http://h/api\"\n[[entities]]\nname = \"x\"\nkey = [\"id\"]\nexport.a = {{ path = \"x\", columns = [\"id\"] }}\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains(":13: entity `x`: column `id` needs a type"), "{e}");
+        let e = parse(&format!(
+            "{BASE}[exporters.a]\nkind = \"mysql\"\nurl_env = \"X\"\nbase_url = \"http://h\"\n[[entities]]\nname = \"x\"\nkey = [\"id\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("`base_url` does not apply to kind = \"mysql\""), "{e}");
+        let e = parse(&format!(
+            "{BASE}[[entities]]\nname = \"x\"\nkey = [\"id\"]\nexport.a = {{ table = \"t\" }}\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains(":10: entity `x`: export.a needs an [exporters.a] table"), "{e}");
+    }
+
+    #[test]
     fn tolerance_keeps_the_written_decimal() {
         let t = Tolerance::from_f64(0.01).unwrap();
         assert_eq!((t.mantissa, t.scale), (1, 2));

@@ -141,16 +141,29 @@ pub fn snapshot_url(
         &entity.replica_snapshot
     };
     match over {
-        Some(u) => u
-            .replace("{run_date}", &run_date.to_string())
-            .replace("{system}", system)
-            .replace("{entity}", &entity.name),
+        Some(u) => fill_placeholders(u, run_date, system, &entity.name),
         None => format!(
             "{}/snapshots/{system}/{}/run_date={run_date}",
             job.lake.trim_end_matches('/'),
             entity.name
         ),
     }
+}
+
+/// Fills `{run_date}`, `{system}` and `{entity}` into a URL, also where turning a path
+/// into a `file://` URL percent-encoded the braces.
+pub fn fill_placeholders(url: &str, run_date: NaiveDate, system: &str, entity: &str) -> String {
+    let mut out = url.to_string();
+    for (name, value) in [
+        ("run_date", run_date.to_string()),
+        ("system", system.to_string()),
+        ("entity", entity.to_string()),
+    ] {
+        out = out
+            .replace(&format!("{{{name}}}"), &value)
+            .replace(&format!("%7B{name}%7D"), &value);
+    }
+    out
 }
 
 /// Opens both snapshots of every selected entity and plans its diff. Every job and

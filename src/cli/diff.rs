@@ -70,6 +70,7 @@ pub async fn run(args: DiffArgs, global: &GlobalArgs) -> Result<ExitCode> {
         output: url(&args.output)?,
         source: "left".into(),
         replica: "right".into(),
+        exporters: BTreeMap::new(),
         entities: vec![EntityConfig {
             name: entity,
             line: 0,
@@ -78,6 +79,7 @@ pub async fn run(args: DiffArgs, global: &GlobalArgs) -> Result<ExitCode> {
             deletes: DeletePolicy::Hard,
             fields: BTreeMap::new(),
             rename: BTreeMap::new(),
+            exports: BTreeMap::new(),
             source_snapshot: Some(url(&args.left)?),
             replica_snapshot: Some(url(&args.right)?),
             max_correction_share: args.max_correction_share,

@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
 use datafusion::execution::context::SessionContext;
-use datafusion::prelude::{CsvReadOptions, NdJsonReadOptions, ParquetReadOptions, col};
-use futures::StreamExt;
+use datafusion::logical_expr::ExprSchemable;
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, col};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
 use tracing::info;
 
 use super::builder::schema_of;
@@ -28,11 +30,7 @@ pub(crate) async fn export(
         let ExportSpec::Files(spec) = target.spec else {
             unreachable!("validated")
         };
-        let url = spec
-            .url
-            .replace("{run_date}", &run_date.to_string())
-            .replace("{system}", system)
-            .replace("{entity}", &entity);
+        let url = crate::run::fill_placeholders(&spec.url, run_date, system, &entity);
         let location = store::open(&url)?;
         let ctx = SessionContext::new();
         location.register(&ctx);
@@ -48,6 +46,39 @@ pub(crate) async fn export(
                 FileFormat::Parquet => ".parquet".into(),
             },
         };
+        // An absent input is an error, never an empty snapshot.
+        let found = if url.rsplit('/').next().is_some_and(|n| n.contains('.')) {
+            match location.store.head(&location.prefix).await {
+                Ok(_) => true,
+                Err(object_store::Error::NotFound { .. }) => false,
+                Err(source) => {
+                    return Err(Error::Storage {
+                        location: url.clone(),
+                        source,
+                    });
+                }
+            }
+        } else {
+            let listed: Vec<_> = location
+                .store
+                .list(Some(&location.prefix))
+                .try_collect()
+                .await
+                .map_err(|source| Error::Storage {
+                    location: url.clone(),
+                    source,
+                })?;
+            listed
+                .iter()
+                .any(|o| o.location.as_ref().ends_with(ext.as_str()))
+        };
+        if !found {
+            return Err(data_error(
+                system,
+                &entity,
+                format!("no {ext} file at {url}"),
+            ));
+        }
         let declared = spec
             .columns
             .as_ref()
@@ -64,7 +95,7 @@ pub(crate) async fn export(
                 ctx.read_csv(url.as_str(), o).await.map_err(fail)?
             }
             FileFormat::Ndjson => {
-                let mut o = NdJsonReadOptions::default().file_extension(&ext);
+                let mut o = JsonReadOptions::default().file_extension(&ext);
                 if let Some(s) = &declared {
                     o = o.schema(s.as_ref());
                 }

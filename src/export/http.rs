@@ -229,7 +229,8 @@ impl Api<'_> {
             if let Some(a) = &self.auth {
                 req = req.header(self.http.auth_header.as_str(), a.as_str());
             }
-            let outcome = match req.send().await {
+            let outcome: std::result::Result<std::convert::Infallible, (String, Option<Duration>)> =
+                match req.send().await {
                 Ok(resp) => {
                     let status = resp.status();
                     let retry_after = resp

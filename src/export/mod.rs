@@ -22,6 +22,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 

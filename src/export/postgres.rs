@@ -405,25 +405,44 @@ fn decode_numeric(v: &[u8], precision: u8, scale: i8) -> std::result::Result<i12
         return Err("a numeric value whose length does not match its digit count".into());
     }
     let overflow = || format!("a numeric value does not fit decimal({precision},{scale})");
+    let too_fine = || format!("a numeric value has more than {scale} decimal places");
+    let scale = scale.max(0) as i64;
     let mut acc: i128 = 0;
-    for i in 0..ndigits as usize {
-        let d = u16::from_be_bytes([v[8 + 2 * i], v[9 + 2 * i]]) as i128;
-        acc = acc.checked_mul(10_000).and_then(|a| a.checked_add(d)).ok_or_else(overflow)?;
-    }
-    // acc = value × 10^frac, where frac counts the decimal places the digits carry.
-    let frac = 4 * (ndigits - 1 - weight);
-    let shift = scale as i64 - frac;
-    if shift >= 0 {
-        acc = acc
-            .checked_mul(10i128.checked_pow(shift as u32).ok_or_else(overflow)?)
-            .ok_or_else(overflow)?;
-    } else {
-        let div = 10i128.checked_pow((-shift) as u32).ok_or_else(overflow)?;
-        if acc % div != 0 {
-            return Err(format!("a numeric value has more than {scale} decimal places"));
+    // Decimal places `acc` carries so far; fractional digits beyond the scale must be 0.
+    let mut places: i64 = 0;
+    for i in 0..ndigits {
+        let d = u16::from_be_bytes([v[8 + 2 * i as usize], v[9 + 2 * i as usize]]) as i128;
+        let pos = weight - i;
+        let after = if pos >= 0 { 0 } else { 4 * -pos };
+        let keep = if pos >= 0 { 4 } else { scale - (after - 4) };
+        if keep >= 4 {
+            acc = acc.checked_mul(10_000).and_then(|a| a.checked_add(d)).ok_or_else(overflow)?;
+            places = after;
+        } else if keep <= 0 {
+            if d != 0 {
+                return Err(too_fine());
+            }
+        } else {
+            let div = 10i128.pow((4 - keep) as u32);
+            if d % div != 0 {
+                return Err(too_fine());
+            }
+            acc = acc
+                .checked_mul(10i128.pow(keep as u32))
+                .and_then(|a| a.checked_add(d / div))
+                .ok_or_else(overflow)?;
+            places = scale;
         }
-        acc /= div;
     }
+    // Integer groups of zeros after the last digit are not sent.
+    if ndigits > 0 && weight > ndigits - 1 {
+        for _ in 0..(weight - (ndigits - 1)) {
+            acc = acc.checked_mul(10_000).ok_or_else(overflow)?;
+        }
+    }
+    acc = acc
+        .checked_mul(10i128.checked_pow((scale - places) as u32).ok_or_else(overflow)?)
+        .ok_or_else(overflow)?;
     if acc >= 10i128.pow(precision as u32) {
         return Err(overflow());
     }
@@ -456,5 +475,14 @@ mod tests {
         assert_eq!(decode_numeric(&numeric(1, 1, false, 0, &[2]), 10, 2), Ok(2_000_000));
         // 0
         assert_eq!(decode_numeric(&numeric(0, 0, false, 2, &[]), 10, 2), Ok(0));
+        // 38 digits: 1234567890123456789012345678.0123456789 at scale 10
+        let digits = [1234, 5678, 9012, 3456, 7890, 1234, 5678, 123, 4567, 8900];
+        assert_eq!(
+            decode_numeric(&numeric(10, 6, false, 10, &digits), 38, 10),
+            Ok(12345678901234567890123456780123456789)
+        );
+        // 1.23456 at scale 4 has a digit too many; 1.2345 does not
+        assert!(decode_numeric(&numeric(3, 0, false, 5, &[1, 2345, 6000]), 10, 4).is_err());
+        assert_eq!(decode_numeric(&numeric(2, 0, false, 4, &[1, 2345]), 10, 4), Ok(12345));
     }
 }

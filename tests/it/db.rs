@@ -168,7 +168,11 @@ fn literal(dialect: Dialect, a: &dyn Array, r: usize) -> String {
                 Dialect::MariaDb => format!("'{}'", s.replace('\\', "\\\\")),
             }
         }
-        DataType::Float64 => format!("{:?}", a.as_primitive::<arrow::datatypes::Float64Type>().value(r)),
+        DataType::Float64 => {
+            let v = a.as_primitive::<arrow::datatypes::Float64Type>().value(r);
+            // MariaDB has no NaN; the sample's NaN (equal on both sides) becomes NULL on both.
+            if v.is_nan() { "NULL".into() } else { format!("{v:?}") }
+        }
         DataType::Timestamp(unit, tz) => {
             let v = match unit {
                 TimeUnit::Second => a.as_primitive::<arrow::datatypes::TimestampSecondType>().value(r) * 1_000_000,
