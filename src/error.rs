@@ -23,6 +23,8 @@ pub enum ExitCode {
     Storage = 5,
     /// Another run of the same job and run date holds the lock.
     Locked = 6,
+    /// `recon apply` finished, but some corrections were stale or failed.
+    Partial = 7,
     /// A bug in recon.
     Internal = 70,
 }

@@ -5,6 +5,7 @@
 //! [`diff`] (DataFusion full outer join per entity) → [`write`] (discrepancies,
 //! corrections, summary, manifest). [`run`] drives it; [`cli`] is the command line.
 
+pub mod apply;
 pub mod cli;
 pub mod diff;
 pub mod error;

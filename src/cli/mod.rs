@@ -1,5 +1,6 @@
 //! The command line: one module per subcommand, each owning its arguments and `run`.
 
+pub mod apply;
 pub mod diff;
 pub mod export;
 pub mod generate;
@@ -88,6 +89,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Export the job's systems to Parquet snapshots for one run date, without diffing.
     Export(export::ExportArgs),
+    /// Apply a committed run's corrections for one system to its database.
+    Apply(apply::ApplyArgs),
     /// Diff two snapshots ad hoc, without a job file (all fields exact, left is the source).
     Diff(diff::DiffArgs),
     /// Check a job file, and with --run-date the snapshots' schemas, without diffing.
@@ -144,6 +147,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(args, &cli.global).await,
         Command::Export(args) => export::run(args, &cli.global).await,
+        Command::Apply(args) => apply::run(args, &cli.global).await,
         Command::Diff(args) => diff::run(args, &cli.global).await,
         Command::Validate(args) => validate::run(args, &cli.global).await,
         Command::Generate(args) => generate::run(args, &cli.global).await,

@@ -1,0 +1,165 @@
+//! One cell of a correction file, as the apply stage binds it.
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{
+    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int8Type, Int16Type,
+    Int32Type, Int64Type, Time64MicrosecondType, TimeUnit, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type,
+    UInt16Type, UInt32Type, UInt64Type,
+};
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    /// Exact decimal text, e.g. `-12.50`.
+    Decimal(String),
+    Text(String),
+    Bool(bool),
+    Date(NaiveDate),
+    /// A timestamp; `utc` when the column is zoned (values are UTC).
+    Timestamp { at: NaiveDateTime, utc: bool },
+    Time(NaiveTime),
+    Bytes(Vec<u8>),
+}
+
+impl Value {
+    /// Reads row `i` of `a`; an unsupported type is an error naming it.
+    pub fn from_array(a: &dyn Array, i: usize) -> Result<Value, String> {
+        if a.is_null(i) {
+            return Ok(Value::Null);
+        }
+        let ts = |micros: i64, utc: bool| -> Result<Value, String> {
+            chrono::DateTime::from_timestamp_micros(micros)
+                .map(|t| Value::Timestamp {
+                    at: t.naive_utc(),
+                    utc,
+                })
+                .ok_or_else(|| "timestamp out of range".to_string())
+        };
+        Ok(match a.data_type() {
+            DataType::Int8 => Value::Int(a.as_primitive::<Int8Type>().value(i) as i64),
+            DataType::Int16 => Value::Int(a.as_primitive::<Int16Type>().value(i) as i64),
+            DataType::Int32 => Value::Int(a.as_primitive::<Int32Type>().value(i) as i64),
+            DataType::Int64 => Value::Int(a.as_primitive::<Int64Type>().value(i)),
+            DataType::UInt8 => Value::UInt(a.as_primitive::<UInt8Type>().value(i) as u64),
+            DataType::UInt16 => Value::UInt(a.as_primitive::<UInt16Type>().value(i) as u64),
+            DataType::UInt32 => Value::UInt(a.as_primitive::<UInt32Type>().value(i) as u64),
+            DataType::UInt64 => Value::UInt(a.as_primitive::<UInt64Type>().value(i)),
+            DataType::Float32 => Value::Float(a.as_primitive::<Float32Type>().value(i) as f64),
+            DataType::Float64 => Value::Float(a.as_primitive::<Float64Type>().value(i)),
+            DataType::Decimal128(_, _) => Value::Decimal(
+                a.as_primitive::<Decimal128Type>().value_as_string(i),
+            ),
+            DataType::Utf8 => Value::Text(a.as_string::<i32>().value(i).to_string()),
+            DataType::LargeUtf8 => Value::Text(a.as_string::<i64>().value(i).to_string()),
+            DataType::Utf8View => Value::Text(a.as_string_view().value(i).to_string()),
+            DataType::Boolean => Value::Bool(a.as_boolean().value(i)),
+            DataType::Date32 => Value::Date(
+                NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")
+                    + chrono::Days::new(0)
+                    + chrono::Duration::days(a.as_primitive::<Date32Type>().value(i) as i64),
+            ),
+            DataType::Time64(TimeUnit::Microsecond) => {
+                let us = a.as_primitive::<Time64MicrosecondType>().value(i);
+                Value::Time(
+                    NaiveTime::from_num_seconds_from_midnight_opt(
+                        (us / 1_000_000) as u32,
+                        ((us % 1_000_000) * 1000) as u32,
+                    )
+                    .ok_or("time out of range")?,
+                )
+            }
+            DataType::Timestamp(unit, tz) => {
+                let utc = tz.is_some();
+                let micros = match unit {
+                    TimeUnit::Second => {
+                        a.as_primitive::<TimestampSecondType>().value(i) * 1_000_000
+                    }
+                    TimeUnit::Millisecond => {
+                        a.as_primitive::<TimestampMillisecondType>().value(i) * 1000
+                    }
+                    TimeUnit::Microsecond => a.as_primitive::<TimestampMicrosecondType>().value(i),
+                    TimeUnit::Nanosecond => {
+                        a.as_primitive::<TimestampNanosecondType>().value(i) / 1000
+                    }
+                };
+                ts(micros, utc)?
+            }
+            DataType::Binary => Value::Bytes(a.as_binary::<i32>().value(i).to_vec()),
+            DataType::LargeBinary => Value::Bytes(a.as_binary::<i64>().value(i).to_vec()),
+            other => return Err(format!("type {other} cannot be applied")),
+        })
+    }
+
+    /// The value as JSON for PostgreSQL's `json_populate_record`, which converts it to
+    /// the column's type.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Value::Null => J::Null,
+            Value::Int(v) => J::from(*v),
+            Value::UInt(v) => J::from(*v),
+            Value::Float(v) if v.is_finite() => J::from(*v),
+            Value::Float(v) if v.is_nan() => J::from("NaN"),
+            Value::Float(v) => J::from(if *v > 0.0 { "Infinity" } else { "-Infinity" }),
+            Value::Decimal(s) | Value::Text(s) => J::from(s.as_str()),
+            Value::Bool(b) => J::from(*b),
+            Value::Date(d) => J::from(d.to_string()),
+            Value::Timestamp { at, utc } => J::from(if *utc {
+                format!("{}Z", at.format("%Y-%m-%dT%H:%M:%S%.6f"))
+            } else {
+                at.format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
+            }),
+            Value::Time(t) => J::from(t.format("%H:%M:%S%.6f").to_string()),
+            Value::Bytes(b) => J::from(format!("\\x{}", hex::encode(b))),
+        }
+    }
+
+    /// The value bound as a MySQL parameter (the session runs in UTC).
+    pub fn to_mysql(&self) -> mysql_async::Value {
+        use chrono::{Datelike, Timelike};
+        use mysql_async::Value as M;
+        match self {
+            Value::Null => M::NULL,
+            Value::Int(v) => M::Int(*v),
+            Value::UInt(v) => M::UInt(*v),
+            Value::Float(v) => M::Double(*v),
+            Value::Decimal(s) | Value::Text(s) => M::Bytes(s.clone().into_bytes()),
+            Value::Bool(b) => M::Int(*b as i64),
+            Value::Date(d) => M::Date(d.year() as u16, d.month() as u8, d.day() as u8, 0, 0, 0, 0),
+            Value::Timestamp { at, .. } => M::Date(
+                at.year() as u16,
+                at.month() as u8,
+                at.day() as u8,
+                at.hour() as u8,
+                at.minute() as u8,
+                at.second() as u8,
+                at.nanosecond() / 1000,
+            ),
+            Value::Time(t) => M::Time(
+                false,
+                0,
+                t.hour() as u8,
+                t.minute() as u8,
+                t.second() as u8,
+                t.nanosecond() / 1000,
+            ),
+            Value::Bytes(b) => M::Bytes(b.clone()),
+        }
+    }
+
+    /// A short rendering for dry-run output and reports.
+    pub fn display(&self) -> String {
+        match self {
+            Value::Null => "NULL".into(),
+            other => match other.to_json() {
+                serde_json::Value::String(s) => format!("'{s}'"),
+                v => v.to_string(),
+            },
+        }
+    }
+}
