@@ -116,7 +116,7 @@ pub enum Error {
 
     /// The source system could not be reached or kept failing (connection, timeouts,
     /// HTTP 429/5xx after the retries): retrying later may succeed.
-    #[error("export from {system}: {message}")]
+    #[error("system `{system}`: {message}")]
     SourceUnavailable { system: String, message: String },
 
     /// Another run of the same job and run date holds the lock.

@@ -107,7 +107,7 @@ impl My {
     fn fail(&self, what: &str, e: mysql_async::Error) -> Error {
         Error::SourceUnavailable {
             system: self.system.clone(),
-            message: format!("{what}: {e}"),
+            message: format!("apply: {what}: {e}"),
         }
     }
 
@@ -128,7 +128,7 @@ impl My {
         let system = self.system.clone();
         let fail = |what: &str, e: mysql_async::Error| Error::SourceUnavailable {
             system: system.clone(),
-            message: format!("{what}: {e}"),
+            message: format!("apply: {what}: {e}"),
         };
         let mut tx = self
             .conn

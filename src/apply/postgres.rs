@@ -51,7 +51,7 @@ fn soft_deleted(s: &SoftTarget) -> String {
 /// The statement for one correction: `$1` is the new row, `$2` the expected row.
 pub(crate) fn statement(target: &Target, c: &Correction) -> String {
     let t = q(&target.table);
-    let rec = |n: u8| format!("json_populate_record(NULL::{t}, ${n}::json)");
+    let rec = |n: u8| format!("json_populate_record(NULL::{t}, ${n}::text::json)");
     match c.op.as_str() {
         "insert" => {
             let cols: Vec<String> = c.values.iter().map(|(k, _)| q(k)).collect();
@@ -95,7 +95,7 @@ fn revive(target: &Target, c: &Correction, soft: &SoftTarget) -> String {
         .map(|(k, _)| format!("{0} = r.{0}", q(k)))
         .collect();
     format!(
-        "UPDATE {t} AS t SET {} FROM json_populate_record(NULL::{t}, $1::json) AS r WHERE {} AND {}",
+        "UPDATE {t} AS t SET {} FROM json_populate_record(NULL::{t}, $1::text::json) AS r WHERE {} AND {}",
         sets.join(", "),
         keys(target),
         soft_deleted(soft)
@@ -138,7 +138,7 @@ impl Pg {
         } else {
             Error::SourceUnavailable {
                 system: self.system.clone(),
-                message: format!("{what}: {detail}"),
+                message: format!("apply: {what}: {detail}"),
             }
         }
     }
@@ -164,7 +164,7 @@ impl Pg {
             let detail = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
             Error::SourceUnavailable {
                 system: system.clone(),
-                message: format!("{what}: {detail}"),
+                message: format!("apply: {what}: {detail}"),
             }
         };
         let mut tx = self
@@ -241,13 +241,13 @@ impl Pg {
             let expected = json_of(&c.expected);
             let matches: i64 = if c.op == "insert" {
                 let sql = format!(
-                    "SELECT count(*) FROM json_populate_record(NULL::{t}, $1::json) AS r WHERE NOT EXISTS (SELECT 1 FROM {t} AS t WHERE {})",
+                    "SELECT count(*) FROM json_populate_record(NULL::{t}, $1::text::json) AS r WHERE NOT EXISTS (SELECT 1 FROM {t} AS t WHERE {})",
                     keys(target)
                 );
                 let n: i64 = self.client.query_one(&sql, &[&values]).await.map_err(|e| self.fail("dry run", e))?.get(0);
                 if n == 0 && let Some(soft) = &target.soft {
                     let sql = format!(
-                        "SELECT count(*) FROM {t} AS t, json_populate_record(NULL::{t}, $1::json) AS r WHERE {} AND {}",
+                        "SELECT count(*) FROM {t} AS t, json_populate_record(NULL::{t}, $1::text::json) AS r WHERE {} AND {}",
                         keys(target),
                         soft_deleted(soft)
                     );
@@ -257,7 +257,7 @@ impl Pg {
                 }
             } else {
                 let sql = format!(
-                    "SELECT count(*) FROM {t} AS t, json_populate_record(NULL::{t}, $1::json) AS r, json_populate_record(NULL::{t}, $2::json) AS e WHERE {}{}",
+                    "SELECT count(*) FROM {t} AS t, json_populate_record(NULL::{t}, $1::text::json) AS r, json_populate_record(NULL::{t}, $2::text::json) AS e WHERE {}{}",
                     keys(target),
                     guards(target, c)
                 );

@@ -279,7 +279,7 @@ impl Api<'_> {
                 return Err(Error::SourceUnavailable {
                     system: self.system.to_string(),
                     message: format!(
-                        "entity `{entity}`, page {page_no} ({url}): {problem} after {} attempts",
+                        "export: entity `{entity}`, page {page_no} ({url}): {problem} after {} attempts",
                         attempt + 1
                     ),
                 });

@@ -29,7 +29,7 @@ pub(crate) async fn export(
     let system = exporter.system.as_str();
     let unavailable = |e: mysql_async::Error| Error::SourceUnavailable {
         system: system.to_string(),
-        message: format!("MySQL: {e}"),
+        message: format!("export: MySQL: {e}"),
     };
     let opts = Opts::from_url(url).map_err(|e| {
         Error::Usage(format!(
@@ -96,7 +96,7 @@ async fn export_entity(
         mysql_async::Error::Server(s) => data_error(system, &entity, format!("{source}: {s}")),
         e => Error::SourceUnavailable {
             system: system.to_string(),
-            message: format!("MySQL, entity `{entity}`: {e}"),
+            message: format!("export: MySQL, entity `{entity}`: {e}"),
         },
     };
     let mut result = conn.exec_iter(sql.as_str(), ()).await.map_err(sql_error)?;

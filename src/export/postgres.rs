@@ -26,7 +26,7 @@ pub(crate) async fn export(
     let system = exporter.system.as_str();
     let unavailable = |e: tokio_postgres::Error| Error::SourceUnavailable {
         system: system.to_string(),
-        message: format!("PostgreSQL: {}", describe(&e)),
+        message: format!("export: PostgreSQL: {}", describe(&e)),
     };
     let (mut client, connection) = tokio_postgres::connect(url, NoTls)
         .await

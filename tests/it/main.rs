@@ -1,5 +1,6 @@
 //! Integration tests: one binary, shared helpers in `common`.
 
+mod apply_db;
 mod cli;
 mod common;
 mod db;

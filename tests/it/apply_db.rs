@@ -1,0 +1,279 @@
+//! The apply stage against the machine's PostgreSQL and MariaDB, with foreign keys
+//! enforced: export → diff → apply → export → diff ends clean; rows changed since the
+//! snapshot are skipped as stale; a second apply is a no-op; a dry run writes nothing;
+//! an apply that stopped part way finishes the rest when rerun.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::db::{My, Pg};
+
+const DATE: &str = "2024-06-01";
+
+/// Schema with foreign keys; `{ts}` is the dialect's timestamp type.
+const DDL: &str = "
+CREATE TABLE tenants (tenant_id bigint PRIMARY KEY, name varchar(64) NOT NULL, plan varchar(16));
+CREATE TABLE users (tenant_id bigint NOT NULL REFERENCES tenants (tenant_id), user_id varchar(16) NOT NULL,
+  email varchar(128), balance decimal(12,2), seen_at {ts}, PRIMARY KEY (tenant_id, user_id));
+CREATE TABLE memberships (tenant_id bigint NOT NULL, user_id varchar(16) NOT NULL, group_name varchar(32) NOT NULL,
+  role varchar(16), PRIMARY KEY (tenant_id, user_id, group_name),
+  FOREIGN KEY (tenant_id, user_id) REFERENCES users (tenant_id, user_id));
+";
+
+const SOURCE_ROWS: &str = "
+INSERT INTO tenants VALUES (1, 'acme', 'pro'), (2, 'bolt', 'free'), (3, 'core', 'pro');
+INSERT INTO users VALUES (1, 'u1', 'a@acme.io', 10.50, '2024-05-01 10:00:00.123456'),
+  (1, 'u2', 'b@acme.io', 0.00, NULL), (2, 'u1', 'c@bolt.io', 99.99, '2024-05-02 11:00:00'),
+  (3, 'u1', 'd@core.io', 5.25, '2024-05-03 12:00:00');
+INSERT INTO memberships VALUES (1, 'u1', 'admins', 'owner'), (1, 'u2', 'admins', 'member'), (3, 'u1', 'staff', 'member');
+";
+
+/// The replica: tenant 3 missing (with its user and membership), tenant 9 extra (with
+/// its user and membership), and four fields that differ.
+const REPLICA_ROWS: &str = "
+INSERT INTO tenants VALUES (1, 'acme', 'pro'), (2, 'bolt', 'basic'), (9, 'zed', 'free');
+INSERT INTO users VALUES (1, 'u1', 'a@acme.io', 10.50, '2024-05-01 10:00:00.123456'),
+  (1, 'u2', 'old@acme.io', 0.00, NULL), (2, 'u1', 'c@bolt.io', 98.99, '2024-05-02 11:00:00'),
+  (9, 'u1', 'z@zed.io', 1.00, NULL);
+INSERT INTO memberships VALUES (1, 'u1', 'admins', 'owner'), (1, 'u2', 'admins', 'viewer'), (9, 'u1', 'staff', 'member');
+";
+
+const DUMP: &str = "SELECT tenant_id, name, plan FROM tenants ORDER BY 1;
+SELECT tenant_id, user_id, email, balance, seen_at FROM users ORDER BY 1, 2;
+SELECT tenant_id, user_id, group_name, role FROM memberships ORDER BY 1, 2, 3;";
+
+/// Both databases and the job, one direction: (source dialect, replica dialect).
+struct Cycle {
+    dir: tempfile::TempDir,
+    env: Vec<(&'static str, String)>,
+    replica: Box<dyn Fn(&str) -> String>,
+    _dbs: (Option<Pg>, Option<My>, Option<Pg>, Option<My>),
+}
+
+impl Cycle {
+    /// Source in PostgreSQL and replica in MariaDB, or the other way round.
+    fn new(replica_is_mariadb: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = Pg::create("apply");
+        let my = My::create("apply");
+        pg.exec(&DDL.replace("{ts}", "timestamp"));
+        my.exec(&DDL.replace("{ts}", "datetime(6)"));
+        let (src_kind, dst_kind) = if replica_is_mariadb {
+            pg.exec(SOURCE_ROWS);
+            my.exec(REPLICA_ROWS);
+            ("postgres", "mysql")
+        } else {
+            my.exec(SOURCE_ROWS);
+            pg.exec(REPLICA_ROWS);
+            ("mysql", "postgres")
+        };
+        let (src_url, dst_url) = if replica_is_mariadb {
+            (pg.url(), my.url())
+        } else {
+            (my.url(), pg.url())
+        };
+        std::fs::write(
+            dir.path().join("job.toml"),
+            format!(
+                r#"[job]
+name = "cycle"
+lake = "lake"
+output = "out"
+[systems]
+source = "monolith"
+replica = "service"
+[guardrails]
+max_correction_share = 1.0
+[exporters.monolith]
+kind = "{src_kind}"
+url_env = "SRC_URL"
+[exporters.service]
+kind = "{dst_kind}"
+url_env = "DST_URL"
+[[entities]]
+name = "tenants"
+key = ["tenant_id"]
+[[entities]]
+name = "users"
+key = ["tenant_id", "user_id"]
+depends_on = ["tenants"]
+[[entities]]
+name = "memberships"
+key = ["tenant_id", "user_id", "group_name"]
+depends_on = ["users"]
+"#
+            ),
+        )
+        .unwrap();
+        let env = vec![("SRC_URL", src_url), ("DST_URL", dst_url)];
+        let (replica, dbs): (Box<dyn Fn(&str) -> String>, _) = if replica_is_mariadb {
+            let name = my.name.clone();
+            let probe = My { name };
+            (
+                Box::new(move |sql: &str| probe.exec(sql)),
+                (Some(pg), None, None, Some(my)),
+            )
+        } else {
+            let name = pg.name.clone();
+            let probe = Pg { name };
+            (
+                Box::new(move |sql: &str| probe.exec(sql)),
+                (None, Some(my), Some(pg), None),
+            )
+        };
+        Cycle {
+            dir,
+            env,
+            replica,
+            _dbs: dbs,
+        }
+    }
+
+    fn recon(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_recon"));
+        cmd.current_dir(self.dir.path()).args(args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+
+    fn run(&self) -> serde_json::Value {
+        let out = self.recon(&["run", "--job", "job.toml", "--run-date", DATE, "--format", "json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn apply(&self, extra: &[&str]) -> Output {
+        let mut args = vec!["apply", "--job", "job.toml", "--run-date", DATE, "--system", "service"];
+        if !extra.contains(&"--format") {
+            args.extend_from_slice(&["--format", "json"]);
+        }
+        args.extend_from_slice(extra);
+        self.recon(&args)
+    }
+
+    fn dump(&self) -> String {
+        (self.replica)(DUMP)
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn discrepancies(summary: &serde_json::Value) -> u64 {
+    summary["entities"].as_array().unwrap().iter().map(|e| e["discrepancies"].as_u64().unwrap()).sum()
+}
+
+/// entity → op → outcome → count, from an apply's JSON summary.
+fn count(summary: &serde_json::Value, entity: &str, op: &str, outcome: &str) -> u64 {
+    summary["counts"][entity][op][outcome].as_u64().unwrap_or(0)
+}
+
+fn total(summary: &serde_json::Value, outcome: &str) -> u64 {
+    let mut n = 0;
+    for ops in summary["counts"].as_object().unwrap().values() {
+        for outcomes in ops.as_object().unwrap().values() {
+            n += outcomes[outcome].as_u64().unwrap_or(0);
+        }
+    }
+    n
+}
+
+fn full_cycle(replica_is_mariadb: bool) {
+    let c = Cycle::new(replica_is_mariadb);
+    let first = c.run();
+    assert_eq!(discrepancies(&first), 10, "{first}");
+    let before = c.dump();
+
+    // Dry run: the statements and counts, and not one row changed.
+    let out = c.apply(&["--dry-run", "--format", "text"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("dry run: nothing written"), "{printed}");
+    assert!(printed.contains("-- users: 2 update correction(s), 2 row(s) would be touched, 0 stale"), "{printed}");
+    assert_eq!(c.dump(), before);
+
+    let out = c.apply(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(total(&s, "applied"), 10, "{s}");
+    assert_eq!(count(&s, "tenants", "insert", "applied"), 1);
+    assert_eq!(count(&s, "memberships", "delete", "applied"), 1);
+    let after = c.dump();
+
+    // A second apply of the same run changes nothing.
+    let out = c.apply(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(total(&s, "already_applied"), 10, "{s}");
+    assert_eq!(total(&s, "applied"), 0, "{s}");
+    assert_eq!(c.dump(), after);
+
+    // Export and diff again: nothing left.
+    let second = c.run();
+    assert_eq!(discrepancies(&second), 0, "{second}");
+    assert!(c.path().join("out/applies").exists());
+}
+
+#[test]
+fn full_cycle_into_mariadb_ends_with_zero_discrepancies() {
+    full_cycle(true);
+}
+
+#[test]
+fn full_cycle_into_postgres_ends_with_zero_discrepancies() {
+    full_cycle(false);
+}
+
+fn stale_and_resume(replica_is_mariadb: bool) {
+    let c = Cycle::new(replica_is_mariadb);
+    c.run();
+    // Replication keeps going after the snapshot: two rows the corrections target change.
+    (c.replica)("UPDATE users SET email = 'newer@acme.io' WHERE tenant_id = 1 AND user_id = 'u2';
+                 UPDATE tenants SET name = 'zed2' WHERE tenant_id = 9;");
+    // And one membership update will fail on a constraint the apply does not expect.
+    (c.replica)("ALTER TABLE memberships ADD CONSTRAINT no_member CHECK (role <> 'member' OR tenant_id = 9);");
+    let out = c.apply(&["--batch-rows", "2"]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(count(&s, "users", "update", "stale"), 1, "{s}");
+    assert_eq!(count(&s, "tenants", "delete", "stale"), 1, "{s}");
+    assert_eq!(count(&s, "memberships", "update", "failed"), 1, "{s}");
+    // The insert of membership (3,u1,staff,member) fails on the same check.
+    assert_eq!(count(&s, "memberships", "insert", "failed"), 1, "{s}");
+    assert_eq!(total(&s, "applied"), 6, "{s}");
+    let dump = c.dump();
+    assert!(dump.contains("newer@acme.io"), "the newer value stays:\n{dump}");
+    assert!(dump.contains("zed2"), "the changed extra tenant stays:\n{dump}");
+
+    // Fixed, the rerun applies only what failed; stale ones stay stale (ledger).
+    (c.replica)("ALTER TABLE memberships DROP CONSTRAINT no_member;");
+    let out = c.apply(&[]);
+    assert!(out.status.success() || out.status.code() == Some(7), "{}", text(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(total(&s, "applied"), 2, "{s}");
+    assert_eq!(total(&s, "already_applied"), 8, "{s}");
+    let dump = c.dump();
+    assert!(dump.contains("newer@acme.io"), "{dump}");
+}
+
+#[test]
+fn stale_rows_are_skipped_and_a_rerun_finishes_the_rest_mariadb() {
+    stale_and_resume(true);
+}
+
+#[test]
+fn stale_rows_are_skipped_and_a_rerun_finishes_the_rest_postgres() {
+    stale_and_resume(false);
+}
