@@ -93,6 +93,10 @@ pub struct EntitySummary {
     pub guardrail: GuardrailVerdict,
     pub inputs: Inputs,
     pub durations_ms: BTreeMap<String, u64>,
+    /// Corrections that an apply of an earlier run date already applied and that are
+    /// back tonight: the fix did not stick (replication overwrote it, or a writer).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reappeared: Vec<crate::apply::events::Reappeared>,
 }
 
 #[derive(Debug, Serialize)]
@@ -313,13 +317,29 @@ async fn run_locked(
     };
     let mut written: Vec<String> = Vec::new();
     let result = diff_all(job, opts, &prepared, &stamp, &layout, &mut written).await;
-    let (entities, files) = match result {
+    let (mut entities, mut files) = match result {
         Ok(r) => r,
         Err(e) => {
             write::remove(&layout, &written).await;
             return Err(e);
         }
     };
+    // Corrections as compensation events, and those an earlier apply already applied.
+    let corrections = match crate::apply::events::process(job, &layout, &files, &mut written).await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            write::remove(&layout, &written).await;
+            return Err(e);
+        }
+    };
+    files.extend(corrections.events);
+    for e in &mut entities {
+        if let Some(r) = corrections.reappeared.get(&e.entity) {
+            warn!(entity = %e.entity, count = r.len(), "corrections applied by an earlier apply are back: the fix did not stick");
+            e.reappeared = r.clone();
+        }
+    }
     let tripped: Vec<String> = entities
         .iter()
         .filter(|e| e.guardrail.tripped)
@@ -520,6 +540,7 @@ async fn diff_all(
                 replica: p.replica.clone(),
             },
             durations_ms,
+            reappeared: vec![],
         });
     }
     Ok((summaries, files))

@@ -12,6 +12,7 @@
 //!   in the ledger is skipped as `already_applied`, so a second apply changes nothing
 //!   and an interrupted one finishes the rest.
 
+pub mod events;
 mod mysql;
 mod postgres;
 pub mod value;
@@ -410,7 +411,7 @@ async fn load_targets(
 }
 
 /// Reads one correction file (small: the guardrail caps corrections at a share of rows).
-async fn read_corrections(output: &store::Location, rel: &str) -> Result<Vec<Correction>> {
+pub(crate) async fn read_corrections(output: &store::Location, rel: &str) -> Result<Vec<Correction>> {
     let location = output.child(rel);
     let storage = |source| Error::Storage {
         location: location.url(),

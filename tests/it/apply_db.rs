@@ -224,6 +224,39 @@ fn full_cycle(replica_is_mariadb: bool) {
     let second = c.run();
     assert_eq!(discrepancies(&second), 0, "{second}");
     assert!(c.path().join("out/applies").exists());
+
+    // The first run's corrections were also written as events, one line each.
+    let events: Vec<serde_json::Value> = crate::common::files_below(&c.path().join("out/events"))
+        .iter()
+        .filter(|p| p.to_string_lossy().contains(&format!("run_id={}", first["run_id"].as_str().unwrap())))
+        .flat_map(|p| {
+            std::fs::read_to_string(c.path().join("out/events").join(p))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(events.len(), 10);
+    let email = events
+        .iter()
+        .find(|e| e["data"]["set"]["email"] == "b@acme.io")
+        .expect("the email update event");
+    assert_eq!(email["type"], "recon.correction.update");
+    assert_eq!(email["source"], "recon/cycle");
+    assert_eq!(email["subject"], r#"users/{"tenant_id":1,"user_id":"u2"}"#);
+    assert_eq!(email["data"]["expected"]["email"], "old@acme.io");
+    assert_eq!(email["data"]["key"], serde_json::json!({"tenant_id": 1, "user_id": "u2"}));
+
+    // The next night the old email is back (the fix did not stick): the run says so.
+    (c.replica)("UPDATE users SET email = 'old@acme.io' WHERE tenant_id = 1 AND user_id = 'u2';");
+    let out = c.recon(&["run", "--job", "job.toml", "--run-date", "2024-06-02", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let next: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let users = next["entities"].as_array().unwrap().iter().find(|e| e["entity"] == "users").unwrap();
+    assert_eq!(users["reappeared"].as_array().map(Vec::len), Some(1), "{next}");
+    assert_eq!(users["reappeared"][0]["correction_id"], email["id"]);
+    assert_eq!(users["reappeared"][0]["applied_in_run"], first["run_id"]);
 }
 
 #[test]
