@@ -92,6 +92,7 @@ pub struct RawEntity {
     max_row_drop: Option<f64>,
     #[serde(default)]
     export: BTreeMap<String, Spanned<RawEntityExport>>,
+    version: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +176,9 @@ pub struct EntityConfig {
     /// What the export stage reads for this entity, by system name (systems whose
     /// exporter writes snapshots only).
     pub exports: BTreeMap<String, ExportSpec>,
+    /// A version or updated-at column (source name): when set, apply guards an update or
+    /// delete on this column alone instead of on every column the snapshot saw.
+    pub version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -515,7 +519,13 @@ impl Cx<'_> {
                 exports.insert(system.clone(), spec);
             }
         }
+        if let Some(v) = &raw.version
+            && raw.key.contains(v)
+        {
+            return Err(ctx(format!("version column `{v}` cannot be a key column")));
+        }
         Ok(EntityConfig {
+            version: raw.version,
             exports,
             source_snapshot: snapshot(raw.snapshots.source)?,
             replica_snapshot: snapshot(raw.snapshots.replica)?,

@@ -90,6 +90,20 @@ pub struct Correction {
     pub expected: Vec<(String, Value)>,
 }
 
+impl Target {
+    /// The expected columns an update or delete is guarded on: the version column when
+    /// declared, else every non-key column the snapshot saw.
+    pub fn guard_columns<'a>(&self, c: &'a Correction) -> Vec<&'a (String, Value)> {
+        c.expected
+            .iter()
+            .filter(|(col, _)| match &self.version {
+                Some(v) => col == v,
+                None => !self.key.contains(col),
+            })
+            .collect()
+    }
+}
+
 impl Correction {
     pub fn value(&self, col: &str) -> &Value {
         self.values
@@ -109,6 +123,8 @@ pub struct Target {
     pub key: Vec<String>,
     /// The soft-delete column and what marks a row deleted, under a soft policy.
     pub soft: Option<SoftTarget>,
+    /// The version column (target name) guards use alone, when the entity declares one.
+    pub version: Option<String>,
     pub corrections: Vec<Correction>,
 }
 
@@ -403,6 +419,7 @@ async fn load_targets(
             entity: name.clone(),
             table,
             key: entity.key.iter().map(|k| target_name(k)).collect(),
+            version: entity.version.as_deref().map(target_name),
             soft,
             corrections,
         });

@@ -27,7 +27,7 @@ fn key_where(target: &Target) -> String {
 }
 
 fn guard_cols<'a>(target: &Target, c: &'a Correction) -> Vec<&'a (String, super::Value)> {
-    c.expected.iter().filter(|(col, _)| !target.key.contains(col)).collect()
+    target.guard_columns(c)
 }
 
 fn soft_deleted(s: &SoftTarget) -> String {

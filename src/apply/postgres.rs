@@ -25,9 +25,9 @@ fn json_of(pairs: &[(String, Value)]) -> String {
 
 /// Guard: every expected column (keys are matched separately) still as the snapshot saw it.
 fn guards(target: &Target, c: &Correction) -> String {
-    c.expected
+    target
+        .guard_columns(c)
         .iter()
-        .filter(|(col, _)| !target.key.contains(col))
         .map(|(col, _)| format!(" AND t.{0} IS NOT DISTINCT FROM e.{0}", q(col)))
         .collect()
 }

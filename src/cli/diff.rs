@@ -80,6 +80,7 @@ pub async fn run(args: DiffArgs, global: &GlobalArgs) -> Result<ExitCode> {
             fields: BTreeMap::new(),
             rename: BTreeMap::new(),
             exports: BTreeMap::new(),
+            version: None,
             source_snapshot: Some(url(&args.left)?),
             replica_snapshot: Some(url(&args.right)?),
             max_correction_share: args.max_correction_share,
