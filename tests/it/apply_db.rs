@@ -388,3 +388,32 @@ fn an_apply_killed_part_way_resumes_on_rerun() {
     assert_eq!(my.exec("SELECT count(*) FROM items WHERE val = 'new';").trim(), (N - 1).to_string());
     assert_eq!(my.exec("SELECT val, rev FROM items WHERE id = 7;").trim(), "old\t2");
 }
+
+/// A run whose guardrail tripped is not applied unless the flag says so; even then its
+/// withheld entities have no corrections to apply.
+#[test]
+fn a_guardrail_tripped_run_is_refused_unless_allowed() {
+    let c = Cycle::new(true);
+    let job = std::fs::read_to_string(c.path().join("job.toml"))
+        .unwrap()
+        .replace("max_correction_share = 1.0", "max_correction_share = 1.0\n")
+        .replace("depends_on = [\"tenants\"]", "depends_on = [\"tenants\"]\nmax_correction_share = 0.1");
+    std::fs::write(c.path().join("job.toml"), job).unwrap();
+    let out = c.recon(&["run", "--job", "job.toml", "--run-date", DATE]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let before = c.dump();
+    let out = c.apply(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("tripped a guardrail (withheld: users)"), "{}", text(&out));
+    assert_eq!(c.dump(), before);
+
+    // Forced: the other entities are applied; what depends on the withheld users fails
+    // on the foreign keys (rolled back alone) and is reported, exit 7.
+    let out = c.apply(&["--allow-guardrail-tripped"]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(s["counts"].get("users").is_none(), "users were withheld: {s}");
+    assert_eq!(count(&s, "tenants", "update", "applied"), 1, "{s}");
+    assert_eq!(count(&s, "memberships", "insert", "failed"), 1, "{s}");
+    assert_eq!(count(&s, "tenants", "delete", "failed"), 1, "{s}");
+}
