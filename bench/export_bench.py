@@ -63,7 +63,7 @@ except TypeError:
 CHECK = """
 import duckdb, sys, json
 con = duckdb.connect()
-q = "SELECT count(*), sum(id), sum(amount)::varchar, count(note), sum(qty), count(DISTINCT day) FROM read_parquet('{}')"
+q = "SELECT count(*), sum(id), sum(amount)::DECIMAL(38,2)::varchar, count(note), sum(qty), count(DISTINCT day) FROM read_parquet('{}')"
 print(json.dumps([list(map(str, con.execute(q.format(f)).fetchone())) for f in sys.argv[1:]]))
 """
 
@@ -112,6 +112,7 @@ def main():
         env = dict(os.environ, BENCH_PG_URL=url)
         results = {}
         files = {}
+        mode = ""
         for tool in ("recon", "connectorx"):
             times, rss = [], []
             for i in range(args.runs):
@@ -121,6 +122,8 @@ def main():
                     files[tool] = str(work / f"cx-{n}.parquet")
                     cmd = [args.python, str(work / "peer.py"), url, f"bench_{n}", files[tool]]
                 t, m, out = run_tool(cmd, work, env)
+                if tool == "connectorx":
+                    mode = out.strip()
                 times.append(t)
                 rss.append(m)
             results[tool] = (statistics.median(times), statistics.median(rss))
@@ -139,6 +142,7 @@ def main():
             "recon_rss_mib": round(r[1]), "connectorx_rss_mib": round(c[1]),
             "recon_vs_connectorx": round(r[0] / c[0], 2),
             "recon_rss_vs_connectorx": round(r[1] / c[1], 2),
+            "connectorx_mode": mode,
         })
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
