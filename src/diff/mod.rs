@@ -17,6 +17,7 @@ use arrow::compute::{cast, nullif, take};
 use arrow::datatypes::{DataType, Field, Fields, Float64Type, Int64Type, Schema, SchemaRef};
 use chrono::NaiveDate;
 use datafusion::common::ScalarValue;
+use datafusion::datasource::MemTable;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -154,15 +155,21 @@ pub async fn run_entity(
             (DUPLICATE_KEY, plan.duplicate_keys_sql(side, table)),
         ] {
             let context = format!("entity `{entity}`, {kind} query on the {table} snapshot");
-            let batches = ctx
-                .sql(&sql)
-                .await
-                .map_err(|e| Error::query(&context, e))?
-                .collect()
-                .await
-                .map_err(|e| Error::query(&context, e))?;
+            let df = ctx.sql(&sql).await.map_err(|e| Error::query(&context, e))?;
+            let schema = df.schema().inner().clone();
+            let batches = df.collect().await.map_err(|e| Error::query(&context, e))?;
             for batch in &batches {
                 out.quality(batch, kind, side)?;
+            }
+            if kind == DUPLICATE_KEY {
+                // The diff reads the duplicate keys from here instead of aggregating
+                // each side again (they are few: rows that break the key's uniqueness).
+                let dk = MemTable::try_new(schema, vec![batches])
+                    .map_err(|e| Error::query(&context, e))?;
+                ctx.deregister_table(dk_table(side))
+                    .map_err(|e| Error::query(&context, e))?;
+                ctx.register_table(dk_table(side), Arc::new(dk))
+                    .map_err(|e| Error::query(&context, e))?;
             }
         }
     }
@@ -171,7 +178,11 @@ pub async fn run_entity(
 
     let started = Instant::now();
     let context = format!("entity `{entity}`, diff query");
-    let sql = plan.diff_sql("source", "replica");
+    let sql = plan.diff_sql_with(
+        "source",
+        "replica",
+        Some((dk_table(Side::Source), dk_table(Side::Replica))),
+    );
     tracing::debug!(entity = %entity, sql = %sql, "diff query");
     let mut stream = ctx
         .sql(&sql)
@@ -186,6 +197,14 @@ pub async fn run_entity(
     }
     let diff_ms = started.elapsed().as_millis() as u64;
     out.finish(quality_ms, diff_ms).await
+}
+
+/// The table holding one side's duplicate keys while an entity is diffed.
+fn dk_table(side: Side) -> &'static str {
+    match side {
+        Side::Source => "__duplicate_keys_source",
+        Side::Replica => "__duplicate_keys_replica",
+    }
 }
 
 /// A correction to be emitted for one row of a diff batch.

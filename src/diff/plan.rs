@@ -396,7 +396,7 @@ impl EntityPlan {
             .collect()
     }
 
-    fn side_sql(&self, side: Side, table: &str) -> String {
+    fn side_sql(&self, side: Side, table: &str, dk: Option<(&str, &str)>) -> String {
         let col = |m: &MappedColumn| format!("t.{}", quote(m.name(side)));
         let mut projection = self.key_projection(side);
         for (i, f) in self.fields.iter().enumerate() {
@@ -428,7 +428,7 @@ impl EntityPlan {
                 ("table", &quote(table)),
                 ("key_is_complete", &complete),
                 ("live", &live),
-                ("duplicate_keys", &self.duplicate_keys_sql(side, table)),
+                ("duplicate_keys", &self.duplicate_keys_ref(side, table, dk)),
                 ("duplicate_match", &duplicate_match),
             ],
         )
@@ -492,6 +492,22 @@ impl EntityPlan {
     /// `j`: `rset{j}`/`rcur{j}` (replica types: value to set, current value) and
     /// `sset{j}`/`scur{j}` (source types).
     pub fn diff_sql(&self, source: &str, replica: &str) -> String {
+        self.diff_sql_with(source, replica, None)
+    }
+
+    /// The duplicate keys of one side: the aggregation over its table, or a table that
+    /// already holds its result (`dk`: source's then replica's).
+    fn duplicate_keys_ref(&self, side: Side, table: &str, dk: Option<(&str, &str)>) -> String {
+        match (dk, side) {
+            (Some((s, _)), Side::Source) => format!("SELECT * FROM {}", quote(s)),
+            (Some((_, r)), Side::Replica) => format!("SELECT * FROM {}", quote(r)),
+            (None, _) => self.duplicate_keys_sql(side, table),
+        }
+    }
+
+    /// The diff query; with `dk`, each side's duplicate keys are read from the named
+    /// tables (the data-quality query's result) instead of being aggregated again.
+    pub fn diff_sql_with(&self, source: &str, replica: &str, dk: Option<(&str, &str)>) -> String {
         let mut columns = Vec::new();
         for i in 0..self.key_len {
             columns.push(format!("coalesce(s.\"k{i}\", r.\"k{i}\") AS \"k{i}\""));
@@ -542,7 +558,7 @@ impl EntityPlan {
                 .collect::<Vec<_>>()
                 .join(" OR ")
         };
-        let dk = [Side::Source, Side::Replica]
+        let dk_union = [Side::Source, Side::Replica]
             .iter()
             .map(|side| {
                 let keys = self.key_projection(*side).join(", ");
@@ -552,7 +568,7 @@ impl EntityPlan {
                 };
                 format!(
                     "SELECT {keys} FROM ({}) AS t",
-                    self.duplicate_keys_sql(*side, table)
+                    self.duplicate_keys_ref(*side, table, dk)
                 )
             })
             .collect::<Vec<_>>()
@@ -568,10 +584,10 @@ impl EntityPlan {
         fill(
             DIFF_SQL,
             &[
-                ("source_side", &self.side_sql(Side::Source, source)),
-                ("replica_side", &self.side_sql(Side::Replica, replica)),
+                ("source_side", &self.side_sql(Side::Source, source, dk)),
+                ("replica_side", &self.side_sql(Side::Replica, replica, dk)),
                 ("columns", &columns.join(",\n         ")),
-                ("duplicate_keys", &dk),
+                ("duplicate_keys", &dk_union),
                 ("duplicate_match", &duplicate_match),
                 ("source_payload", &self.payload_sql(Side::Source, source)),
                 ("replica_payload", &self.payload_sql(Side::Replica, replica)),
