@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, SchemaRef};
 use chrono::NaiveDate;
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::ExprSchemable;
@@ -11,7 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use tracing::info;
 
-use super::builder::schema_of;
+use super::builder::{ColumnBuilder, schema_of};
 use super::config::{ExportSpec, ExporterConfig, FileFormat};
 use super::{EntityWriter, Target, data_error};
 use crate::error::{Error, Result};
@@ -89,7 +91,18 @@ pub(crate) async fn export(
                     .has_header(spec.has_header)
                     .delimiter(spec.delimiter)
                     .file_extension(&ext);
-                if let Some(s) = &declared {
+                // Declared decimals are read as text and parsed exactly below: the CSV
+                // reader would round excess fractional digits silently.
+                let as_read = declared.as_ref().map(|s| {
+                    schema_of(s.fields().iter().map(|f| {
+                        let t = match f.data_type() {
+                            DataType::Decimal128(..) => DataType::Utf8,
+                            t => t.clone(),
+                        };
+                        (f.name().clone(), t)
+                    }))
+                });
+                if let Some(s) = &as_read {
                     o = o.schema(s.as_ref());
                 }
                 ctx.read_csv(url.as_str(), o).await.map_err(fail)?
@@ -117,9 +130,12 @@ pub(crate) async fn export(
                 }
             }
         };
-        let schema = df.schema().inner().clone();
+        let schema = match (&spec.format, &declared) {
+            (FileFormat::Csv, Some(d)) => d.clone(),
+            _ => df.schema().inner().clone(),
+        };
         let mut stream = df.execute_stream().await.map_err(fail)?;
-        let mut writer = EntityWriter::new(target, schema, format!("{:?} {url}", spec.format).to_lowercase(), exporter.batch_rows)?;
+        let mut writer = EntityWriter::new(target, schema.clone(), format!("{:?} {url}", spec.format).to_lowercase(), exporter.batch_rows)?;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| match e {
                 datafusion::error::DataFusionError::ObjectStore(source) => Error::Storage {
@@ -128,10 +144,49 @@ pub(crate) async fn export(
                 },
                 e => fail(e),
             })?;
+            let batch = if spec.format == FileFormat::Csv && declared.is_some() {
+                exact_decimals(&batch, &schema)
+                    .map_err(|m| data_error(system, &entity, format!("reading {url}: {m}")))?
+            } else {
+                batch
+            };
             writer.write(&batch).await?;
         }
         info!(system, entity = %entity, rows = writer.rows(), "exported");
         writer.finish(target).await?;
     }
     Ok(BTreeMap::new())
+}
+
+/// Parses the text columns that are declared decimals into exact Decimal128 values;
+/// a value with more fractional digits than the scale is an error, never a rounding.
+fn exact_decimals(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+) -> std::result::Result<RecordBatch, String> {
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (i, field) in schema.fields().iter().enumerate() {
+        let array = batch.column(i);
+        match field.data_type() {
+            DataType::Decimal128(..) => {
+                let text = array
+                    .as_string_opt::<i32>()
+                    .ok_or_else(|| format!("column `{}` was not read as text", field.name()))?;
+                let mut b = ColumnBuilder::new(field.data_type(), text.len())
+                    .expect("decimal builder");
+                for v in text.iter() {
+                    match v {
+                        None => b.append_null(),
+                        Some(t) if t.trim().is_empty() => b.append_null(),
+                        Some(t) => b
+                            .append_text(t)
+                            .map_err(|m| format!("column `{}`: {m}", field.name()))?,
+                    }
+                }
+                columns.push(b.finish());
+            }
+            _ => columns.push(array.clone()),
+        }
+    }
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
 }
