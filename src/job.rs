@@ -9,8 +9,7 @@ use toml::Spanned;
 
 use crate::error::{Error, Result};
 use crate::export::config::{
-    ExportSpec, ExporterConfig, RawEntityExport, RawExporter, parse_entity_export,
-    parse_exporter,
+    ExportSpec, ExporterConfig, RawEntityExport, RawExporter, parse_entity_export, parse_exporter,
 };
 
 /// Share of an entity's rows that corrections may touch before the guardrail trips.
@@ -501,20 +500,14 @@ impl Cx<'_> {
                 .as_ref()
                 .map(|s| line_of(self.text, s.span().start))
                 .unwrap_or(line);
-            let resolve = |u: &str| {
-                crate::store::resolve_url(u, base).map_err(|e| e.to_string())
-            };
-            let spec = parse_entity_export(
-                &name,
-                exporter,
-                spanned.map(Spanned::into_inner),
-                &resolve,
-            )
-            .map_err(|m| Error::Job {
-                path: self.path.to_path_buf(),
-                line: eline,
-                message: format!("entity `{name}`: {m}"),
-            })?;
+            let resolve = |u: &str| crate::store::resolve_url(u, base).map_err(|e| e.to_string());
+            let spec =
+                parse_entity_export(&name, exporter, spanned.map(Spanned::into_inner), &resolve)
+                    .map_err(|m| Error::Job {
+                        path: self.path.to_path_buf(),
+                        line: eline,
+                        message: format!("entity `{name}`: {m}"),
+                    })?;
             if let Some(spec) = spec {
                 exports.insert(system.clone(), spec);
             }
@@ -711,7 +704,13 @@ pub fn parse_entity(text: &str) -> Result<EntityConfig> {
     })?;
     let path = PathBuf::from("<entity>");
     let cx = Cx { path: &path, text };
-    cx.entity(raw, 0, Guardrails::default(), Path::new("."), &BTreeMap::new())
+    cx.entity(
+        raw,
+        0,
+        Guardrails::default(),
+        Path::new("."),
+        &BTreeMap::new(),
+    )
 }
 
 #[cfg(test)]
@@ -794,22 +793,37 @@ mod tests {
             "{BASE}[exporters.c]\nkind = \"postgres\"\nurl_env = \"X\"\n[[entities]]\nname = \"x\"\nkey = [\"id\"]\n"
         ))
         .unwrap_err();
-        assert!(e.to_string().contains(":7: exporters.c: `c` is neither"), "{e}");
+        assert!(
+            e.to_string().contains(":7: exporters.c: `c` is neither"),
+            "{e}"
+        );
         let e = parse(&format!(
             "{BASE}[exporters.a]\nkind = \"http\"\nbase_url = \"http://h/api\"\n[[entities]]\nname = \"x\"\nkey = [\"id\"]\nexport.a = {{ path = \"x\", columns = [\"id\"] }}\n"
         ))
         .unwrap_err();
-        assert!(e.to_string().contains(":13: entity `x`: column `id` needs a type"), "{e}");
+        assert!(
+            e.to_string()
+                .contains(":13: entity `x`: column `id` needs a type"),
+            "{e}"
+        );
         let e = parse(&format!(
             "{BASE}[exporters.a]\nkind = \"mysql\"\nurl_env = \"X\"\nbase_url = \"http://h\"\n[[entities]]\nname = \"x\"\nkey = [\"id\"]\n"
         ))
         .unwrap_err();
-        assert!(e.to_string().contains("`base_url` does not apply to kind = \"mysql\""), "{e}");
+        assert!(
+            e.to_string()
+                .contains("`base_url` does not apply to kind = \"mysql\""),
+            "{e}"
+        );
         let e = parse(&format!(
             "{BASE}[[entities]]\nname = \"x\"\nkey = [\"id\"]\nexport.a = {{ table = \"t\" }}\n"
         ))
         .unwrap_err();
-        assert!(e.to_string().contains(":10: entity `x`: export.a needs an [exporters.a] table"), "{e}");
+        assert!(
+            e.to_string()
+                .contains(":10: entity `x`: export.a needs an [exporters.a] table"),
+            "{e}"
+        );
     }
 
     #[test]

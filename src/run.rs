@@ -200,10 +200,9 @@ pub async fn prepare(
             let system = system.to_string();
             async move {
                 let location = store::open(&url)?;
-                let exported = job
-                    .exporters
-                    .get(&system)
-                    .is_some_and(|e| e.kind.writes_snapshots() && entity.exports.contains_key(&system));
+                let exported = job.exporters.get(&system).is_some_and(|e| {
+                    e.kind.writes_snapshots() && entity.exports.contains_key(&system)
+                });
                 Snapshot::open(location, &entity.name, &system, exported).await
             }
         };

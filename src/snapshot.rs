@@ -56,7 +56,12 @@ impl Snapshot {
     /// A folder with a snapshot manifest (`_manifest.json`, written by `recon export`)
     /// is read as exactly the files the manifest lists; `exported` says the folder must
     /// have one, because recon exports this system.
-    pub async fn open(location: Location, entity: &str, system: &str, exported: bool) -> Result<Self> {
+    pub async fn open(
+        location: Location,
+        entity: &str,
+        system: &str,
+        exported: bool,
+    ) -> Result<Self> {
         let url = location.url();
         let store = Arc::clone(&location.store);
         let manifest = if url.ends_with(".parquet") {

@@ -109,15 +109,26 @@ pub async fn process(
         let key = target_key(job, entity, system);
         let mut body = String::new();
         for c in &corrections {
-            let e = event(job, (&layout.run_id, layout.run_date), system, entity, &key, c, &time);
+            let e = event(
+                job,
+                (&layout.run_id, layout.run_date),
+                system,
+                entity,
+                &key,
+                c,
+                &time,
+            );
             body.push_str(&e.to_string());
             body.push('\n');
             if let Some((run_id, date)) = applied.get(&c.id) {
-                reappeared.entry(entity.clone()).or_default().push(Reappeared {
-                    correction_id: c.id.clone(),
-                    applied_in_run: run_id.clone(),
-                    applied_run_date: *date,
-                });
+                reappeared
+                    .entry(entity.clone())
+                    .or_default()
+                    .push(Reappeared {
+                        correction_id: c.id.clone(),
+                        applied_in_run: run_id.clone(),
+                        applied_run_date: *date,
+                    });
             }
         }
         let rel = format!(
@@ -153,7 +164,11 @@ async fn applied_before(
     run_date: NaiveDate,
 ) -> Result<HashMap<String, (String, NaiveDate)>> {
     let applies = output.child("applies");
-    let listing = match applies.store.list_with_delimiter(Some(&applies.prefix)).await {
+    let listing = match applies
+        .store
+        .list_with_delimiter(Some(&applies.prefix))
+        .await
+    {
         Ok(l) => l,
         Err(object_store::Error::NotFound { .. }) => return Ok(HashMap::new()),
         Err(e) => return Err(e.into()),
@@ -169,10 +184,14 @@ async fn applied_before(
     for date in dates.into_iter().rev().take(LOOKBACK_DATES) {
         let dir = applies.child(&format!("run_date={date}"));
         let reports: Vec<_> = dir.store.list(Some(&dir.prefix)).try_collect().await?;
-        for r in reports.iter().filter(|r| r.location.as_ref().ends_with(".parquet")) {
+        for r in reports
+            .iter()
+            .filter(|r| r.location.as_ref().ends_with(".parquet"))
+        {
             let bytes = dir.store.get(&r.location).await?.bytes().await?;
-            let Ok(reader) = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-                .and_then(|b| b.build())
+            let Ok(reader) =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .and_then(|b| b.build())
             else {
                 continue;
             };
@@ -185,7 +204,11 @@ async fn applied_before(
                 ) else {
                     continue;
                 };
-                let (ids, outcomes, runs) = (ids.as_string::<i32>(), outcomes.as_string::<i32>(), runs.as_string::<i32>());
+                let (ids, outcomes, runs) = (
+                    ids.as_string::<i32>(),
+                    outcomes.as_string::<i32>(),
+                    runs.as_string::<i32>(),
+                );
                 for i in 0..batch.num_rows() {
                     if outcomes.value(i) == "applied" {
                         out.entry(ids.value(i).to_string())

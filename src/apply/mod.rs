@@ -20,9 +20,7 @@ pub mod value;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, AsArray, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
-};
+use arrow::array::{Array, AsArray, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use chrono::{NaiveDate, Utc};
 use object_store::ObjectStoreExt;
@@ -181,7 +179,10 @@ pub async fn apply(job: &JobConfig, opts: &ApplyOptions) -> Result<ApplySummary>
     }
     for e in &opts.entities {
         if job.entity(e).is_none() {
-            return Err(Error::Usage(format!("entity `{e}` is not in job {}", job.path.display())));
+            return Err(Error::Usage(format!(
+                "entity `{e}` is not in job {}",
+                job.path.display()
+            )));
         }
     }
     let exporter = job.exporters.get(&opts.system).ok_or_else(|| {
@@ -211,12 +212,15 @@ pub async fn apply(job: &JobConfig, opts: &ApplyOptions) -> Result<ApplySummary>
         )));
     }
     let targets = load_targets(job, opts, &output, &manifest).await?;
-    let url = std::env::var(&url_env).ok().filter(|v| !v.is_empty()).ok_or_else(|| {
-        Error::Usage(format!(
-            "system `{}`: environment variable {url_env} (the exporter's url_env) is not set",
-            opts.system
-        ))
-    })?;
+    let url = std::env::var(&url_env)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "system `{}`: environment variable {url_env} (the exporter's url_env) is not set",
+                opts.system
+            ))
+        })?;
     let mut db = match &exporter.kind {
         ExporterKind::Postgres { .. } => Db::Pg(postgres::Pg::connect(&opts.system, &url).await?),
         _ => Db::My(mysql::My::connect(&opts.system, &url).await?),
@@ -245,7 +249,10 @@ pub async fn apply(job: &JobConfig, opts: &ApplyOptions) -> Result<ApplySummary>
     }
     let mut log: Vec<(String, String, String, Outcome)> = Vec::new();
     // Inserts and updates parents first, then deletes children first.
-    let phases: [(&[&str], bool); 2] = [(&["insert", "update"], false), (&["delete", "soft_delete"], true)];
+    let phases: [(&[&str], bool); 2] = [
+        (&["insert", "update"], false),
+        (&["delete", "soft_delete"], true),
+    ];
     for (ops, reverse) in phases {
         let mut order: Vec<&Target> = targets.iter().collect();
         if reverse {
@@ -290,7 +297,9 @@ pub async fn apply(job: &JobConfig, opts: &ApplyOptions) -> Result<ApplySummary>
                     let n = cs.len();
                     let matching = log
                         .iter()
-                        .filter(|(e, _, o, out)| e == &target.entity && o == op && *out == Outcome::WouldApply)
+                        .filter(|(e, _, o, out)| {
+                            e == &target.entity && o == op && *out == Outcome::WouldApply
+                        })
                         .count();
                     let sql = match &db {
                         Db::Pg(_) => postgres::statement_text(target, cs[0]),
@@ -331,30 +340,33 @@ pub async fn committed_run(
     let rel = match run_id {
         Some(id) => {
             crate::run::check_run_id(id)?;
-            format!("runs/run_date={run_date}/run_id={id}/{}", write::MANIFEST_FILE)
+            format!(
+                "runs/run_date={run_date}/run_id={id}/{}",
+                write::MANIFEST_FILE
+            )
         }
         None => {
-            let pointer: LatestPointer = write::get_json(
-                output,
-                &format!("runs/run_date={run_date}/_latest.json"),
-            )
-            .await?
-            .ok_or_else(|| {
-                Error::Usage(format!(
-                    "no committed run for {run_date} under {}",
-                    output.url()
-                ))
-            })?;
+            let pointer: LatestPointer =
+                write::get_json(output, &format!("runs/run_date={run_date}/_latest.json"))
+                    .await?
+                    .ok_or_else(|| {
+                        Error::Usage(format!(
+                            "no committed run for {run_date} under {}",
+                            output.url()
+                        ))
+                    })?;
             pointer.manifest
         }
     };
-    write::get_json::<Manifest>(output, &rel).await?.ok_or_else(|| {
-        Error::Usage(format!(
-            "run {} of {run_date} is not committed (no {})",
-            run_id.unwrap_or("(latest)"),
-            output.child(&rel).url()
-        ))
-    })
+    write::get_json::<Manifest>(output, &rel)
+        .await?
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "run {} of {run_date} is not committed (no {})",
+                run_id.unwrap_or("(latest)"),
+                output.child(&rel).url()
+            ))
+        })
 }
 
 async fn load_targets(
@@ -378,7 +390,11 @@ async fn load_targets(
         };
         let target_name = |c: &str| -> String {
             if is_replica {
-                entity.rename.get(c).cloned().unwrap_or_else(|| c.to_string())
+                entity
+                    .rename
+                    .get(c)
+                    .cloned()
+                    .unwrap_or_else(|| c.to_string())
             } else {
                 c.to_string()
             }
@@ -428,7 +444,10 @@ async fn load_targets(
 }
 
 /// Reads one correction file (small: the guardrail caps corrections at a share of rows).
-pub(crate) async fn read_corrections(output: &store::Location, rel: &str) -> Result<Vec<Correction>> {
+pub(crate) async fn read_corrections(
+    output: &store::Location,
+    rel: &str,
+) -> Result<Vec<Correction>> {
     let location = output.child(rel);
     let storage = |source| Error::Storage {
         location: location.url(),
@@ -452,7 +471,10 @@ pub(crate) async fn read_corrections(output: &store::Location, rel: &str) -> Res
     let mut out = Vec::new();
     for b in &batches {
         let schema = b.schema();
-        let col = |n: &str| b.column_by_name(n).ok_or_else(|| bad(format!("no column `{n}`")));
+        let col = |n: &str| {
+            b.column_by_name(n)
+                .ok_or_else(|| bad(format!("no column `{n}`")))
+        };
         let ids = col("correction_id")?.as_string::<i32>().clone();
         let ops = col("op")?.as_string::<i32>().clone();
         let changed = col("changed_fields")?.as_list::<i32>().clone();
@@ -484,13 +506,20 @@ pub(crate) async fn read_corrections(output: &store::Location, rel: &str) -> Res
                     .fields()
                     .iter()
                     .zip(expected.columns())
-                    .map(|(f, a)| Ok((f.name().clone(), Value::from_array(a.as_ref(), r).map_err(&bad)?)))
+                    .map(|(f, a)| {
+                        Ok((
+                            f.name().clone(),
+                            Value::from_array(a.as_ref(), r).map_err(&bad)?,
+                        ))
+                    })
                     .collect::<Result<Vec<_>>>()?
             };
             out.push(Correction {
                 id: ids.value(r).to_string(),
                 op: ops.value(r).to_string(),
-                changed: (0..names.len()).map(|i| names.value(i).to_string()).collect(),
+                changed: (0..names.len())
+                    .map(|i| names.value(i).to_string())
+                    .collect(),
                 values,
                 expected: exp,
             });
@@ -514,7 +543,11 @@ async fn write_report(
         Field::new("op", DataType::Utf8, false),
         Field::new("outcome", DataType::Utf8, false),
         Field::new("message", DataType::Utf8, true),
-        Field::new("at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new(
+            "at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
     ]));
     let mut cols: Vec<StringBuilder> = (0..8).map(|_| StringBuilder::new()).collect();
     let mut at = TimestampMicrosecondBuilder::new();
@@ -540,7 +573,8 @@ async fn write_report(
         }
         at.append_value(now);
     }
-    let mut arrays: Vec<Arc<dyn Array>> = cols.iter_mut().map(|c| Arc::new(c.finish()) as _).collect();
+    let mut arrays: Vec<Arc<dyn Array>> =
+        cols.iter_mut().map(|c| Arc::new(c.finish()) as _).collect();
     arrays.push(Arc::new(at.finish().with_timezone("UTC")));
     let batch = RecordBatch::try_new(schema.clone(), arrays)
         .map_err(|e| Error::Internal(format!("apply report: {e}")))?;

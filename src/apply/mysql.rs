@@ -42,13 +42,20 @@ fn statement(target: &Target, c: &Correction) -> (String, Vec<mysql_async::Value
     let t = q(&target.table);
     let keys: Vec<mysql_async::Value> = target.key.iter().map(|k| c.value(k).to_mysql()).collect();
     let guards = guard_cols(target, c);
-    let guard_sql: String = guards.iter().map(|(col, _)| format!(" AND {} <=> ?", q(col))).collect();
+    let guard_sql: String = guards
+        .iter()
+        .map(|(col, _)| format!(" AND {} <=> ?", q(col)))
+        .collect();
     let guard_params = guards.iter().map(|(_, v)| v.to_mysql());
     match c.op.as_str() {
         "insert" => (
             format!(
                 "INSERT INTO {t} ({}) VALUES ({})",
-                c.values.iter().map(|(k, _)| q(k)).collect::<Vec<_>>().join(", "),
+                c.values
+                    .iter()
+                    .map(|(k, _)| q(k))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 vec!["?"; c.values.len()].join(", ")
             ),
             c.values.iter().map(|(_, v)| v.to_mysql()).collect(),
@@ -60,7 +67,11 @@ fn statement(target: &Target, c: &Correction) -> (String, Vec<mysql_async::Value
         _ => (
             format!(
                 "UPDATE {t} SET {} WHERE {}{guard_sql}",
-                c.changed.iter().map(|f| format!("{} = ?", q(f))).collect::<Vec<_>>().join(", "),
+                c.changed
+                    .iter()
+                    .map(|f| format!("{} = ?", q(f)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 key_where(target)
             ),
             c.changed
@@ -77,21 +88,29 @@ pub(crate) fn statement_text(target: &Target, c: &Correction) -> String {
     let (sql, params) = statement(target, c);
     format!(
         "{sql};  -- parameters: {}",
-        params.iter().map(|p| p.as_sql(false)).collect::<Vec<_>>().join(", ")
+        params
+            .iter()
+            .map(|p| p.as_sql(false))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
 impl My {
     pub(crate) async fn connect(system: &str, url: &str) -> Result<Self> {
         let opts = Opts::from_url(url).map_err(|e| {
-            Error::Usage(format!("system `{system}`: the connection URL is not a MySQL URL: {e}"))
+            Error::Usage(format!(
+                "system `{system}`: the connection URL is not a MySQL URL: {e}"
+            ))
         })?;
         // Affected rows count matched rows, so an update to equal values is not "stale".
         let opts = OptsBuilder::from_opts(opts).client_found_rows(true);
-        let mut conn = Conn::new(opts).await.map_err(|e| Error::SourceUnavailable {
-            system: system.to_string(),
-            message: format!("MySQL: {e}"),
-        })?;
+        let mut conn = Conn::new(opts)
+            .await
+            .map_err(|e| Error::SourceUnavailable {
+                system: system.to_string(),
+                message: format!("MySQL: {e}"),
+            })?;
         conn.query_drop("SET SESSION time_zone = '+00:00'")
             .await
             .map_err(|e| Error::SourceUnavailable {
@@ -136,7 +155,10 @@ impl My {
             .await
             .map_err(|e| fail("starting a transaction", e))?;
         let placeholders = vec!["?"; batch.len()].join(", ");
-        let ids: Vec<mysql_async::Value> = batch.iter().map(|c| mysql_async::Value::from(c.id.as_str())).collect();
+        let ids: Vec<mysql_async::Value> = batch
+            .iter()
+            .map(|c| mysql_async::Value::from(c.id.as_str()))
+            .collect();
         let seen: super::Seen = tx
             .exec::<String, _, _>(
                 format!("SELECT correction_id FROM {LEDGER_TABLE} WHERE correction_id IN ({placeholders})"),
@@ -155,13 +177,20 @@ impl My {
                 outcomes.push(Outcome::AlreadyApplied);
                 continue;
             }
-            tx.query_drop("SAVEPOINT recon_correction").await.map_err(|e| fail("savepoint", e))?;
+            tx.query_drop("SAVEPOINT recon_correction")
+                .await
+                .map_err(|e| fail("savepoint", e))?;
             let result: std::result::Result<Outcome, mysql_async::Error> = async {
                 let n = if c.op == "insert" {
-                    let keys: Vec<mysql_async::Value> = target.key.iter().map(|k| c.value(k).to_mysql()).collect();
+                    let keys: Vec<mysql_async::Value> =
+                        target.key.iter().map(|k| c.value(k).to_mysql()).collect();
                     let exists: Option<u8> = tx
                         .exec_first(
-                            format!("SELECT 1 FROM {} WHERE {} LIMIT 1 FOR UPDATE", q(&target.table), key_where(target)),
+                            format!(
+                                "SELECT 1 FROM {} WHERE {} LIMIT 1 FOR UPDATE",
+                                q(&target.table),
+                                key_where(target)
+                            ),
                             keys.clone(),
                         )
                         .await?;
@@ -172,12 +201,18 @@ impl My {
                             tx.affected_rows()
                         }
                         (Some(_), Some(soft)) => {
-                            let cols: Vec<&(String, super::Value)> =
-                                c.values.iter().filter(|(k, _)| !target.key.contains(k)).collect();
+                            let cols: Vec<&(String, super::Value)> = c
+                                .values
+                                .iter()
+                                .filter(|(k, _)| !target.key.contains(k))
+                                .collect();
                             let sql = format!(
                                 "UPDATE {} SET {} WHERE {} AND {}",
                                 q(&target.table),
-                                cols.iter().map(|(k, _)| format!("{} = ?", q(k))).collect::<Vec<_>>().join(", "),
+                                cols.iter()
+                                    .map(|(k, _)| format!("{} = ?", q(k)))
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
                                 key_where(target),
                                 soft_deleted(soft)
                             );
@@ -193,10 +228,21 @@ impl My {
                     tx.exec_drop(sql, params).await?;
                     tx.affected_rows()
                 };
-                let outcome = if n > 0 { Outcome::Applied } else { Outcome::Stale };
+                let outcome = if n > 0 {
+                    Outcome::Applied
+                } else {
+                    Outcome::Stale
+                };
                 tx.exec_drop(
                     ledger.as_str(),
-                    (c.id.as_str(), ctx.job, ctx.run_id, target.entity.as_str(), c.op.as_str(), outcome.as_str()),
+                    (
+                        c.id.as_str(),
+                        ctx.job,
+                        ctx.run_id,
+                        target.entity.as_str(),
+                        c.op.as_str(),
+                        outcome.as_str(),
+                    ),
                 )
                 .await?;
                 Ok(outcome)
@@ -204,7 +250,9 @@ impl My {
             .await;
             match result {
                 Ok(o) => {
-                    tx.query_drop("RELEASE SAVEPOINT recon_correction").await.map_err(|e| fail("savepoint", e))?;
+                    tx.query_drop("RELEASE SAVEPOINT recon_correction")
+                        .await
+                        .map_err(|e| fail("savepoint", e))?;
                     outcomes.push(o);
                 }
                 Err(mysql_async::Error::Server(s)) => {
@@ -216,28 +264,51 @@ impl My {
                 Err(e) => return Err(fail("applying a correction", e)),
             }
         }
-        tx.commit().await.map_err(|e| fail("committing a batch", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| fail("committing a batch", e))?;
         Ok(outcomes)
     }
 
-    pub(crate) async fn check(&mut self, target: &Target, batch: &[&Correction]) -> Result<Vec<Outcome>> {
+    pub(crate) async fn check(
+        &mut self,
+        target: &Target,
+        batch: &[&Correction],
+    ) -> Result<Vec<Outcome>> {
         let mut out = Vec::with_capacity(batch.len());
         for c in batch {
-            let keys: Vec<mysql_async::Value> = target.key.iter().map(|k| c.value(k).to_mysql()).collect();
+            let keys: Vec<mysql_async::Value> =
+                target.key.iter().map(|k| c.value(k).to_mysql()).collect();
             let t = q(&target.table);
             let n: Option<u64> = if c.op == "insert" {
                 let exists: Option<u64> = self
                     .conn
-                    .exec_first(format!("SELECT count(*) FROM {t} WHERE {}", key_where(target)), keys.clone())
+                    .exec_first(
+                        format!("SELECT count(*) FROM {t} WHERE {}", key_where(target)),
+                        keys.clone(),
+                    )
                     .await
-                    .map_err(|e| Error::SourceUnavailable { system: self.system.clone(), message: e.to_string() })?;
+                    .map_err(|e| Error::SourceUnavailable {
+                        system: self.system.clone(),
+                        message: e.to_string(),
+                    })?;
                 match (exists, &target.soft) {
                     (Some(0), _) => Some(1),
                     (_, Some(soft)) => self
                         .conn
-                        .exec_first(format!("SELECT count(*) FROM {t} WHERE {} AND {}", key_where(target), soft_deleted(soft)), keys)
+                        .exec_first(
+                            format!(
+                                "SELECT count(*) FROM {t} WHERE {} AND {}",
+                                key_where(target),
+                                soft_deleted(soft)
+                            ),
+                            keys,
+                        )
                         .await
-                        .map_err(|e| Error::SourceUnavailable { system: self.system.clone(), message: e.to_string() })?,
+                        .map_err(|e| Error::SourceUnavailable {
+                            system: self.system.clone(),
+                            message: e.to_string(),
+                        })?,
                     _ => Some(0),
                 }
             } else {
@@ -245,15 +316,28 @@ impl My {
                 let sql = format!(
                     "SELECT count(*) FROM {t} WHERE {}{}",
                     key_where(target),
-                    guards.iter().map(|(col, _)| format!(" AND {} <=> ?", q(col))).collect::<String>()
+                    guards
+                        .iter()
+                        .map(|(col, _)| format!(" AND {} <=> ?", q(col)))
+                        .collect::<String>()
                 );
-                let params: Vec<mysql_async::Value> = keys.into_iter().chain(guards.iter().map(|(_, v)| v.to_mysql())).collect();
+                let params: Vec<mysql_async::Value> = keys
+                    .into_iter()
+                    .chain(guards.iter().map(|(_, v)| v.to_mysql()))
+                    .collect();
                 self.conn
                     .exec_first(sql, params)
                     .await
-                    .map_err(|e| Error::SourceUnavailable { system: self.system.clone(), message: e.to_string() })?
+                    .map_err(|e| Error::SourceUnavailable {
+                        system: self.system.clone(),
+                        message: e.to_string(),
+                    })?
             };
-            out.push(if n.unwrap_or(0) > 0 { Outcome::WouldApply } else { Outcome::Stale });
+            out.push(if n.unwrap_or(0) > 0 {
+                Outcome::WouldApply
+            } else {
+                Outcome::Stale
+            });
         }
         Ok(out)
     }

@@ -18,8 +18,10 @@ fn q(name: &str) -> String {
 }
 
 fn json_of(pairs: &[(String, Value)]) -> String {
-    let map: serde_json::Map<String, serde_json::Value> =
-        pairs.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+    let map: serde_json::Map<String, serde_json::Value> = pairs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_json()))
+        .collect();
     serde_json::Value::Object(map).to_string()
 }
 
@@ -58,7 +60,10 @@ pub(crate) fn statement(target: &Target, c: &Correction) -> String {
             format!(
                 "INSERT INTO {t} ({}) SELECT {} FROM {} AS r WHERE NOT EXISTS (SELECT 1 FROM {t} AS t WHERE {})",
                 cols.join(", "),
-                cols.iter().map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", "),
+                cols.iter()
+                    .map(|c| format!("r.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 rec(1),
                 keys(target)
             )
@@ -118,12 +123,13 @@ pub(crate) fn statement_text(target: &Target, c: &Correction) -> String {
 
 impl Pg {
     pub(crate) async fn connect(system: &str, url: &str) -> Result<Self> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(|e| {
-            Error::SourceUnavailable {
-                system: system.to_string(),
-                message: format!("PostgreSQL: {e}"),
-            }
-        })?;
+        let (client, connection) =
+            tokio_postgres::connect(url, NoTls)
+                .await
+                .map_err(|e| Error::SourceUnavailable {
+                    system: system.to_string(),
+                    message: format!("PostgreSQL: {e}"),
+                })?;
         tokio::spawn(connection);
         Ok(Pg {
             system: system.to_string(),
@@ -132,7 +138,10 @@ impl Pg {
     }
 
     fn fail(&self, what: &str, e: tokio_postgres::Error) -> Error {
-        let detail = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+        let detail = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string());
         if e.as_db_error().is_some() {
             Error::Usage(format!("apply to {}: {what}: {detail}", self.system))
         } else {
@@ -161,7 +170,10 @@ impl Pg {
     ) -> Result<Vec<Outcome>> {
         let system = self.system.clone();
         let fail = |what: &str, e: tokio_postgres::Error| {
-            let detail = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+            let detail = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| e.to_string());
             Error::SourceUnavailable {
                 system: system.clone(),
                 message: format!("apply: {what}: {detail}"),
@@ -192,24 +204,39 @@ impl Pg {
                 outcomes.push(Outcome::AlreadyApplied);
                 continue;
             }
-            let sp = tx.savepoint("recon_correction").await.map_err(|e| fail("savepoint", e))?;
+            let sp = tx
+                .savepoint("recon_correction")
+                .await
+                .map_err(|e| fail("savepoint", e))?;
             let values = json_of(&c.values);
             let expected = json_of(&c.expected);
             let result = async {
                 let mut n = if c.op == "insert" {
                     sp.execute(&statement(target, c), &[&values]).await?
                 } else {
-                    sp.execute(&statement(target, c), &[&values, &expected]).await?
+                    sp.execute(&statement(target, c), &[&values, &expected])
+                        .await?
                 };
                 if n == 0 && c.op == "insert" {
                     if let Some(soft) = &target.soft {
                         n = sp.execute(&revive(target, c, soft), &[&values]).await?;
                     }
                 }
-                let outcome = if n > 0 { Outcome::Applied } else { Outcome::Stale };
+                let outcome = if n > 0 {
+                    Outcome::Applied
+                } else {
+                    Outcome::Stale
+                };
                 sp.execute(
                     &ledger,
-                    &[&c.id, &ctx.job, &ctx.run_id, &target.entity, &c.op, &outcome.as_str()],
+                    &[
+                        &c.id,
+                        &ctx.job,
+                        &ctx.run_id,
+                        &target.entity,
+                        &c.op,
+                        &outcome.as_str(),
+                    ],
                 )
                 .await?;
                 Ok::<_, tokio_postgres::Error>(outcome)
@@ -217,23 +244,36 @@ impl Pg {
             .await;
             match result {
                 Ok(o) => {
-                    sp.commit().await.map_err(|e| fail("releasing a savepoint", e))?;
+                    sp.commit()
+                        .await
+                        .map_err(|e| fail("releasing a savepoint", e))?;
                     outcomes.push(o);
                 }
                 Err(e) if e.as_db_error().is_some() => {
-                    let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
-                    sp.rollback().await.map_err(|e| fail("rolling back a savepoint", e))?;
+                    let msg = e
+                        .as_db_error()
+                        .map(|d| d.message().to_string())
+                        .unwrap_or_default();
+                    sp.rollback()
+                        .await
+                        .map_err(|e| fail("rolling back a savepoint", e))?;
                     outcomes.push(Outcome::Failed(msg));
                 }
                 Err(e) => return Err(fail("applying a correction", e)),
             }
         }
-        tx.commit().await.map_err(|e| fail("committing a batch", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| fail("committing a batch", e))?;
         Ok(outcomes)
     }
 
     /// Dry run: whether each correction's guard matches now; nothing is written.
-    pub(crate) async fn check(&mut self, target: &Target, batch: &[&Correction]) -> Result<Vec<Outcome>> {
+    pub(crate) async fn check(
+        &mut self,
+        target: &Target,
+        batch: &[&Correction],
+    ) -> Result<Vec<Outcome>> {
         let t = q(&target.table);
         let mut out = Vec::with_capacity(batch.len());
         for c in batch {
@@ -244,14 +284,25 @@ impl Pg {
                     "SELECT count(*) FROM json_populate_record(NULL::{t}, $1::text::json) AS r WHERE NOT EXISTS (SELECT 1 FROM {t} AS t WHERE {})",
                     keys(target)
                 );
-                let n: i64 = self.client.query_one(&sql, &[&values]).await.map_err(|e| self.fail("dry run", e))?.get(0);
-                if n == 0 && let Some(soft) = &target.soft {
+                let n: i64 = self
+                    .client
+                    .query_one(&sql, &[&values])
+                    .await
+                    .map_err(|e| self.fail("dry run", e))?
+                    .get(0);
+                if n == 0
+                    && let Some(soft) = &target.soft
+                {
                     let sql = format!(
                         "SELECT count(*) FROM {t} AS t, json_populate_record(NULL::{t}, $1::text::json) AS r WHERE {} AND {}",
                         keys(target),
                         soft_deleted(soft)
                     );
-                    self.client.query_one(&sql, &[&values]).await.map_err(|e| self.fail("dry run", e))?.get(0)
+                    self.client
+                        .query_one(&sql, &[&values])
+                        .await
+                        .map_err(|e| self.fail("dry run", e))?
+                        .get(0)
                 } else {
                     n
                 }
@@ -261,9 +312,17 @@ impl Pg {
                     keys(target),
                     guards(target, c)
                 );
-                self.client.query_one(&sql, &[&values, &expected]).await.map_err(|e| self.fail("dry run", e))?.get(0)
+                self.client
+                    .query_one(&sql, &[&values, &expected])
+                    .await
+                    .map_err(|e| self.fail("dry run", e))?
+                    .get(0)
             };
-            out.push(if matches > 0 { Outcome::WouldApply } else { Outcome::Stale });
+            out.push(if matches > 0 {
+                Outcome::WouldApply
+            } else {
+                Outcome::Stale
+            });
         }
         Ok(out)
     }

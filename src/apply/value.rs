@@ -2,10 +2,9 @@
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{
-    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int8Type, Int16Type,
-    Int32Type, Int64Type, Time64MicrosecondType, TimeUnit, TimestampMicrosecondType,
-    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type,
-    UInt16Type, UInt32Type, UInt64Type,
+    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type,
+    Int64Type, Time64MicrosecondType, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 
@@ -21,7 +20,10 @@ pub enum Value {
     Bool(bool),
     Date(NaiveDate),
     /// A timestamp; `utc` when the column is zoned (values are UTC).
-    Timestamp { at: NaiveDateTime, utc: bool },
+    Timestamp {
+        at: NaiveDateTime,
+        utc: bool,
+    },
     Time(NaiveTime),
     Bytes(Vec<u8>),
 }
@@ -51,9 +53,9 @@ impl Value {
             DataType::UInt64 => Value::UInt(a.as_primitive::<UInt64Type>().value(i)),
             DataType::Float32 => Value::Float(a.as_primitive::<Float32Type>().value(i) as f64),
             DataType::Float64 => Value::Float(a.as_primitive::<Float64Type>().value(i)),
-            DataType::Decimal128(_, _) => Value::Decimal(
-                a.as_primitive::<Decimal128Type>().value_as_string(i),
-            ),
+            DataType::Decimal128(_, _) => {
+                Value::Decimal(a.as_primitive::<Decimal128Type>().value_as_string(i))
+            }
             DataType::Utf8 => Value::Text(a.as_string::<i32>().value(i).to_string()),
             DataType::LargeUtf8 => Value::Text(a.as_string::<i64>().value(i).to_string()),
             DataType::Utf8View => Value::Text(a.as_string_view().value(i).to_string()),

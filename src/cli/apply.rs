@@ -62,16 +62,21 @@ pub async fn run(args: ApplyArgs, global: &GlobalArgs) -> Result<ExitCode> {
     if !global.quiet {
         print(&summary, args.format);
     }
-    Ok(if summary.dry_run || summary.total("stale") + summary.total("failed") == 0 {
-        ExitCode::Success
-    } else {
-        ExitCode::Partial
-    })
+    Ok(
+        if summary.dry_run || summary.total("stale") + summary.total("failed") == 0 {
+            ExitCode::Success
+        } else {
+            ExitCode::Partial
+        },
+    )
 }
 
 fn print(s: &ApplySummary, format: Format) {
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(s).expect("summary serialises")),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(s).expect("summary serialises")
+        ),
         Format::Text => {
             println!(
                 "apply {} of run {} ({}) to {}{}",
@@ -79,18 +84,31 @@ fn print(s: &ApplySummary, format: Format) {
                 s.run_id,
                 s.run_date,
                 s.system,
-                if s.dry_run { " (dry run: nothing written)" } else { "" }
+                if s.dry_run {
+                    " (dry run: nothing written)"
+                } else {
+                    ""
+                }
             );
             for stmt in &s.statements {
                 println!("{stmt}");
             }
-            println!("{:<16} {:<12} {:>8} {:>8} {:>16} {:>8} {:>12}", "entity", "op", "applied", "stale", "already_applied", "failed", "would_apply");
+            println!(
+                "{:<16} {:<12} {:>8} {:>8} {:>16} {:>8} {:>12}",
+                "entity", "op", "applied", "stale", "already_applied", "failed", "would_apply"
+            );
             for (entity, ops) in &s.counts {
                 for (op, o) in ops {
                     let n = |k: &str| o.get(k).copied().unwrap_or(0);
                     println!(
                         "{:<16} {:<12} {:>8} {:>8} {:>16} {:>8} {:>12}",
-                        entity, op, n("applied"), n("stale"), n("already_applied"), n("failed"), n("would_apply")
+                        entity,
+                        op,
+                        n("applied"),
+                        n("stale"),
+                        n("already_applied"),
+                        n("failed"),
+                        n("would_apply")
                     );
                 }
             }

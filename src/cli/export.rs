@@ -82,7 +82,10 @@ pub fn print_report(r: &ExportReport, format: Format) {
             serde_json::to_string_pretty(r).expect("report serialises")
         ),
         Format::Text => {
-            println!("{:<12} {:<16} {:>12} {:>12} {:>9}  snapshot", "system", "entity", "rows", "bytes", "seconds");
+            println!(
+                "{:<12} {:<16} {:>12} {:>12} {:>9}  snapshot",
+                "system", "entity", "rows", "bytes", "seconds"
+            );
             for s in &r.systems {
                 for e in &s.entities {
                     println!(

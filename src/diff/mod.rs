@@ -566,11 +566,10 @@ impl<'a> Classifier<'a> {
             if let Some(sink) = c.sink {
                 correction_files.push(
                     sink.finish(FileEntry {
-                            kind: "corrections",
-                            entity: Some(entity.clone()),
-                            system: Some(c.system.clone()),
-                        },
-                    )
+                        kind: "corrections",
+                        entity: Some(entity.clone()),
+                        system: Some(c.system.clone()),
+                    })
                     .await?,
                 );
             }

@@ -44,11 +44,9 @@ impl ColumnBuilder {
             DataType::Boolean => ColumnBuilder::Boolean(BooleanBuilder::with_capacity(capacity)),
             DataType::Utf8 => ColumnBuilder::Utf8(StringBuilder::with_capacity(capacity, 0)),
             DataType::Binary => ColumnBuilder::Binary(BinaryBuilder::with_capacity(capacity, 0)),
-            DataType::Decimal128(p, s) => ColumnBuilder::Decimal(
-                Decimal128Builder::with_capacity(capacity),
-                *p,
-                *s,
-            ),
+            DataType::Decimal128(p, s) => {
+                ColumnBuilder::Decimal(Decimal128Builder::with_capacity(capacity), *p, *s)
+            }
             DataType::Date32 => ColumnBuilder::Date32(Date32Builder::with_capacity(capacity)),
             DataType::Time64(TimeUnit::Microsecond) => {
                 ColumnBuilder::Time64(Time64MicrosecondBuilder::with_capacity(capacity))
@@ -177,7 +175,9 @@ pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Result<i128, Strin
             .ok_or_else(|| format!("`{text}` does not fit decimal({precision},{scale})"))?;
     }
     if v >= 10i128.pow(precision as u32) {
-        return Err(format!("`{text}` does not fit decimal({precision},{scale})"));
+        return Err(format!(
+            "`{text}` does not fit decimal({precision},{scale})"
+        ));
     }
     Ok(if neg { -v } else { v })
 }
@@ -185,8 +185,10 @@ pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Result<i128, Strin
 pub fn parse_date(text: &str) -> Result<i32, String> {
     let d = chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
         .map_err(|_| format!("`{text}` is not a date (YYYY-MM-DD)"))?;
-    Ok(d.signed_duration_since(chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch"))
-        .num_days() as i32)
+    Ok(
+        d.signed_duration_since(chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch"))
+            .num_days() as i32,
+    )
 }
 
 fn parse_time(text: &str) -> Result<i64, String> {
@@ -233,8 +235,13 @@ impl BatchBuilder {
             .fields()
             .iter()
             .map(|f| {
-                ColumnBuilder::new(f.data_type(), capacity)
-                    .ok_or_else(|| format!("column `{}`: type {} cannot be exported", f.name(), f.data_type()))
+                ColumnBuilder::new(f.data_type(), capacity).ok_or_else(|| {
+                    format!(
+                        "column `{}`: type {} cannot be exported",
+                        f.name(),
+                        f.data_type()
+                    )
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(BatchBuilder {
@@ -277,16 +284,30 @@ mod tests {
         assert_eq!(parse_decimal("-0.01", 10, 2), Ok(-1));
         assert_eq!(parse_decimal("7", 10, 0), Ok(7));
         assert_eq!(parse_decimal("1.230", 10, 2), Ok(123));
-        assert!(parse_decimal("1.234", 10, 2).unwrap_err().contains("decimal places"));
-        assert!(parse_decimal("1000", 3, 0).unwrap_err().contains("does not fit"));
+        assert!(
+            parse_decimal("1.234", 10, 2)
+                .unwrap_err()
+                .contains("decimal places")
+        );
+        assert!(
+            parse_decimal("1000", 3, 0)
+                .unwrap_err()
+                .contains("does not fit")
+        );
         assert!(parse_decimal("1e3", 10, 0).is_err());
     }
 
     #[test]
     fn timestamps_apply_offsets() {
         let utc = parse_timestamp("2024-06-01T10:00:00Z", true).unwrap();
-        assert_eq!(parse_timestamp("2024-06-01 12:00:00+02:00", true).unwrap(), utc);
+        assert_eq!(
+            parse_timestamp("2024-06-01 12:00:00+02:00", true).unwrap(),
+            utc
+        );
         assert_eq!(parse_timestamp("2024-06-01 10:00:00", true).unwrap(), utc);
-        assert_eq!(parse_timestamp("2024-06-01 10:00:00.5", true).unwrap(), utc + 500_000);
+        assert_eq!(
+            parse_timestamp("2024-06-01 10:00:00.5", true).unwrap(),
+            utc + 500_000
+        );
     }
 }

@@ -61,8 +61,12 @@ pub(crate) struct RawPagination {
 /// How one system is exported.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExporterKind {
-    Postgres { url_env: String },
-    Mysql { url_env: String },
+    Postgres {
+        url_env: String,
+    },
+    Mysql {
+        url_env: String,
+    },
     Http(HttpExporter),
     Files,
     /// Already exported by another tool: read as is.
@@ -210,10 +214,7 @@ pub(crate) fn parse_exporter(
         ];
         for (key, set) in given {
             if set && !allowed.contains(&key) {
-                return Err(format!(
-                    "`{key}` does not apply to kind = \"{}\"",
-                    raw.kind
-                ));
+                return Err(format!("`{key}` does not apply to kind = \"{}\"", raw.kind));
             }
         }
         Ok(())
@@ -229,11 +230,15 @@ pub(crate) fn parse_exporter(
     let kind = match raw.kind.as_str() {
         "postgres" => {
             only(&["url_env", "batch_rows"])?;
-            ExporterKind::Postgres { url_env: url_env()? }
+            ExporterKind::Postgres {
+                url_env: url_env()?,
+            }
         }
         "mysql" | "mariadb" => {
             only(&["url_env", "batch_rows"])?;
-            ExporterKind::Mysql { url_env: url_env()? }
+            ExporterKind::Mysql {
+                url_env: url_env()?,
+            }
         }
         "http" => {
             only(&[
@@ -394,12 +399,20 @@ pub(crate) fn parse_entity_export(
         ExporterKind::Http(_) => {
             given(
                 &keys,
-                &["path", "records", "pagination", "params", "columns", "json_paths"],
+                &[
+                    "path",
+                    "records",
+                    "pagination",
+                    "params",
+                    "columns",
+                    "json_paths",
+                ],
             )?;
             let path = raw.path.ok_or("an http export needs path")?;
-            let mut columns = parse_columns(raw.columns.as_deref().ok_or(
-                "an http export needs columns, e.g. [\"id bigint\", \"email text\"]",
-            )?)?;
+            let mut columns =
+                parse_columns(raw.columns.as_deref().ok_or(
+                    "an http export needs columns, e.g. [\"id bigint\", \"email text\"]",
+                )?)?;
             for (col, jp) in &raw.json_paths {
                 let c = columns
                     .iter_mut()
@@ -457,7 +470,9 @@ pub(crate) fn parse_entity_export(
                 &keys,
                 &["path", "format", "columns", "has_header", "delimiter"],
             )?;
-            let path = raw.path.ok_or("a files export needs path (a file or a prefix)")?;
+            let path = raw
+                .path
+                .ok_or("a files export needs path (a file or a prefix)")?;
             let format = match raw.format.as_deref() {
                 Some("csv") => FileFormat::Csv,
                 Some("ndjson" | "jsonl" | "json") => FileFormat::Ndjson,
@@ -505,7 +520,10 @@ pub fn parse_columns(specs: &[String]) -> std::result::Result<Vec<ColumnSpec>, S
     let mut out: Vec<ColumnSpec> = Vec::with_capacity(specs.len());
     for spec in specs {
         let (name, ty) = spec.trim().split_once(char::is_whitespace).ok_or_else(|| {
-            format!("column `{spec}` needs a type, e.g. \"{} bigint\"", spec.trim())
+            format!(
+                "column `{spec}` needs a type, e.g. \"{} bigint\"",
+                spec.trim()
+            )
         })?;
         let ty = ty.trim().to_ascii_lowercase();
         let data_type = parse_type(&ty).ok_or_else(|| {
@@ -574,8 +592,16 @@ mod tests {
             cols[2].data_type,
             DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
         );
-        assert!(parse_columns(&["id".into()]).unwrap_err().contains("needs a type"));
-        assert!(parse_columns(&["id money".into()]).unwrap_err().contains("unknown type"));
+        assert!(
+            parse_columns(&["id".into()])
+                .unwrap_err()
+                .contains("needs a type")
+        );
+        assert!(
+            parse_columns(&["id money".into()])
+                .unwrap_err()
+                .contains("unknown type")
+        );
         assert!(parse_type("decimal(40,2)").is_none());
     }
 }

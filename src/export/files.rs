@@ -122,7 +122,11 @@ pub(crate) async fn export(
                     Some(cols) => {
                         let exprs = cols
                             .iter()
-                            .map(|c| col(format!("\"{}\"", c.name)).cast_to(&c.data_type, df.schema()).map(|e| e.alias(&c.name)))
+                            .map(|c| {
+                                col(format!("\"{}\"", c.name))
+                                    .cast_to(&c.data_type, df.schema())
+                                    .map(|e| e.alias(&c.name))
+                            })
                             .collect::<datafusion::error::Result<Vec<_>>>()
                             .map_err(fail)?;
                         df.select(exprs).map_err(fail)?
@@ -135,7 +139,12 @@ pub(crate) async fn export(
             _ => df.schema().inner().clone(),
         };
         let mut stream = df.execute_stream().await.map_err(fail)?;
-        let mut writer = EntityWriter::new(target, schema.clone(), format!("{:?} {url}", spec.format).to_lowercase(), exporter.batch_rows)?;
+        let mut writer = EntityWriter::new(
+            target,
+            schema.clone(),
+            format!("{:?} {url}", spec.format).to_lowercase(),
+            exporter.batch_rows,
+        )?;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| match e {
                 datafusion::error::DataFusionError::ObjectStore(source) => Error::Storage {
@@ -172,8 +181,8 @@ fn exact_decimals(
                 let text = array
                     .as_string_opt::<i32>()
                     .ok_or_else(|| format!("column `{}` was not read as text", field.name()))?;
-                let mut b = ColumnBuilder::new(field.data_type(), text.len())
-                    .expect("decimal builder");
+                let mut b =
+                    ColumnBuilder::new(field.data_type(), text.len()).expect("decimal builder");
                 for v in text.iter() {
                     match v {
                         None => b.append_null(),

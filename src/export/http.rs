@@ -85,7 +85,11 @@ impl Api<'_> {
             .join(spec.path.trim_start_matches('/'))
             .map_err(|e| data_error(self.system, &entity, format!("path `{}`: {e}", spec.path)))?;
         let source = format!("GET {base}");
-        let schema = schema_of(spec.columns.iter().map(|c| (c.name.clone(), c.data_type.clone())));
+        let schema = schema_of(
+            spec.columns
+                .iter()
+                .map(|c| (c.name.clone(), c.data_type.clone())),
+        );
         let mut batch = BatchBuilder::try_new(schema.clone(), self.batch_rows)
             .map_err(|m| data_error(self.system, &entity, m))?;
         let key_index: Vec<usize> = target
@@ -93,13 +97,16 @@ impl Api<'_> {
             .key
             .iter()
             .map(|k| {
-                spec.columns.iter().position(|c| &c.name == k).ok_or_else(|| {
-                    data_error(
-                        self.system,
-                        &entity,
-                        format!("key column `{k}` is not among the export's declared columns"),
-                    )
-                })
+                spec.columns
+                    .iter()
+                    .position(|c| &c.name == k)
+                    .ok_or_else(|| {
+                        data_error(
+                            self.system,
+                            &entity,
+                            format!("key column `{k}` is not among the export's declared columns"),
+                        )
+                    })
             })
             .collect::<Result<_>>()?;
         let mut writer = EntityWriter::new(target, schema, source, self.batch_rows)?;
@@ -117,7 +124,11 @@ impl Api<'_> {
             };
             let page = self.fetch(&entity, page_no, url).await?;
             let at = |m: String| {
-                data_error(self.system, &entity, format!("page {page_no} ({}): {m}", page.url))
+                data_error(
+                    self.system,
+                    &entity,
+                    format!("page {page_no} ({}): {m}", page.url),
+                )
             };
             let body: &RawValue = serde_json::from_slice(&page.body)
                 .map_err(|e| at(format!("malformed JSON: {e}")))?;
@@ -127,7 +138,11 @@ impl Api<'_> {
             let records: Vec<&RawValue> = serde_json::from_str(records_raw.get()).map_err(|e| {
                 at(format!(
                     "`{}` is not an array of records: {e}",
-                    if spec.records.is_empty() { "the body".to_string() } else { spec.records.join(".") }
+                    if spec.records.is_empty() {
+                        "the body".to_string()
+                    } else {
+                        spec.records.join(".")
+                    }
                 ))
             })?;
             let count = records.len() as u64;
@@ -146,7 +161,11 @@ impl Api<'_> {
                         .iter()
                         .map(|&k| {
                             let raw = field(&fields, &spec.columns[k].json_path).ok().flatten();
-                            format!("{}={}", spec.columns[k].name, raw.map(RawValue::get).unwrap_or("null"))
+                            format!(
+                                "{}={}",
+                                spec.columns[k].name,
+                                raw.map(RawValue::get).unwrap_or("null")
+                            )
                         })
                         .collect::<Vec<_>>()
                         .join(", ");
@@ -157,7 +176,10 @@ impl Api<'_> {
                 for (c, column) in spec.columns.iter().zip(batch.columns.iter_mut()) {
                     let raw = field(&fields, &c.json_path).map_err(&at)?;
                     append_json(column, &c.type_name, raw).map_err(|m| {
-                        at(format!("record {i}, column `{}` ({}): {m}", c.name, c.type_name))
+                        at(format!(
+                            "record {i}, column `{}` ({}): {m}",
+                            c.name, c.type_name
+                        ))
                     })?;
                 }
                 batch.rows += 1;
@@ -189,7 +211,9 @@ impl Api<'_> {
                 Pagination::NextLink { next_path, .. } => {
                     let next = match next_path {
                         Some(p) => lookup(body, p).map_err(&at)?.and_then(|v| {
-                            serde_json::from_str::<Option<String>>(v.get()).ok().flatten()
+                            serde_json::from_str::<Option<String>>(v.get())
+                                .ok()
+                                .flatten()
                         }),
                         None => page.link_next.clone(),
                     };
@@ -200,7 +224,9 @@ impl Api<'_> {
                                 .join(&n)
                                 .map_err(|e| at(format!("next link `{n}` is not a URL: {e}")))?;
                             if !cursors_seen.insert(u.to_string()) {
-                                return Err(at(format!("the API returned next link `{u}` a second time")));
+                                return Err(at(format!(
+                                    "the API returned next link `{u}` a second time"
+                                )));
                             }
                             next_url = Some(u);
                             true
@@ -225,55 +251,60 @@ impl Api<'_> {
         let mut attempt = 0u32;
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let mut req = self.client.get(url.clone()).header("Accept", "application/json");
+            let mut req = self
+                .client
+                .get(url.clone())
+                .header("Accept", "application/json");
             if let Some(a) = &self.auth {
                 req = req.header(self.http.auth_header.as_str(), a.as_str());
             }
             let outcome: std::result::Result<std::convert::Infallible, (String, Option<Duration>)> =
                 match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let retry_after = resp
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
-                    let link_next = resp
-                        .headers()
-                        .get_all("link")
-                        .iter()
-                        .filter_map(|v| v.to_str().ok())
-                        .find_map(link_next);
-                    if status.is_success() {
-                        match resp.bytes().await {
-                            Ok(body) => {
-                                return Ok(Page {
-                                    url,
-                                    body,
-                                    link_next,
-                                });
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let retry_after = resp
+                            .headers()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                            .map(Duration::from_secs);
+                        let link_next = resp
+                            .headers()
+                            .get_all("link")
+                            .iter()
+                            .filter_map(|v| v.to_str().ok())
+                            .find_map(link_next);
+                        if status.is_success() {
+                            match resp.bytes().await {
+                                Ok(body) => {
+                                    return Ok(Page {
+                                        url,
+                                        body,
+                                        link_next,
+                                    });
+                                }
+                                Err(e) => Err((format!("reading the body: {e}"), None)),
                             }
-                            Err(e) => Err((format!("reading the body: {e}"), None)),
+                        } else if status == StatusCode::TOO_MANY_REQUESTS
+                            || status.is_server_error()
+                        {
+                            Err((format!("HTTP {status}"), retry_after))
+                        } else {
+                            let body = resp.text().await.unwrap_or_default();
+                            let snippet: String = body.chars().take(200).collect();
+                            return Err(data_error(
+                                self.system,
+                                entity,
+                                format!("page {page_no} ({url}): HTTP {status}: {snippet}"),
+                            ));
                         }
-                    } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-                        Err((format!("HTTP {status}"), retry_after))
-                    } else {
-                        let body = resp.text().await.unwrap_or_default();
-                        let snippet: String = body.chars().take(200).collect();
-                        return Err(data_error(
-                            self.system,
-                            entity,
-                            format!("page {page_no} ({url}): HTTP {status}: {snippet}"),
-                        ));
                     }
-                }
-                Err(e) if e.is_timeout() => Err((
-                    format!("no response within {} s", self.http.timeout.as_secs()),
-                    None,
-                )),
-                Err(e) => Err((describe(&e), None)),
-            };
+                    Err(e) if e.is_timeout() => Err((
+                        format!("no response within {} s", self.http.timeout.as_secs()),
+                        None,
+                    )),
+                    Err(e) => Err((describe(&e), None)),
+                };
             let Err((problem, retry_after)) = outcome;
             if attempt >= self.http.max_retries {
                 return Err(Error::SourceUnavailable {
@@ -371,15 +402,17 @@ fn link_next(header: &str) -> Option<String> {
 }
 
 /// Follows a dotted path of object keys; `Ok(None)` when a key is absent or null.
-fn lookup<'a>(value: &'a RawValue, path: &[String]) -> std::result::Result<Option<&'a RawValue>, String> {
+fn lookup<'a>(
+    value: &'a RawValue,
+    path: &[String],
+) -> std::result::Result<Option<&'a RawValue>, String> {
     let mut current = value;
     for (depth, key) in path.iter().enumerate() {
         if current.get() == "null" {
             return Ok(None);
         }
-        let map: HashMap<String, &RawValue> = serde_json::from_str(current.get()).map_err(|_| {
-            format!("`{}` is not an object", path[..depth].join("."))
-        })?;
+        let map: HashMap<String, &RawValue> = serde_json::from_str(current.get())
+            .map_err(|_| format!("`{}` is not an object", path[..depth].join(".")))?;
         match map.get(key.as_str()) {
             Some(v) => current = v,
             None => return Ok(None),
@@ -446,13 +479,20 @@ fn append_json(
             if !numeric_type {
                 return Err(format!("{text} is not a string"));
             }
-            if matches!(c, ColumnBuilder::Int16(_) | ColumnBuilder::Int32(_) | ColumnBuilder::Int64(_) | ColumnBuilder::UInt64(_))
-                && text.contains(['.', 'e', 'E'])
+            if matches!(
+                c,
+                ColumnBuilder::Int16(_)
+                    | ColumnBuilder::Int32(_)
+                    | ColumnBuilder::Int64(_)
+                    | ColumnBuilder::UInt64(_)
+            ) && text.contains(['.', 'e', 'E'])
             {
                 return Err(format!("{text} is not an integer"));
             }
             if matches!(c, ColumnBuilder::Decimal(..)) && text.contains(['e', 'E']) {
-                return Err(format!("{text} is in exponent notation; send decimals as plain numbers or strings"));
+                return Err(format!(
+                    "{text} is in exponent notation; send decimals as plain numbers or strings"
+                ));
             }
             c.append_text(text)?;
         }

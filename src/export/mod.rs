@@ -271,7 +271,11 @@ async fn export_system(
                 message: format!(
                     "entity `{}`: the {system} snapshot is exported, so snapshots.{} must be a folder, not a file ({url})",
                     entity.name,
-                    if system == job.source { "source" } else { "replica" }
+                    if system == job.source {
+                        "source"
+                    } else {
+                        "replica"
+                    }
                 ),
             });
         }
@@ -407,9 +411,8 @@ pub async fn read_manifest(location: &Location) -> Result<Option<SnapshotManifes
             });
         }
     };
-    let manifest: SnapshotManifest = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::Internal(format!("{} is not a snapshot manifest: {e}", child.url()))
-    })?;
+    let manifest: SnapshotManifest = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Internal(format!("{} is not a snapshot manifest: {e}", child.url())))?;
     if manifest.format_version > SNAPSHOT_MANIFEST_FORMAT {
         return Err(Error::Internal(format!(
             "{} has format version {}, newer than this recon reads ({SNAPSHOT_MANIFEST_FORMAT})",
@@ -427,7 +430,9 @@ async fn remove_parts(targets: &[Target<'_>]) {
             let path = t.location.child(part).prefix;
             match t.location.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => warn!(file = %path, error = %e, "could not remove a failed export's part"),
+                Err(e) => {
+                    warn!(file = %path, error = %e, "could not remove a failed export's part")
+                }
             }
         }
     }
@@ -436,8 +441,12 @@ async fn remove_parts(targets: &[Target<'_>]) {
 /// After a commit, removes the parts of older exports from the snapshot folder.
 async fn remove_stale_parts(t: &Target<'_>) {
     let keep = t.part_name();
-    let listed: std::result::Result<Vec<_>, _> =
-        t.location.store.list(Some(&t.location.prefix)).try_collect().await;
+    let listed: std::result::Result<Vec<_>, _> = t
+        .location
+        .store
+        .list(Some(&t.location.prefix))
+        .try_collect()
+        .await;
     let Ok(objects) = listed else {
         return;
     };

@@ -59,7 +59,9 @@ pub(crate) async fn export(
             }
         }
         if let Ok(Some(t)) = conn
-            .query_first::<String, _>("SELECT DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%dT%H:%i:%s.%fZ')")
+            .query_first::<String, _>(
+                "SELECT DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%dT%H:%i:%s.%fZ')",
+            )
             .await
         {
             watermark.insert("snapshot_time".to_string(), t);
@@ -83,9 +85,10 @@ async fn export_entity(
 ) -> Result<()> {
     let entity = target.entity.name.clone();
     let (sql, source) = match target.spec {
-        ExportSpec::Table { table, columns } => {
-            (table_select(table, columns.as_deref(), '`'), format!("table {table}"))
-        }
+        ExportSpec::Table { table, columns } => (
+            table_select(table, columns.as_deref(), '`'),
+            format!("table {table}"),
+        ),
         ExportSpec::Query(q) => (
             q.trim().trim_end_matches(';').to_string(),
             format!("query {}", q.trim()),
@@ -100,16 +103,21 @@ async fn export_entity(
         },
     };
     let mut result = conn.exec_iter(sql.as_str(), ()).await.map_err(sql_error)?;
-    let columns = result.columns().unwrap_or_else(|| std::sync::Arc::from(vec![]));
+    let columns = result
+        .columns()
+        .unwrap_or_else(|| std::sync::Arc::from(vec![]));
     if columns.is_empty() {
-        return Err(data_error(system, &entity, format!("{source}: returns no result set")));
+        return Err(data_error(
+            system,
+            &entity,
+            format!("{source}: returns no result set"),
+        ));
     }
     let mut fields: Vec<(String, DataType)> = Vec::with_capacity(columns.len());
     for col in columns.iter() {
         let name = col.name_str().to_string();
-        let data_type = map_type(col).map_err(|m| {
-            data_error(system, &entity, format!("{source}, column `{name}`: {m}"))
-        })?;
+        let data_type = map_type(col)
+            .map_err(|m| data_error(system, &entity, format!("{source}, column `{name}`: {m}")))?;
         if fields.iter().any(|(n, _)| *n == name) {
             return Err(data_error(
                 system,
@@ -127,7 +135,11 @@ async fn export_entity(
     while let Some(row) = result.next().await.map_err(sql_error)? {
         for (i, column) in batch.columns.iter_mut().enumerate() {
             let value_error = |m: String| {
-                data_error(system, &entity, format!("{source}, column `{}`: {m}", names[i]))
+                data_error(
+                    system,
+                    &entity,
+                    format!("{source}, column `{}`: {m}", names[i]),
+                )
             };
             match row.as_ref(i) {
                 None | Some(Value::NULL) => column.append_null(),
@@ -187,7 +199,10 @@ fn append(column: &mut ColumnBuilder, value: &Value) -> std::result::Result<(), 
         (ColumnBuilder::Float32(b), Value::Float(f)) => b.append_value(*f),
         (ColumnBuilder::Float64(b), Value::Double(d)) => b.append_value(*d),
         (ColumnBuilder::Float64(b), Value::Float(f)) => b.append_value(*f as f64),
-        (c @ (ColumnBuilder::Date32(_) | ColumnBuilder::Timestamp(..)), Value::Date(y, mo, d, h, mi, s, us)) => {
+        (
+            c @ (ColumnBuilder::Date32(_) | ColumnBuilder::Timestamp(..)),
+            Value::Date(y, mo, d, h, mi, s, us),
+        ) => {
             let date = chrono::NaiveDate::from_ymd_opt(*y as i32, *mo as u32, *d as u32).ok_or_else(|| {
                 format!(
                     "zero or invalid date {y:04}-{mo:02}-{d:02} has no Arrow value; filter it or map it with NULLIF in a query"
@@ -195,12 +210,15 @@ fn append(column: &mut ColumnBuilder, value: &Value) -> std::result::Result<(), 
             })?;
             match c {
                 ColumnBuilder::Date32(b) => b.append_value(
-                    (date - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32,
+                    (date - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days()
+                        as i32,
                 ),
                 ColumnBuilder::Timestamp(b, _) => {
                     let t = date
                         .and_hms_micro_opt(*h as u32, *mi as u32, *s as u32, *us)
-                        .ok_or_else(|| format!("invalid time of day {h:02}:{mi:02}:{s:02}.{us:06}"))?;
+                        .ok_or_else(|| {
+                            format!("invalid time of day {h:02}:{mi:02}:{s:02}.{us:06}")
+                        })?;
                     b.append_value(t.and_utc().timestamp_micros())
                 }
                 _ => unreachable!("matched above"),
@@ -212,7 +230,9 @@ fn append(column: &mut ColumnBuilder, value: &Value) -> std::result::Result<(), 
                     "a TIME outside 00:00:00..24:00:00 has no time-of-day value; cast it in a query".into(),
                 );
             }
-            b.append_value(((*h as i64 * 60 + *mi as i64) * 60 + *s as i64) * 1_000_000 + *us as i64)
+            b.append_value(
+                ((*h as i64 * 60 + *mi as i64) * 60 + *s as i64) * 1_000_000 + *us as i64,
+            )
         }
         (_, v) => return Err(format!("unexpected value {v:?} for the column's type")),
     }
@@ -241,9 +261,7 @@ fn map_type(col: &Column) -> std::result::Result<DataType, String> {
         MYSQL_TYPE_NEWDECIMAL | MYSQL_TYPE_DECIMAL => {
             let scale = col.decimals() as u32;
             // Display length = precision, plus the point, plus a sign unless unsigned.
-            let precision = col.column_length()
-                - u32::from(scale > 0)
-                - u32::from(!unsigned);
+            let precision = col.column_length() - u32::from(scale > 0) - u32::from(!unsigned);
             if precision == 0 || precision > 38 || scale > precision {
                 return Err(format!(
                     "type decimal({precision},{scale}) does not fit Arrow's decimal128 (at most 38 digits)"
@@ -261,8 +279,13 @@ fn map_type(col: &Column) -> std::result::Result<DataType, String> {
         }
         MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => DataType::Time64(TimeUnit::Microsecond),
         MYSQL_TYPE_JSON | MYSQL_TYPE_ENUM | MYSQL_TYPE_SET => DataType::Utf8,
-        MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING | MYSQL_TYPE_STRING | MYSQL_TYPE_TINY_BLOB
-        | MYSQL_TYPE_MEDIUM_BLOB | MYSQL_TYPE_LONG_BLOB | MYSQL_TYPE_BLOB => {
+        MYSQL_TYPE_VARCHAR
+        | MYSQL_TYPE_VAR_STRING
+        | MYSQL_TYPE_STRING
+        | MYSQL_TYPE_TINY_BLOB
+        | MYSQL_TYPE_MEDIUM_BLOB
+        | MYSQL_TYPE_LONG_BLOB
+        | MYSQL_TYPE_BLOB => {
             if binary {
                 DataType::Binary
             } else {

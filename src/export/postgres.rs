@@ -80,10 +80,15 @@ async fn export_entity(
             let sql = table_select(table, columns.as_deref(), '"');
             (sql, format!("table {table}"))
         }
-        ExportSpec::Query(q) => (q.trim().trim_end_matches(';').to_string(), format!("query {}", q.trim())),
+        ExportSpec::Query(q) => (
+            q.trim().trim_end_matches(';').to_string(),
+            format!("query {}", q.trim()),
+        ),
         other => unreachable!("validated: {other:?}"),
     };
-    let sql_error = |e: tokio_postgres::Error| data_error(system, &entity, format!("{source}: {}", describe(&e)));
+    let sql_error = |e: tokio_postgres::Error| {
+        data_error(system, &entity, format!("{source}: {}", describe(&e)))
+    };
     let stmt = tx.prepare(&sql).await.map_err(sql_error)?;
     let mut decoders = Vec::with_capacity(stmt.columns().len());
     let mut fields = Vec::with_capacity(stmt.columns().len());
@@ -95,11 +100,17 @@ async fn export_entity(
                 format!("{source}, column `{}`: {m}", col.name()),
             )
         })?;
-        if fields.iter().any(|(n, _): &(String, DataType)| n == col.name()) {
+        if fields
+            .iter()
+            .any(|(n, _): &(String, DataType)| n == col.name())
+        {
             return Err(data_error(
                 system,
                 &entity,
-                format!("{source}: column `{}` appears twice; alias it in a query", col.name()),
+                format!(
+                    "{source}: column `{}` appears twice; alias it in a query",
+                    col.name()
+                ),
             ));
         }
         fields.push((col.name().to_string(), data_type));
@@ -121,7 +132,9 @@ async fn export_entity(
             let parsed = parser
                 .next_row(&decoders, &mut batch.columns)
                 .map_err(|(col, m)| {
-                    let column = col.map(|i| format!(", column `{}`", names[i])).unwrap_or_default();
+                    let column = col
+                        .map(|i| format!(", column `{}`", names[i]))
+                        .unwrap_or_default();
                     data_error(system, &entity, format!("{source}{column}: {m}"))
                 })?;
             match parsed {
@@ -136,7 +149,11 @@ async fn export_entity(
         }
     }
     if !parser.ended {
-        return Err(data_error(system, &entity, format!("{source}: the COPY stream ended early")));
+        return Err(data_error(
+            system,
+            &entity,
+            format!("{source}: the COPY stream ended early"),
+        ));
     }
     if batch.rows > 0 {
         writer.write(&batch.finish()).await?;
@@ -335,7 +352,11 @@ fn be<const N: usize>(v: &[u8]) -> std::result::Result<[u8; N], String> {
         .map_err(|_| format!("a binary value of {} bytes, expected {N}", v.len()))
 }
 
-fn decode(decoder: Decoder, v: &[u8], column: &mut ColumnBuilder) -> std::result::Result<(), String> {
+fn decode(
+    decoder: Decoder,
+    v: &[u8],
+    column: &mut ColumnBuilder,
+) -> std::result::Result<(), String> {
     match (decoder, column) {
         (Decoder::Bool, ColumnBuilder::Boolean(b)) => b.append_value(v.first() == Some(&1)),
         (Decoder::Int2, ColumnBuilder::Int16(b)) => b.append_value(i16::from_be_bytes(be(v)?)),
@@ -357,7 +378,9 @@ fn decode(decoder: Decoder, v: &[u8], column: &mut ColumnBuilder) -> std::result
         (Decoder::Date, ColumnBuilder::Date32(b)) => {
             let days = i32::from_be_bytes(be(v)?);
             if days == i32::MAX || days == i32::MIN {
-                return Err("date 'infinity' has no Arrow value; filter or cast it in a query".into());
+                return Err(
+                    "date 'infinity' has no Arrow value; filter or cast it in a query".into(),
+                );
             }
             b.append_value(
                 days.checked_add(PG_EPOCH_DAYS)
@@ -398,8 +421,14 @@ fn decode_numeric(v: &[u8], precision: u8, scale: i8) -> std::result::Result<i12
     let sign = u16::from_be_bytes([v[4], v[5]]);
     match sign {
         0x0000 | 0x4000 => {}
-        0xC000 => return Err("numeric 'NaN' has no decimal value; filter it or cast in a query".into()),
-        _ => return Err("numeric 'Infinity' has no decimal value; filter it or cast in a query".into()),
+        0xC000 => {
+            return Err("numeric 'NaN' has no decimal value; filter it or cast in a query".into());
+        }
+        _ => {
+            return Err(
+                "numeric 'Infinity' has no decimal value; filter it or cast in a query".into(),
+            );
+        }
     }
     if v.len() != 8 + 2 * ndigits as usize {
         return Err("a numeric value whose length does not match its digit count".into());
@@ -416,7 +445,10 @@ fn decode_numeric(v: &[u8], precision: u8, scale: i8) -> std::result::Result<i12
         let after = if pos >= 0 { 0 } else { 4 * -pos };
         let keep = if pos >= 0 { 4 } else { scale - (after - 4) };
         if keep >= 4 {
-            acc = acc.checked_mul(10_000).and_then(|a| a.checked_add(d)).ok_or_else(overflow)?;
+            acc = acc
+                .checked_mul(10_000)
+                .and_then(|a| a.checked_add(d))
+                .ok_or_else(overflow)?;
             places = after;
         } else if keep <= 0 {
             if d != 0 {
@@ -441,7 +473,11 @@ fn decode_numeric(v: &[u8], precision: u8, scale: i8) -> std::result::Result<i12
         }
     }
     acc = acc
-        .checked_mul(10i128.checked_pow((scale - places) as u32).ok_or_else(overflow)?)
+        .checked_mul(
+            10i128
+                .checked_pow((scale - places) as u32)
+                .ok_or_else(overflow)?,
+        )
         .ok_or_else(overflow)?;
     if acc >= 10i128.pow(precision as u32) {
         return Err(overflow());
@@ -468,11 +504,20 @@ mod tests {
     #[test]
     fn numeric_decodes_exactly() {
         // 12345.67 = [1, 2345, 6700], weight 1
-        assert_eq!(decode_numeric(&numeric(3, 1, false, 2, &[1, 2345, 6700]), 10, 2), Ok(1234567));
+        assert_eq!(
+            decode_numeric(&numeric(3, 1, false, 2, &[1, 2345, 6700]), 10, 2),
+            Ok(1234567)
+        );
         // -0.05 = [500], weight -1
-        assert_eq!(decode_numeric(&numeric(1, -1, true, 2, &[500]), 10, 2), Ok(-5));
+        assert_eq!(
+            decode_numeric(&numeric(1, -1, true, 2, &[500]), 10, 2),
+            Ok(-5)
+        );
         // 20000 = [2], weight 1 (trailing zero groups dropped)
-        assert_eq!(decode_numeric(&numeric(1, 1, false, 0, &[2]), 10, 2), Ok(2_000_000));
+        assert_eq!(
+            decode_numeric(&numeric(1, 1, false, 0, &[2]), 10, 2),
+            Ok(2_000_000)
+        );
         // 0
         assert_eq!(decode_numeric(&numeric(0, 0, false, 2, &[]), 10, 2), Ok(0));
         // 38 digits: 1234567890123456789012345678.0123456789 at scale 10
@@ -483,6 +528,9 @@ mod tests {
         );
         // 1.23456 at scale 4 has a digit too many; 1.2345 does not
         assert!(decode_numeric(&numeric(3, 0, false, 5, &[1, 2345, 6000]), 10, 4).is_err());
-        assert_eq!(decode_numeric(&numeric(2, 0, false, 4, &[1, 2345]), 10, 4), Ok(12345));
+        assert_eq!(
+            decode_numeric(&numeric(2, 0, false, 4, &[1, 2345]), 10, 4),
+            Ok(12345)
+        );
     }
 }

@@ -139,13 +139,29 @@ depends_on = ["users"]
     }
 
     fn run(&self) -> serde_json::Value {
-        let out = self.recon(&["run", "--job", "job.toml", "--run-date", DATE, "--format", "json"]);
+        let out = self.recon(&[
+            "run",
+            "--job",
+            "job.toml",
+            "--run-date",
+            DATE,
+            "--format",
+            "json",
+        ]);
         assert!(out.status.success(), "{}", text(&out));
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
     fn apply(&self, extra: &[&str]) -> Output {
-        let mut args = vec!["apply", "--job", "job.toml", "--run-date", DATE, "--system", "service"];
+        let mut args = vec![
+            "apply",
+            "--job",
+            "job.toml",
+            "--run-date",
+            DATE,
+            "--system",
+            "service",
+        ];
         if !extra.contains(&"--format") {
             args.extend_from_slice(&["--format", "json"]);
         }
@@ -172,7 +188,12 @@ fn text(o: &Output) -> String {
 }
 
 fn discrepancies(summary: &serde_json::Value) -> u64 {
-    summary["entities"].as_array().unwrap().iter().map(|e| e["discrepancies"].as_u64().unwrap()).sum()
+    summary["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["discrepancies"].as_u64().unwrap())
+        .sum()
 }
 
 /// entity → op → outcome → count, from an apply's JSON summary.
@@ -201,7 +222,10 @@ fn full_cycle(replica_is_mariadb: bool) {
     assert!(out.status.success(), "{}", text(&out));
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains("dry run: nothing written"), "{printed}");
-    assert!(printed.contains("-- users: 2 update correction(s), 2 row(s) would be touched, 0 stale"), "{printed}");
+    assert!(
+        printed.contains("-- users: 2 update correction(s), 2 row(s) would be touched, 0 stale"),
+        "{printed}"
+    );
     assert_eq!(c.dump(), before);
 
     let out = c.apply(&[]);
@@ -228,7 +252,10 @@ fn full_cycle(replica_is_mariadb: bool) {
     // The first run's corrections were also written as events, one line each.
     let events: Vec<serde_json::Value> = crate::common::files_below(&c.path().join("out/events"))
         .iter()
-        .filter(|p| p.to_string_lossy().contains(&format!("run_id={}", first["run_id"].as_str().unwrap())))
+        .filter(|p| {
+            p.to_string_lossy()
+                .contains(&format!("run_id={}", first["run_id"].as_str().unwrap()))
+        })
         .flat_map(|p| {
             std::fs::read_to_string(c.path().join("out/events").join(p))
                 .unwrap()
@@ -246,15 +273,35 @@ fn full_cycle(replica_is_mariadb: bool) {
     assert_eq!(email["source"], "recon/cycle");
     assert_eq!(email["subject"], r#"users/{"tenant_id":1,"user_id":"u2"}"#);
     assert_eq!(email["data"]["expected"]["email"], "old@acme.io");
-    assert_eq!(email["data"]["key"], serde_json::json!({"tenant_id": 1, "user_id": "u2"}));
+    assert_eq!(
+        email["data"]["key"],
+        serde_json::json!({"tenant_id": 1, "user_id": "u2"})
+    );
 
     // The next night the old email is back (the fix did not stick): the run says so.
     (c.replica)("UPDATE users SET email = 'old@acme.io' WHERE tenant_id = 1 AND user_id = 'u2';");
-    let out = c.recon(&["run", "--job", "job.toml", "--run-date", "2024-06-02", "--format", "json"]);
+    let out = c.recon(&[
+        "run",
+        "--job",
+        "job.toml",
+        "--run-date",
+        "2024-06-02",
+        "--format",
+        "json",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     let next: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let users = next["entities"].as_array().unwrap().iter().find(|e| e["entity"] == "users").unwrap();
-    assert_eq!(users["reappeared"].as_array().map(Vec::len), Some(1), "{next}");
+    let users = next["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["entity"] == "users")
+        .unwrap();
+    assert_eq!(
+        users["reappeared"].as_array().map(Vec::len),
+        Some(1),
+        "{next}"
+    );
     assert_eq!(users["reappeared"][0]["correction_id"], email["id"]);
     assert_eq!(users["reappeared"][0]["applied_in_run"], first["run_id"]);
 }
@@ -273,10 +320,14 @@ fn stale_and_resume(replica_is_mariadb: bool) {
     let c = Cycle::new(replica_is_mariadb);
     c.run();
     // Replication keeps going after the snapshot: two rows the corrections target change.
-    (c.replica)("UPDATE users SET email = 'newer@acme.io' WHERE tenant_id = 1 AND user_id = 'u2';
-                 UPDATE tenants SET name = 'zed2' WHERE tenant_id = 9;");
+    (c.replica)(
+        "UPDATE users SET email = 'newer@acme.io' WHERE tenant_id = 1 AND user_id = 'u2';
+                 UPDATE tenants SET name = 'zed2' WHERE tenant_id = 9;",
+    );
     // And one membership update will fail on a constraint the apply does not expect.
-    (c.replica)("ALTER TABLE memberships ADD CONSTRAINT no_member CHECK (role <> 'member' OR tenant_id = 9);");
+    (c.replica)(
+        "ALTER TABLE memberships ADD CONSTRAINT no_member CHECK (role <> 'member' OR tenant_id = 9);",
+    );
     let out = c.apply(&["--batch-rows", "2"]);
     assert_eq!(out.status.code(), Some(7), "{}", text(&out));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -287,13 +338,23 @@ fn stale_and_resume(replica_is_mariadb: bool) {
     assert_eq!(count(&s, "memberships", "insert", "failed"), 1, "{s}");
     assert_eq!(total(&s, "applied"), 6, "{s}");
     let dump = c.dump();
-    assert!(dump.contains("newer@acme.io"), "the newer value stays:\n{dump}");
-    assert!(dump.contains("zed2"), "the changed extra tenant stays:\n{dump}");
+    assert!(
+        dump.contains("newer@acme.io"),
+        "the newer value stays:\n{dump}"
+    );
+    assert!(
+        dump.contains("zed2"),
+        "the changed extra tenant stays:\n{dump}"
+    );
 
     // Fixed, the rerun applies only what failed; stale ones stay stale (ledger).
     (c.replica)("ALTER TABLE memberships DROP CONSTRAINT no_member;");
     let out = c.apply(&[]);
-    assert!(out.status.success() || out.status.code() == Some(7), "{}", text(&out));
+    assert!(
+        out.status.success() || out.status.code() == Some(7),
+        "{}",
+        text(&out)
+    );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(total(&s, "applied"), 2, "{s}");
     assert_eq!(total(&s, "already_applied"), 8, "{s}");
@@ -342,23 +403,48 @@ fn an_apply_killed_part_way_resumes_on_rerun() {
             .env("DST_URL", my.url());
         cmd
     };
-    let out = recon(&["run", "--job", "job.toml", "--run-date", DATE]).output().unwrap();
+    let out = recon(&["run", "--job", "job.toml", "--run-date", DATE])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     // A writer bumps one row's version after the snapshot: that one is stale.
     my.exec("UPDATE items SET rev = 2 WHERE id = 7;");
 
-    let apply = ["apply", "--job", "job.toml", "--run-date", DATE, "--system", "service", "--batch-rows", "10", "--format", "json"];
+    let apply = [
+        "apply",
+        "--job",
+        "job.toml",
+        "--run-date",
+        DATE,
+        "--system",
+        "service",
+        "--batch-rows",
+        "10",
+        "--format",
+        "json",
+    ];
     let mut child = recon(&apply)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let ledger = || -> u32 {
-        my.exec("SELECT count(*) FROM recon_applied;").trim().parse().unwrap_or(0)
+        my.exec("SELECT count(*) FROM recon_applied;")
+            .trim()
+            .parse()
+            .unwrap_or(0)
     };
     let started = std::time::Instant::now();
     loop {
-        let n = if my.exec("SHOW TABLES LIKE 'recon_applied';").trim().is_empty() { 0 } else { ledger() };
+        let n = if my
+            .exec("SHOW TABLES LIKE 'recon_applied';")
+            .trim()
+            .is_empty()
+        {
+            0
+        } else {
+            ledger()
+        };
         if n >= 200 || started.elapsed() > std::time::Duration::from_secs(60) {
             break;
         }
@@ -367,11 +453,28 @@ fn an_apply_killed_part_way_resumes_on_rerun() {
     child.kill().unwrap();
     child.wait().unwrap();
     let done = ledger();
-    assert!(done > 0 && done < N, "killed part way ({done} of {N} in the ledger)");
+    assert!(
+        done > 0 && done < N,
+        "killed part way ({done} of {N} in the ledger)"
+    );
     assert_eq!(done % 10, 0, "batches are all or nothing");
-    let changed: u32 = my.exec("SELECT count(*) FROM items WHERE val = 'new';").trim().parse().unwrap();
-    let stale_seen = u32::from(done >= 10 && my.exec("SELECT count(*) FROM recon_applied WHERE outcome = 'stale';").trim() == "1");
-    assert_eq!(changed + stale_seen, done, "every ledger row matches its change");
+    let changed: u32 = my
+        .exec("SELECT count(*) FROM items WHERE val = 'new';")
+        .trim()
+        .parse()
+        .unwrap();
+    let stale_seen = u32::from(
+        done >= 10
+            && my
+                .exec("SELECT count(*) FROM recon_applied WHERE outcome = 'stale';")
+                .trim()
+                == "1",
+    );
+    assert_eq!(
+        changed + stale_seen,
+        done,
+        "every ledger row matches its change"
+    );
 
     let out = recon(&apply).output().unwrap();
     // The stale row (id 7, first batch) was recorded before the kill: the rerun has
@@ -385,8 +488,15 @@ fn an_apply_killed_part_way_resumes_on_rerun() {
         N,
         "{s}"
     );
-    assert_eq!(my.exec("SELECT count(*) FROM items WHERE val = 'new';").trim(), (N - 1).to_string());
-    assert_eq!(my.exec("SELECT val, rev FROM items WHERE id = 7;").trim(), "old\t2");
+    assert_eq!(
+        my.exec("SELECT count(*) FROM items WHERE val = 'new';")
+            .trim(),
+        (N - 1).to_string()
+    );
+    assert_eq!(
+        my.exec("SELECT val, rev FROM items WHERE id = 7;").trim(),
+        "old\t2"
+    );
 }
 
 /// A run whose guardrail tripped is not applied unless the flag says so; even then its
@@ -397,14 +507,21 @@ fn a_guardrail_tripped_run_is_refused_unless_allowed() {
     let job = std::fs::read_to_string(c.path().join("job.toml"))
         .unwrap()
         .replace("max_correction_share = 1.0", "max_correction_share = 1.0\n")
-        .replace("depends_on = [\"tenants\"]", "depends_on = [\"tenants\"]\nmax_correction_share = 0.1");
+        .replace(
+            "depends_on = [\"tenants\"]",
+            "depends_on = [\"tenants\"]\nmax_correction_share = 0.1",
+        );
     std::fs::write(c.path().join("job.toml"), job).unwrap();
     let out = c.recon(&["run", "--job", "job.toml", "--run-date", DATE]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let before = c.dump();
     let out = c.apply(&[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("tripped a guardrail (withheld: users)"), "{}", text(&out));
+    assert!(
+        text(&out).contains("tripped a guardrail (withheld: users)"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(c.dump(), before);
 
     // Forced: the other entities are applied; what depends on the withheld users fails
@@ -412,7 +529,10 @@ fn a_guardrail_tripped_run_is_refused_unless_allowed() {
     let out = c.apply(&["--allow-guardrail-tripped"]);
     assert_eq!(out.status.code(), Some(7), "{}", text(&out));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(s["counts"].get("users").is_none(), "users were withheld: {s}");
+    assert!(
+        s["counts"].get("users").is_none(),
+        "users were withheld: {s}"
+    );
     assert_eq!(count(&s, "tenants", "update", "applied"), 1, "{s}");
     assert_eq!(count(&s, "memberships", "insert", "failed"), 1, "{s}");
     assert_eq!(count(&s, "tenants", "delete", "failed"), 1, "{s}");

@@ -23,7 +23,12 @@ fn pipe(mut cmd: Command, sql: &str, what: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{what}: cannot start the client ({e}); the tests need it"));
-    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(sql.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -56,7 +61,10 @@ impl Pg {
 
 impl Drop for Pg {
     fn drop(&mut self) {
-        psql("postgres", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE);", self.name));
+        psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE);", self.name),
+        );
     }
 }
 
@@ -75,7 +83,10 @@ pub struct My {
 impl My {
     pub fn create(prefix: &str) -> Self {
         let name = unique(prefix);
-        mariadb("", &format!("CREATE DATABASE {name} CHARACTER SET utf8mb4;"));
+        mariadb(
+            "",
+            &format!("CREATE DATABASE {name} CHARACTER SET utf8mb4;"),
+        );
         My { name }
     }
     pub fn url(&self) -> String {
@@ -94,11 +105,24 @@ impl Drop for My {
 
 fn mariadb(db: &str, sql: &str) -> String {
     let mut cmd = Command::new("mariadb");
-    cmd.args(["-h", "127.0.0.1", "-P", "3306", "-u", "root", "--batch", "--skip-column-names"]);
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-P",
+        "3306",
+        "-u",
+        "root",
+        "--batch",
+        "--skip-column-names",
+    ]);
     if !db.is_empty() {
         cmd.arg(db);
     }
-    pipe(cmd, &format!("SET time_zone = '+00:00';\n{sql}"), "mariadb (MariaDB at 127.0.0.1:3306)")
+    pipe(
+        cmd,
+        &format!("SET time_zone = '+00:00';\n{sql}"),
+        "mariadb (MariaDB at 127.0.0.1:3306)",
+    )
 }
 
 /// Which database a script is for.
@@ -127,7 +151,9 @@ pub fn table_from_parquet(dialect: Dialect, table: &str, file: &Path) -> String 
             (_, DataType::Decimal128(p, s)) => format!("decimal({p},{s})"),
             (Dialect::Postgres, DataType::Timestamp(_, Some(_))) => "timestamptz".into(),
             (Dialect::Postgres, DataType::Timestamp(_, None)) => "timestamp".into(),
-            (Dialect::MariaDb, DataType::Timestamp(_, Some(_))) => "timestamp(6) NULL DEFAULT NULL".into(),
+            (Dialect::MariaDb, DataType::Timestamp(_, Some(_))) => {
+                "timestamp(6) NULL DEFAULT NULL".into()
+            }
             (Dialect::MariaDb, DataType::Timestamp(_, None)) => "datetime(6)".into(),
             (_, other) => panic!("no DDL type for {other}"),
         }
@@ -140,7 +166,11 @@ pub fn table_from_parquet(dialect: Dialect, table: &str, file: &Path) -> String 
         "CREATE TABLE {} ({});\n",
         quote(table),
         cols.iter()
-            .map(|&i| format!("{} {}", quote(schema.field(i).name()), ddl_type(schema.field(i).data_type())))
+            .map(|&i| format!(
+                "{} {}",
+                quote(schema.field(i).name()),
+                ddl_type(schema.field(i).data_type())
+            ))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -150,7 +180,11 @@ pub fn table_from_parquet(dialect: Dialect, table: &str, file: &Path) -> String 
                 .iter()
                 .map(|&i| literal(dialect, b.column(i).as_ref(), r))
                 .collect();
-            sql.push_str(&format!("INSERT INTO {} VALUES ({});\n", quote(table), values.join(", ")));
+            sql.push_str(&format!(
+                "INSERT INTO {} VALUES ({});\n",
+                quote(table),
+                values.join(", ")
+            ));
         }
     }
     sql
@@ -171,16 +205,36 @@ fn literal(dialect: Dialect, a: &dyn Array, r: usize) -> String {
         DataType::Float64 => {
             let v = a.as_primitive::<arrow::datatypes::Float64Type>().value(r);
             // MariaDB has no NaN; the sample's NaN (equal on both sides) becomes NULL on both.
-            if v.is_nan() { "NULL".into() } else { format!("{v:?}") }
+            if v.is_nan() {
+                "NULL".into()
+            } else {
+                format!("{v:?}")
+            }
         }
         DataType::Timestamp(unit, tz) => {
             let v = match unit {
-                TimeUnit::Second => a.as_primitive::<arrow::datatypes::TimestampSecondType>().value(r) * 1_000_000,
-                TimeUnit::Millisecond => a.as_primitive::<arrow::datatypes::TimestampMillisecondType>().value(r) * 1000,
-                TimeUnit::Microsecond => a.as_primitive::<arrow::datatypes::TimestampMicrosecondType>().value(r),
-                TimeUnit::Nanosecond => a.as_primitive::<arrow::datatypes::TimestampNanosecondType>().value(r) / 1000,
+                TimeUnit::Second => {
+                    a.as_primitive::<arrow::datatypes::TimestampSecondType>()
+                        .value(r)
+                        * 1_000_000
+                }
+                TimeUnit::Millisecond => {
+                    a.as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+                        .value(r)
+                        * 1000
+                }
+                TimeUnit::Microsecond => a
+                    .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                    .value(r),
+                TimeUnit::Nanosecond => {
+                    a.as_primitive::<arrow::datatypes::TimestampNanosecondType>()
+                        .value(r)
+                        / 1000
+                }
             };
-            let t = chrono::DateTime::from_timestamp_micros(v).unwrap().naive_utc();
+            let t = chrono::DateTime::from_timestamp_micros(v)
+                .unwrap()
+                .naive_utc();
             let text = t.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
             match (dialect, tz) {
                 (Dialect::Postgres, Some(_)) => format!("'{text}+00'"),

@@ -31,7 +31,9 @@ fn text(o: &Output) -> String {
 }
 
 fn snapshot_dir(dir: &Path, system: &str, entity: &str) -> PathBuf {
-    dir.join(format!("lake/snapshots/{system}/{entity}/run_date={RUN_DATE}"))
+    dir.join(format!(
+        "lake/snapshots/{system}/{entity}/run_date={RUN_DATE}"
+    ))
 }
 
 /// The Parquet parts in a snapshot folder.
@@ -78,7 +80,15 @@ fn single_job(dir: &Path, kind: &str, env: &str, entities: &str) {
     .unwrap();
 }
 
-const EXPORT_DB: [&str; 7] = ["export", "--job", "job.toml", "--run-date", RUN_DATE, "--system", "db"];
+const EXPORT_DB: [&str; 7] = [
+    "export",
+    "--job",
+    "job.toml",
+    "--run-date",
+    RUN_DATE,
+    "--system",
+    "db",
+];
 
 #[test]
 fn postgres_types_map_to_arrow_faithfully() {
@@ -98,7 +108,12 @@ fn postgres_types_map_to_arrow_faithfully() {
          INSERT INTO types (id) VALUES (2);",
     );
     let dir = tempfile::tempdir().unwrap();
-    single_job(dir.path(), "postgres", "RECON_IT_PG", "[[entities]]\nname = \"types\"\nkey = [\"id\"]\n");
+    single_job(
+        dir.path(),
+        "postgres",
+        "RECON_IT_PG",
+        "[[entities]]\nname = \"types\"\nkey = [\"id\"]\n",
+    );
     let out = recon(dir.path(), &EXPORT_DB, &[("RECON_IT_PG", pg.url())]);
     assert!(out.status.success(), "{}", text(&out));
     let snap = snapshot_dir(dir.path(), "db", "types");
@@ -129,7 +144,12 @@ fn mariadb_types_map_to_arrow_faithfully() {
          INSERT INTO types (id) VALUES (2);",
     );
     let dir = tempfile::tempdir().unwrap();
-    single_job(dir.path(), "mysql", "RECON_IT_MY", "[[entities]]\nname = \"types\"\nkey = [\"id\"]\n");
+    single_job(
+        dir.path(),
+        "mysql",
+        "RECON_IT_MY",
+        "[[entities]]\nname = \"types\"\nkey = [\"id\"]\n",
+    );
     let out = recon(dir.path(), &EXPORT_DB, &[("RECON_IT_MY", my.url())]);
     assert!(out.status.success(), "{}", text(&out));
     let snap = snapshot_dir(dir.path(), "db", "types");
@@ -154,7 +174,9 @@ fn unsupported_types_are_errors_naming_table_and_column() {
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("entity `odd` from db: table odd, column `span`: type interval is not supported"),
+        err.contains(
+            "entity `odd` from db: table odd, column `span`: type interval is not supported"
+        ),
         "{err}"
     );
     // Nothing of the failed export looks complete, nor stays behind.
@@ -167,14 +189,27 @@ fn unsupported_types_are_errors_naming_table_and_column() {
     single_job(dir.path(), "postgres", "RECON_IT_PG", entities);
     let out = recon(dir.path(), &EXPORT_DB, &[("RECON_IT_PG", pg.url())]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(text(&out).contains("column `amount`: type numeric has no declared precision and scale"), "{}", text(&out));
+    assert!(
+        text(&out).contains("column `amount`: type numeric has no declared precision and scale"),
+        "{}",
+        text(&out)
+    );
 
     let my = My::create("odd");
     my.exec("CREATE TABLE odd (id bigint, p point); INSERT INTO odd VALUES (1, POINT(1, 2));");
-    single_job(dir.path(), "mysql", "RECON_IT_MY", "[[entities]]\nname = \"odd\"\nkey = [\"id\"]\n");
+    single_job(
+        dir.path(),
+        "mysql",
+        "RECON_IT_MY",
+        "[[entities]]\nname = \"odd\"\nkey = [\"id\"]\n",
+    );
     let out = recon(dir.path(), &EXPORT_DB, &[("RECON_IT_MY", my.url())]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(text(&out).contains("table odd, column `p`: type MYSQL_TYPE_GEOMETRY is not supported"), "{}", text(&out));
+    assert!(
+        text(&out).contains("table odd, column `p`: type MYSQL_TYPE_GEOMETRY is not supported"),
+        "{}",
+        text(&out)
+    );
 
     // A missing URL variable is a usage error before anything is read.
     let out = recon(dir.path(), &EXPORT_DB, &[]);
@@ -187,7 +222,8 @@ fn a_failed_export_keeps_the_previous_snapshot() {
     let pg = Pg::create("keep");
     pg.exec("CREATE TABLE a (id int8); INSERT INTO a VALUES (1), (2); CREATE TABLE b (id int8); INSERT INTO b VALUES (1);");
     let dir = tempfile::tempdir().unwrap();
-    let entities = "[[entities]]\nname = \"a\"\nkey = [\"id\"]\n[[entities]]\nname = \"b\"\nkey = [\"id\"]\n";
+    let entities =
+        "[[entities]]\nname = \"a\"\nkey = [\"id\"]\n[[entities]]\nname = \"b\"\nkey = [\"id\"]\n";
     single_job(dir.path(), "postgres", "RECON_IT_PG", entities);
     let env = [("RECON_IT_PG", pg.url())];
     let out = recon(dir.path(), &EXPORT_DB, &env);
@@ -233,7 +269,10 @@ fn consistent_snapshot(kind: &str, env_name: &str, url: String, exec: &dyn Fn(&s
     let out = export.join().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let b = manifest(&snapshot_dir(dir.path(), "db", "b")).unwrap();
-    assert_eq!(b["rows"], 1, "b was read from the snapshot taken before the insert");
+    assert_eq!(
+        b["rows"], 1,
+        "b was read from the snapshot taken before the insert"
+    );
 }
 
 #[test]
@@ -274,9 +313,21 @@ fn export_then_diff_finds_exactly_the_planted_drift() {
     let my = My::create("service");
     let lake = repo().join("sample-data/lake/snapshots");
     for entity in ["tenants", "users", "groups", "memberships"] {
-        let file = |system: &str| lake.join(format!("{system}/{entity}/run_date={RUN_DATE}/part-00000.parquet"));
-        pg.exec(&table_from_parquet(Dialect::Postgres, entity, &file("monolith")));
-        my.exec(&table_from_parquet(Dialect::MariaDb, entity, &file("service")));
+        let file = |system: &str| {
+            lake.join(format!(
+                "{system}/{entity}/run_date={RUN_DATE}/part-00000.parquet"
+            ))
+        };
+        pg.exec(&table_from_parquet(
+            Dialect::Postgres,
+            entity,
+            &file("monolith"),
+        ));
+        my.exec(&table_from_parquet(
+            Dialect::MariaDb,
+            entity,
+            &file("service"),
+        ));
     }
     let dir = tempfile::tempdir().unwrap();
     let job = std::fs::read_to_string(repo().join("jobs/identity.toml"))
@@ -292,7 +343,10 @@ fn export_then_diff_finds_exactly_the_planted_drift() {
     let out = recon(
         dir.path(),
         &RUN_SAMPLE,
-        &[("MONOLITH_DATABASE_URL", pg.url()), ("SERVICE_DATABASE_URL", my.url())],
+        &[
+            ("MONOLITH_DATABASE_URL", pg.url()),
+            ("SERVICE_DATABASE_URL", my.url()),
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let m = manifests(&dir.path().join("out"));
@@ -301,7 +355,10 @@ fn export_then_diff_finds_exactly_the_planted_drift() {
     let expected = crate::sample::planted();
     let missed: Vec<_> = expected.difference(&found).collect();
     let extra: Vec<_> = found.difference(&expected).collect();
-    assert!(missed.is_empty() && extra.is_empty(), "missed: {missed:#?}\nextra: {extra:#?}");
+    assert!(
+        missed.is_empty() && extra.is_empty(),
+        "missed: {missed:#?}\nextra: {extra:#?}"
+    );
     for system in ["monolith", "service"] {
         for entity in ["tenants", "users", "groups", "memberships"] {
             let snap = snapshot_dir(dir.path(), system, entity);
@@ -311,8 +368,22 @@ fn export_then_diff_finds_exactly_the_planted_drift() {
     }
     // The run's summary records the export.
     let summary: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("out").join(m[0].files.iter().find(|f| f.kind == "summary").unwrap().path.as_str())).unwrap(),
+        &std::fs::read(
+            dir.path().join("out").join(
+                m[0].files
+                    .iter()
+                    .find(|f| f.kind == "summary")
+                    .unwrap()
+                    .path
+                    .as_str(),
+            ),
+        )
+        .unwrap(),
     )
     .unwrap();
-    assert_eq!(summary["export"]["systems"].as_array().unwrap().len(), 2, "{summary}");
+    assert_eq!(
+        summary["export"]["systems"].as_array().unwrap().len(),
+        2,
+        "{summary}"
+    );
 }

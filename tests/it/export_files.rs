@@ -81,14 +81,25 @@ export.drop = { path = "inbox/{run_date}/events.ndjson", format = "ndjson" }
 
     // A decimal with more places than declared is an error, never a rounding.
     let job = std::fs::read_to_string(dir.path().join("job.toml")).unwrap();
-    std::fs::write(inbox.join("users.csv"), "id;email;balance;joined\n1;a@x.io;10.505;\n").unwrap();
+    std::fs::write(
+        inbox.join("users.csv"),
+        "id;email;balance;joined\n1;a@x.io;10.505;\n",
+    )
+    .unwrap();
     let out = export(dir.path());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");
-    assert!(err.contains("column `balance`: `10.505` has more than 2 decimal places"), "{err}");
+    assert!(
+        err.contains("column `balance`: `10.505` has more than 2 decimal places"),
+        "{err}"
+    );
 
     // A missing input file is an input-data error naming the file.
-    std::fs::write(dir.path().join("job.toml"), job.replace("users.csv", "nope.csv")).unwrap();
+    std::fs::write(
+        dir.path().join("job.toml"),
+        job.replace("users.csv", "nope.csv"),
+    )
+    .unwrap();
     let out = export(dir.path());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");

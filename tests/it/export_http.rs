@@ -77,12 +77,16 @@ impl Api {
                     }
                     let target = first.split_whitespace().nth(1).unwrap_or("").to_string();
                     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-                    let query: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
-                        .into_owned()
-                        .collect();
+                    let query: HashMap<String, String> =
+                        url::form_urlencoded::parse(query.as_bytes())
+                            .into_owned()
+                            .collect();
                     let n = {
                         let mut l = log.lock().unwrap();
-                        l.push(Seen { target: target.clone(), auth });
+                        l.push(Seen {
+                            target: target.clone(),
+                            auth,
+                        });
                         l.len() - 1
                     };
                     let reply = handler(path, &query, n);
@@ -210,7 +214,10 @@ fn page_pagination_maps_json_to_the_declared_types() {
     let api = Api::start(Box::new(|_, q, _| {
         let page = page_of(q, "page");
         let size = page_of(q, "page_size");
-        ok(body(records((page - 1) * size, page * size), serde_json::json!({})))
+        ok(body(
+            records((page - 1) * size, page * size),
+            serde_json::json!({}),
+        ))
     }));
     let dir = tempfile::tempdir().unwrap();
     job(dir.path(), &api, "", "");
@@ -220,11 +227,22 @@ fn page_pagination_maps_json_to_the_declared_types() {
     let targets: Vec<&str> = seen.iter().map(|s| s.target.as_str()).collect();
     assert_eq!(
         targets,
-        ["/v1/users?page=1&page_size=10", "/v1/users?page=2&page_size=10", "/v1/users?page=3&page_size=10"]
+        [
+            "/v1/users?page=1&page_size=10",
+            "/v1/users?page=2&page_size=10",
+            "/v1/users?page=3&page_size=10"
+        ]
     );
-    assert!(seen.iter().all(|s| s.auth.as_deref() == Some("Bearer s3cret")));
+    assert!(
+        seen.iter()
+            .all(|s| s.auth.as_deref() == Some("Bearer s3cret"))
+    );
     let batches = read_parquet(&part(dir.path()));
-    let first: Vec<_> = batches.iter().map(|b| b.slice(0, 5.min(b.num_rows()))).take(1).collect();
+    let first: Vec<_> = batches
+        .iter()
+        .map(|b| b.slice(0, 5.min(b.num_rows())))
+        .take(1)
+        .collect();
     insta::assert_snapshot!(pretty_format_batches(&first).unwrap().to_string());
     assert_eq!(rows(dir.path()), TOTAL as usize);
 }
@@ -248,16 +266,38 @@ fn offset_pagination_stops_at_a_short_page() {
 #[test]
 fn cursor_pagination_follows_the_cursor_until_null() {
     let api = Api::start(Box::new(|_, q, _| {
-        let from: u64 = q.get("after").map(|c| c.trim_start_matches('c').parse().unwrap()).unwrap_or(0);
-        let next = if from + 10 < TOTAL { serde_json::json!(format!("c{}", from + 10)) } else { serde_json::Value::Null };
-        ok(body(records(from, from + 10), serde_json::json!({"meta": {"next": next}})))
+        let from: u64 = q
+            .get("after")
+            .map(|c| c.trim_start_matches('c').parse().unwrap())
+            .unwrap_or(0);
+        let next = if from + 10 < TOTAL {
+            serde_json::json!(format!("c{}", from + 10))
+        } else {
+            serde_json::Value::Null
+        };
+        ok(body(
+            records(from, from + 10),
+            serde_json::json!({"meta": {"next": next}}),
+        ))
     }));
     let dir = tempfile::tempdir().unwrap();
-    job(dir.path(), &api, "", "pagination = { style = \"cursor\", cursor_param = \"after\", cursor_path = \"meta.next\" },");
+    job(
+        dir.path(),
+        &api,
+        "",
+        "pagination = { style = \"cursor\", cursor_param = \"after\", cursor_path = \"meta.next\" },",
+    );
     let out = export(dir.path());
     assert!(out.status.success(), "{}", text(&out));
     let targets: Vec<String> = api.seen().into_iter().map(|s| s.target).collect();
-    assert_eq!(targets, ["/v1/users?limit=10", "/v1/users?limit=10&after=c10", "/v1/users?limit=10&after=c20"]);
+    assert_eq!(
+        targets,
+        [
+            "/v1/users?limit=10",
+            "/v1/users?limit=10&after=c10",
+            "/v1/users?limit=10&after=c20"
+        ]
+    );
     assert_eq!(rows(dir.path()), TOTAL as usize);
 }
 
@@ -268,26 +308,46 @@ fn next_link_pagination_from_the_body_and_from_the_link_header() {
         let more = from + 10 < TOTAL;
         let next = format!("/v1/{}?from={}", path.trim_start_matches("/v1/"), from + 10);
         if path.ends_with("users") {
-            let link = if more { serde_json::json!(next) } else { serde_json::Value::Null };
-            ok(body(records(from, from + 10), serde_json::json!({"links": {"next": link}})))
+            let link = if more {
+                serde_json::json!(next)
+            } else {
+                serde_json::Value::Null
+            };
+            ok(body(
+                records(from, from + 10),
+                serde_json::json!({"links": {"next": link}}),
+            ))
         } else {
             let mut r = ok(body(records(from, from + 10), serde_json::json!({})));
             if more {
-                r.headers.push(("Link".into(), format!("<{next}>; rel=\"next\"")));
+                r.headers
+                    .push(("Link".into(), format!("<{next}>; rel=\"next\"")));
             }
             r
         }
     }));
     let dir = tempfile::tempdir().unwrap();
-    job(dir.path(), &api, "", "pagination = { style = \"next_link\", next_path = \"links.next\" },");
+    job(
+        dir.path(),
+        &api,
+        "",
+        "pagination = { style = \"next_link\", next_path = \"links.next\" },",
+    );
     let out = export(dir.path());
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(api.seen().len(), 3);
     assert_eq!(rows(dir.path()), TOTAL as usize);
 
     let dir = tempfile::tempdir().unwrap();
-    job(dir.path(), &api, "", "pagination = { style = \"next_link\" },");
-    let text_job = std::fs::read_to_string(dir.path().join("job.toml")).unwrap().replace("path = \"users\"", "path = \"people\"");
+    job(
+        dir.path(),
+        &api,
+        "",
+        "pagination = { style = \"next_link\" },",
+    );
+    let text_job = std::fs::read_to_string(dir.path().join("job.toml"))
+        .unwrap()
+        .replace("path = \"users\"", "path = \"people\"");
     std::fs::write(dir.path().join("job.toml"), text_job).unwrap();
     let out = export(dir.path());
     assert!(out.status.success(), "{}", text(&out));
@@ -299,11 +359,24 @@ fn next_link_pagination_from_the_body_and_from_the_link_header() {
 #[test]
 fn a_429_and_a_500_succeed_on_retry() {
     let api = Api::start(Box::new(|_, q, n| match n {
-        0 => Reply { status: 429, headers: vec![("Retry-After".into(), "0".into())], body: "{}".into(), delay: Duration::ZERO },
-        1 => Reply { status: 500, headers: vec![], body: "oops".into(), delay: Duration::ZERO },
+        0 => Reply {
+            status: 429,
+            headers: vec![("Retry-After".into(), "0".into())],
+            body: "{}".into(),
+            delay: Duration::ZERO,
+        },
+        1 => Reply {
+            status: 500,
+            headers: vec![],
+            body: "oops".into(),
+            delay: Duration::ZERO,
+        },
         _ => {
             let page = page_of(q, "page");
-            ok(body(records((page - 1) * 10, page * 10), serde_json::json!({})))
+            ok(body(
+                records((page - 1) * 10, page * 10),
+                serde_json::json!({}),
+            ))
         }
     }));
     let dir = tempfile::tempdir().unwrap();
@@ -318,7 +391,10 @@ fn a_429_and_a_500_succeed_on_retry() {
 fn timeouts_are_retried_then_reported() {
     let api = Api::start(Box::new(|_, q, n| {
         let page = page_of(q, "page");
-        let mut r = ok(body(records((page - 1) * 10, page * 10), serde_json::json!({})));
+        let mut r = ok(body(
+            records((page - 1) * 10, page * 10),
+            serde_json::json!({}),
+        ));
         if n == 0 {
             r.delay = Duration::from_millis(2500);
         }
@@ -341,8 +417,16 @@ fn timeouts_are_retried_then_reported() {
     let out = export(dir.path());
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert!(text(&out).contains("page 1"), "{}", text(&out));
-    assert!(text(&out).contains("no response within 1 s after 2 attempts"), "{}", text(&out));
-    assert!(!dir.path().join("lake/snapshots/api/users/run_date=2024-06-01/_manifest.json").exists());
+    assert!(
+        text(&out).contains("no response within 1 s after 2 attempts"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !dir.path()
+            .join("lake/snapshots/api/users/run_date=2024-06-01/_manifest.json")
+            .exists()
+    );
 }
 
 #[test]
@@ -352,7 +436,10 @@ fn malformed_json_names_the_page() {
         if page == 2 {
             ok("{\"data\": [{\"id\": 11,}]".into())
         } else {
-            ok(body(records((page - 1) * 10, page * 10), serde_json::json!({})))
+            ok(body(
+                records((page - 1) * 10, page * 10),
+                serde_json::json!({}),
+            ))
         }
     }));
     let dir = tempfile::tempdir().unwrap();
@@ -360,10 +447,18 @@ fn malformed_json_names_the_page() {
     let out = export(dir.path());
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     let t = text(&out);
-    assert!(t.contains("entity `users` from api: page 2 (http://127.0.0.1:"), "{t}");
-    assert!(t.contains("/v1/users?page=2&page_size=10): malformed JSON"), "{t}");
+    assert!(
+        t.contains("entity `users` from api: page 2 (http://127.0.0.1:"),
+        "{t}"
+    );
+    assert!(
+        t.contains("/v1/users?page=2&page_size=10): malformed JSON"),
+        "{t}"
+    );
     // The failed export left nothing behind.
-    let snap = dir.path().join("lake/snapshots/api/users/run_date=2024-06-01");
+    let snap = dir
+        .path()
+        .join("lake/snapshots/api/users/run_date=2024-06-01");
     assert!(!snap.exists() || std::fs::read_dir(&snap).unwrap().next().is_none());
 }
 
@@ -379,18 +474,26 @@ fn a_page_that_repeats_keys_is_an_error() {
     job(dir.path(), &api, "", "");
     let out = export(dir.path());
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(text(&out).contains("record 0 repeats key (id=9) first seen on page 1"), "{}", text(&out));
+    assert!(
+        text(&out).contains("record 0 repeats key (id=9) first seen on page 1"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
 fn a_value_of_the_wrong_type_names_record_and_column() {
-    let api = Api::start(Box::new(|_, _, _| ok("{\"data\": [{\"id\": 1, \"amount\": \"12.345\"}]}".into())));
+    let api = Api::start(Box::new(|_, _, _| {
+        ok("{\"data\": [{\"id\": 1, \"amount\": \"12.345\"}]}".into())
+    }));
     let dir = tempfile::tempdir().unwrap();
     job(dir.path(), &api, "", "");
     let out = export(dir.path());
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(
-        text(&out).contains("record 0, column `amount` (decimal(10,2)): `12.345` has more than 2 decimal places"),
+        text(&out).contains(
+            "record 0, column `amount` (decimal(10,2)): `12.345` has more than 2 decimal places"
+        ),
         "{}",
         text(&out)
     );

@@ -124,7 +124,11 @@ async fn rerun_gives_identical_discrepancies_and_correction_ids() {
     // Whole rows, every column but run_id, in file order.
     let rows = |m: &recon::write::Manifest| -> Vec<Vec<String>> {
         let mut out = Vec::new();
-        for f in m.files.iter().filter(|f| f.kind == "discrepancies" || f.kind == "corrections") {
+        for f in m
+            .files
+            .iter()
+            .filter(|f| f.kind == "discrepancies" || f.kind == "corrections")
+        {
             for b in read_parquet(&fx.out().join(&f.path)) {
                 // Discrepancy files start with run_id; correction ids are compared below.
                 let mut b = b;
