@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::common::describe;
 use crate::db::{My, Pg};
 
 const DATE: &str = "2024-06-01";
@@ -148,7 +149,7 @@ depends_on = ["users"]
             "--format",
             "json",
         ]);
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", describe(&out));
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -176,15 +177,6 @@ depends_on = ["users"]
     fn path(&self) -> &Path {
         self.dir.path()
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn discrepancies(summary: &serde_json::Value) -> u64 {
@@ -219,7 +211,7 @@ fn full_cycle(replica_is_mariadb: bool) {
 
     // Dry run: the statements and counts, and not one row changed.
     let out = c.apply(&["--dry-run", "--format", "text"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains("dry run: nothing written"), "{printed}");
     assert!(
@@ -229,7 +221,7 @@ fn full_cycle(replica_is_mariadb: bool) {
     assert_eq!(c.dump(), before);
 
     let out = c.apply(&[]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(total(&s, "applied"), 10, "{s}");
     assert_eq!(count(&s, "tenants", "insert", "applied"), 1);
@@ -238,7 +230,7 @@ fn full_cycle(replica_is_mariadb: bool) {
 
     // A second apply of the same run changes nothing.
     let out = c.apply(&[]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(total(&s, "already_applied"), 10, "{s}");
     assert_eq!(total(&s, "applied"), 0, "{s}");
@@ -289,7 +281,7 @@ fn full_cycle(replica_is_mariadb: bool) {
         "--format",
         "json",
     ]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let next: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let users = next["entities"]
         .as_array()
@@ -329,7 +321,7 @@ fn stale_and_resume(replica_is_mariadb: bool) {
         "ALTER TABLE memberships ADD CONSTRAINT no_member CHECK (role <> 'member' OR tenant_id = 9);",
     );
     let out = c.apply(&["--batch-rows", "2"]);
-    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(count(&s, "users", "update", "stale"), 1, "{s}");
     assert_eq!(count(&s, "tenants", "delete", "stale"), 1, "{s}");
@@ -353,7 +345,7 @@ fn stale_and_resume(replica_is_mariadb: bool) {
     assert!(
         out.status.success() || out.status.code() == Some(7),
         "{}",
-        text(&out)
+        describe(&out)
     );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(total(&s, "applied"), 2, "{s}");
@@ -406,7 +398,7 @@ fn an_apply_killed_part_way_resumes_on_rerun() {
     let out = recon(&["run", "--job", "job.toml", "--run-date", DATE])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     // A writer bumps one row's version after the snapshot: that one is stale.
     my.exec("UPDATE items SET rev = 2 WHERE id = 7;");
 
@@ -480,7 +472,7 @@ fn an_apply_killed_part_way_resumes_on_rerun() {
     // The stale row (id 7, first batch) was recorded before the kill: the rerun has
     // nothing stale left to report, unless the kill came before that batch committed.
     let expected_exit = if stale_seen == 1 { 0 } else { 7 };
-    assert_eq!(out.status.code(), Some(expected_exit), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(expected_exit), "{}", describe(&out));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(total(&s, "already_applied") as u32, done, "{s}");
     assert_eq!(
@@ -513,21 +505,21 @@ fn a_guardrail_tripped_run_is_refused_unless_allowed() {
         );
     std::fs::write(c.path().join("job.toml"), job).unwrap();
     let out = c.recon(&["run", "--job", "job.toml", "--run-date", DATE]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
     let before = c.dump();
     let out = c.apply(&[]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(
-        text(&out).contains("tripped a guardrail (withheld: users)"),
+        describe(&out).contains("tripped a guardrail (withheld: users)"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     assert_eq!(c.dump(), before);
 
     // Forced: the other entities are applied; what depends on the withheld users fails
     // on the foreign keys (rolled back alone) and is reported, exit 7.
     let out = c.apply(&["--allow-guardrail-tripped"]);
-    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         s["counts"].get("users").is_none(),

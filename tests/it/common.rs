@@ -254,3 +254,41 @@ pub async fn download(store: &dyn ObjectStore, prefix: &str, local: &Path) {
         std::fs::write(path, bytes).unwrap();
     }
 }
+
+/// Exit code, stdout and stderr of a finished `recon`, for assertion messages.
+pub fn describe(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The one Parquet part of an exported snapshot folder.
+pub fn snapshot_part(dir: &Path) -> PathBuf {
+    let parts: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    assert_eq!(parts.len(), 1, "one part in {}", dir.display());
+    parts[0].clone()
+}
+
+/// A Parquet file's schema (a line per column) and rows, as a table.
+pub fn schema_and_rows(file: &Path) -> String {
+    let batches = read_parquet(file);
+    let mut out: String = batches[0]
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}\n", f.name(), f.data_type()))
+        .collect();
+    out.push_str(
+        &arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string(),
+    );
+    out
+}

@@ -5,8 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use arrow::util::pretty::pretty_format_batches;
-
 use crate::common::*;
 use crate::db::{Dialect, My, Pg, table_from_parquet};
 
@@ -19,15 +17,6 @@ fn recon(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn snapshot_dir(dir: &Path, system: &str, entity: &str) -> PathBuf {
@@ -57,17 +46,7 @@ fn manifest(dir: &Path) -> Option<serde_json::Value> {
 
 /// Schema and rows of the one exported part, as a table.
 fn exported(dir: &Path) -> String {
-    let parts = parts(dir);
-    assert_eq!(parts.len(), 1, "one part in {}", dir.display());
-    let batches = read_parquet(&parts[0]);
-    let schema = batches[0].schema();
-    let mut out: String = schema
-        .fields()
-        .iter()
-        .map(|f| format!("{}: {}\n", f.name(), f.data_type()))
-        .collect();
-    out.push_str(&pretty_format_batches(&batches).unwrap().to_string());
-    out
+    schema_and_rows(&snapshot_part(dir))
 }
 
 fn single_job(dir: &Path, kind: &str, env: &str, entities: &str) {
@@ -115,7 +94,7 @@ fn postgres_types_map_to_arrow_faithfully() {
         "[[entities]]\nname = \"types\"\nkey = [\"id\"]\n",
     );
     let out = recon(dir.path(), &EXPORT_DB, &[("RECON_IT_PG", pg.url())]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let snap = snapshot_dir(dir.path(), "db", "types");
     insta::assert_snapshot!(exported(&snap));
     let m = manifest(&snap).expect("a manifest");
@@ -151,7 +130,7 @@ fn mariadb_types_map_to_arrow_faithfully() {
         "[[entities]]\nname = \"types\"\nkey = [\"id\"]\n",
     );
     let out = recon(dir.path(), &EXPORT_DB, &[("RECON_IT_MY", my.url())]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let snap = snapshot_dir(dir.path(), "db", "types");
     insta::assert_snapshot!(exported(&snap));
     let m = manifest(&snap).expect("a manifest");
@@ -171,7 +150,7 @@ fn unsupported_types_are_errors_naming_table_and_column() {
     let entities = "[[entities]]\nname = \"ok\"\nkey = [\"id\"]\n[[entities]]\nname = \"odd\"\nkey = [\"id\"]\n";
     single_job(dir.path(), "postgres", "RECON_IT_PG", entities);
     let out = recon(dir.path(), &EXPORT_DB, &[("RECON_IT_PG", pg.url())]);
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(
@@ -188,11 +167,12 @@ fn unsupported_types_are_errors_naming_table_and_column() {
     let entities = "[[entities]]\nname = \"loose\"\nkey = [\"id\"]\n";
     single_job(dir.path(), "postgres", "RECON_IT_PG", entities);
     let out = recon(dir.path(), &EXPORT_DB, &[("RECON_IT_PG", pg.url())]);
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
     assert!(
-        text(&out).contains("column `amount`: type numeric has no declared precision and scale"),
+        describe(&out)
+            .contains("column `amount`: type numeric has no declared precision and scale"),
         "{}",
-        text(&out)
+        describe(&out)
     );
 
     let my = My::create("odd");
@@ -204,17 +184,17 @@ fn unsupported_types_are_errors_naming_table_and_column() {
         "[[entities]]\nname = \"odd\"\nkey = [\"id\"]\n",
     );
     let out = recon(dir.path(), &EXPORT_DB, &[("RECON_IT_MY", my.url())]);
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
     assert!(
-        text(&out).contains("table odd, column `p`: type MYSQL_TYPE_GEOMETRY is not supported"),
+        describe(&out).contains("table odd, column `p`: type MYSQL_TYPE_GEOMETRY is not supported"),
         "{}",
-        text(&out)
+        describe(&out)
     );
 
     // A missing URL variable is a usage error before anything is read.
     let out = recon(dir.path(), &EXPORT_DB, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("RECON_IT_MY"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(describe(&out).contains("RECON_IT_MY"), "{}", describe(&out));
 }
 
 #[test]
@@ -227,7 +207,7 @@ fn a_failed_export_keeps_the_previous_snapshot() {
     single_job(dir.path(), "postgres", "RECON_IT_PG", entities);
     let env = [("RECON_IT_PG", pg.url())];
     let out = recon(dir.path(), &EXPORT_DB, &env);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let a = snapshot_dir(dir.path(), "db", "a");
     let first = manifest(&a).unwrap();
     let first_parts = parts(&a);
@@ -235,14 +215,14 @@ fn a_failed_export_keeps_the_previous_snapshot() {
     // Second export: `a` is read, then `b` fails.
     pg.exec("INSERT INTO a VALUES (3); ALTER TABLE b ADD COLUMN span interval;");
     let out = recon(dir.path(), &EXPORT_DB, &env);
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
     assert_eq!(manifest(&a).unwrap()["export_id"], first["export_id"]);
     assert_eq!(parts(&a), first_parts, "the new part of `a` was removed");
 
     // Fixed: the next export replaces the snapshot and removes the old part.
     pg.exec("ALTER TABLE b DROP COLUMN span;");
     let out = recon(dir.path(), &EXPORT_DB, &env);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let third = manifest(&a).unwrap();
     assert_ne!(third["export_id"], first["export_id"]);
     assert_eq!(third["rows"], 3);
@@ -267,7 +247,7 @@ fn consistent_snapshot(kind: &str, env_name: &str, url: String, exec: &dyn Fn(&s
     std::thread::sleep(std::time::Duration::from_millis(1500));
     exec("INSERT INTO b VALUES (2);");
     let out = export.join().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let b = manifest(&snapshot_dir(dir.path(), "db", "b")).unwrap();
     assert_eq!(
         b["rows"], 1,
@@ -348,7 +328,7 @@ fn export_then_diff_finds_exactly_the_planted_drift() {
             ("SERVICE_DATABASE_URL", my.url()),
         ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let m = manifests(&dir.path().join("out"));
     assert_eq!(m.len(), 1);
     let found = discrepancies(&dir.path().join("out"), &m[0]);

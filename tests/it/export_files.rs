@@ -4,9 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use arrow::util::pretty::pretty_format_batches;
-
-use crate::common::read_parquet;
+use crate::common::{schema_and_rows, snapshot_part};
 
 fn export(dir: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_recon"))
@@ -17,21 +15,9 @@ fn export(dir: &Path) -> std::process::Output {
 }
 
 fn exported(dir: &Path, entity: &str) -> String {
-    let snap = dir.join(format!("lake/snapshots/drop/{entity}/run_date=2024-06-01"));
-    let part = std::fs::read_dir(&snap)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .unwrap();
-    let batches = read_parquet(&part);
-    let mut out: String = batches[0]
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| format!("{}: {}\n", f.name(), f.data_type()))
-        .collect();
-    out.push_str(&pretty_format_batches(&batches).unwrap().to_string());
-    out
+    schema_and_rows(&snapshot_part(
+        &dir.join(format!("lake/snapshots/drop/{entity}/run_date=2024-06-01")),
+    ))
 }
 
 #[test]

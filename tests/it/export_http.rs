@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use arrow::util::pretty::pretty_format_batches;
 
-use crate::common::read_parquet;
+use crate::common::{describe, read_parquet, snapshot_part};
 
 /// What the API answers to one request.
 struct Reply {
@@ -171,24 +171,8 @@ fn export(dir: &Path) -> Output {
         .unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn part(dir: &Path) -> PathBuf {
-    let snap = dir.join("lake/snapshots/api/users/run_date=2024-06-01");
-    let parts: Vec<PathBuf> = std::fs::read_dir(&snap)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .collect();
-    assert_eq!(parts.len(), 1);
-    parts[0].clone()
+    snapshot_part(&dir.join("lake/snapshots/api/users/run_date=2024-06-01"))
 }
 
 fn rows(dir: &Path) -> usize {
@@ -222,7 +206,7 @@ fn page_pagination_maps_json_to_the_declared_types() {
     let dir = tempfile::tempdir().unwrap();
     job(dir.path(), &api, "", "");
     let out = export(dir.path());
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let seen = api.seen();
     let targets: Vec<&str> = seen.iter().map(|s| s.target.as_str()).collect();
     assert_eq!(
@@ -257,7 +241,7 @@ fn offset_pagination_stops_at_a_short_page() {
     let dir = tempfile::tempdir().unwrap();
     job(dir.path(), &api, "", "pagination = { style = \"offset\" },");
     let out = export(dir.path());
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(api.seen().len(), 3);
     assert_eq!(api.seen()[2].target, "/v1/users?offset=20&limit=10");
     assert_eq!(rows(dir.path()), TOTAL as usize);
@@ -288,7 +272,7 @@ fn cursor_pagination_follows_the_cursor_until_null() {
         "pagination = { style = \"cursor\", cursor_param = \"after\", cursor_path = \"meta.next\" },",
     );
     let out = export(dir.path());
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let targets: Vec<String> = api.seen().into_iter().map(|s| s.target).collect();
     assert_eq!(
         targets,
@@ -334,7 +318,7 @@ fn next_link_pagination_from_the_body_and_from_the_link_header() {
         "pagination = { style = \"next_link\", next_path = \"links.next\" },",
     );
     let out = export(dir.path());
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(api.seen().len(), 3);
     assert_eq!(rows(dir.path()), TOTAL as usize);
 
@@ -350,7 +334,7 @@ fn next_link_pagination_from_the_body_and_from_the_link_header() {
         .replace("path = \"users\"", "path = \"people\"");
     std::fs::write(dir.path().join("job.toml"), text_job).unwrap();
     let out = export(dir.path());
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(api.seen().len(), 6);
     assert_eq!(api.seen()[5].target, "/v1/people?from=20");
     assert_eq!(rows(dir.path()), TOTAL as usize);
@@ -382,7 +366,7 @@ fn a_429_and_a_500_succeed_on_retry() {
     let dir = tempfile::tempdir().unwrap();
     job(dir.path(), &api, "", "");
     let out = export(dir.path());
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(api.seen().len(), 5, "two failed attempts, then three pages");
     assert_eq!(rows(dir.path()), TOTAL as usize);
 }
@@ -403,7 +387,7 @@ fn timeouts_are_retried_then_reported() {
     let dir = tempfile::tempdir().unwrap();
     job(dir.path(), &api, "timeout_secs = 1\nmax_retries = 2", "");
     let out = export(dir.path());
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(rows(dir.path()), TOTAL as usize);
 
     let slow = Api::start(Box::new(|_, _, _| Reply {
@@ -415,12 +399,12 @@ fn timeouts_are_retried_then_reported() {
     let dir = tempfile::tempdir().unwrap();
     job(dir.path(), &slow, "timeout_secs = 1\nmax_retries = 1", "");
     let out = export(dir.path());
-    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
-    assert!(text(&out).contains("page 1"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    assert!(describe(&out).contains("page 1"), "{}", describe(&out));
     assert!(
-        text(&out).contains("no response within 1 s after 2 attempts"),
+        describe(&out).contains("no response within 1 s after 2 attempts"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     assert!(
         !dir.path()
@@ -445,8 +429,8 @@ fn malformed_json_names_the_page() {
     let dir = tempfile::tempdir().unwrap();
     job(dir.path(), &api, "", "");
     let out = export(dir.path());
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    let t = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    let t = describe(&out);
     assert!(
         t.contains("entity `users` from api: page 2 (http://127.0.0.1:"),
         "{t}"
@@ -473,11 +457,11 @@ fn a_page_that_repeats_keys_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     job(dir.path(), &api, "", "");
     let out = export(dir.path());
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
     assert!(
-        text(&out).contains("record 0 repeats key (id=9) first seen on page 1"),
+        describe(&out).contains("record 0 repeats key (id=9) first seen on page 1"),
         "{}",
-        text(&out)
+        describe(&out)
     );
 }
 
@@ -489,12 +473,12 @@ fn a_value_of_the_wrong_type_names_record_and_column() {
     let dir = tempfile::tempdir().unwrap();
     job(dir.path(), &api, "", "");
     let out = export(dir.path());
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
     assert!(
-        text(&out).contains(
+        describe(&out).contains(
             "record 0, column `amount` (decimal(10,2)): `12.345` has more than 2 decimal places"
         ),
         "{}",
-        text(&out)
+        describe(&out)
     );
 }
