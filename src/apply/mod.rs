@@ -295,12 +295,10 @@ pub async fn apply(job: &JobConfig, opts: &ApplyOptions) -> Result<ApplySummary>
                 }
                 if opts.dry_run {
                     let n = cs.len();
-                    let matching = log
-                        .iter()
-                        .filter(|(e, _, o, out)| {
-                            e == &target.entity && o == op && *out == Outcome::WouldApply
-                        })
-                        .count();
+                    let matching = summary.counts[&target.entity][*op]
+                        .get(Outcome::WouldApply.as_str())
+                        .copied()
+                        .unwrap_or(0) as usize;
                     let sql = match &db {
                         Db::Pg(_) => postgres::statement_text(target, cs[0]),
                         Db::My(_) => mysql::statement_text(target, cs[0]),
