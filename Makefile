@@ -4,10 +4,12 @@ CARGO ?= cargo
 RECON = $(CARGO_TARGET_DIR)/debug/recon
 SAMPLE_DATE = 2024-06-01
 
-.PHONY: help build run test tools bench bench-diff bench-export fmt lint sample-data clean
+.PHONY: help build run test tools bench bench-diff bench-scale bench-export fmt lint sample-data clean
 BENCH_SIZES ?= 1000000,5000000,20000000
 BENCH_RUNS ?= 3
 EXPORT_ROWS ?= 5000000
+SCALE_SIZES ?= 20000000,100000000
+SCALE_MEMORY ?= 4GiB
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -26,12 +28,17 @@ test: tools ## Run every test: unit, SQL logic (.slt), integration (files, memor
 tools: ## Install the S3 servers the tests start (moto, Garage) into ~/.cache/recon-tools
 	bash scripts/tools.sh
 
-bench: bench-diff bench-export ## Both benchmarks (results in bench/results)
+bench: bench-diff bench-scale bench-export ## Every benchmark (results in bench/results)
 
 bench-diff: tools ## Diff benchmark: recon vs DuckDB and Polars on the same pairs (BENCH_SIZES, BENCH_RUNS)
 	$(CARGO) build --locked --release --bin recon
 	$(HOME)/.cache/recon-tools/venv/bin/python bench/bench.py --recon $(CARGO_TARGET_DIR)/release/recon \
 		--python $(HOME)/.cache/recon-tools/venv/bin/python --sizes $(BENCH_SIZES) --runs $(BENCH_RUNS)
+
+bench-scale: tools ## Bounded memory: recon alone at SCALE_SIZES under --memory-limit SCALE_MEMORY
+	$(CARGO) build --locked --release --bin recon
+	$(HOME)/.cache/recon-tools/venv/bin/python bench/bench.py --recon $(CARGO_TARGET_DIR)/release/recon \
+		--scale $(SCALE_SIZES) --memory-limit $(SCALE_MEMORY)
 
 bench-export: tools ## Export benchmark: a Postgres table to Parquet, recon vs connectorx (EXPORT_ROWS)
 	$(CARGO) build --locked --release --bin recon

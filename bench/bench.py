@@ -97,6 +97,61 @@ def run_tool(cmd, cwd):
         return elapsed, usage.ru_maxrss / 1024.0, out.read()
 
 
+def pair_for(args, size):
+    """The generated pair for `size` rows (kept between runs) and its expected counts."""
+    pair = Path(args.data) / f"pair-{size}"
+    if not (pair / "expected.json").exists():
+        subprocess.run([args.recon, "--quiet", "generate", "--bench-rows", str(size), "--out", str(pair)], check=True)
+    expected = json.loads((pair / "expected.json").read_text())
+    want = {k: expected[k] for k in ("missing_in_replica", "extra_in_replica", "field_mismatch")}
+    return pair, want
+
+
+def recon_counts(out):
+    summary = json.loads(out)
+    got = {}
+    for c in summary["entities"][0]["counts"]:
+        got[c["kind"]] = got.get(c["kind"], 0) + c["count"]
+    return got
+
+
+def scale(args):
+    """recon alone at each --scale size, once, under --memory-limit: time, peak RSS and
+    seconds per million rows, to check that memory stays bounded and time grows linearly."""
+    work = Path(tempfile.mkdtemp(prefix="recon-scale-"))
+    rows_out = []
+    for size in [int(s) for s in args.scale.split(",")]:
+        pair, want = pair_for(args, size)
+        cmd = [args.recon, "--log-level", "error", "--memory-limit", args.memory_limit, "diff",
+               "--left", str(pair / "left.parquet"), "--right", str(pair / "right.parquet"), "--key", "id",
+               "--no-lock", "--output", str(work / f"recon-{size}"), "--format", "json",
+               "--run-id", "scale", "--run-date", "2024-01-01"]
+        t, m, out = run_tool(cmd, work)
+        got = {k: recon_counts(out).get(k, 0) for k in want}
+        if got != want:
+            sys.exit(f"recon at {size} rows found {got}, expected {want}")
+        shutil.rmtree(work / f"recon-{size}", ignore_errors=True)
+        rows_out.append({"rows": size, "memory_limit": args.memory_limit, "recon_s": round(t, 2),
+                         "recon_rss_mib": round(m), "s_per_million_rows": round(t / (size / 1e6), 3)})
+        print(f"{size:>10} recon {t:8.2f} s {m:9.0f} MiB (limit {args.memory_limit})", flush=True)
+    write_table(Path(args.results), "scale", rows_out)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def write_table(out, name, rows_out):
+    out.mkdir(parents=True, exist_ok=True)
+    keys = list(rows_out[0].keys())
+    with open(out / f"{name}.csv", "w") as f:
+        f.write(",".join(keys) + "\n")
+        for row in rows_out:
+            f.write(",".join(str(row[k]) for k in keys) + "\n")
+    with open(out / f"{name}.md", "w") as f:
+        f.write("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n")
+        for row in rows_out:
+            f.write("| " + " | ".join(str(row[k]) for k in keys) + " |\n")
+    print((out / f"{name}.md").read_text())
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recon", required=True, help="the recon binary (release build)")
@@ -105,7 +160,12 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--data", default=os.path.expanduser("~/.cache/recon-bench"), help="where pairs are kept")
     ap.add_argument("--results", default="bench/results")
+    ap.add_argument("--scale", default="", help="sizes at which recon alone runs once under --memory-limit "
+                    "(the bounded-memory check; results in scale.{csv,md})")
+    ap.add_argument("--memory-limit", default="4GiB", help="recon's --memory-limit for the --scale runs")
     args = ap.parse_args()
+    if args.scale:
+        return scale(args)
     fields = json.dumps(FIELDS)
     work = Path(tempfile.mkdtemp(prefix="recon-bench-"))
     scripts = {}
@@ -115,11 +175,7 @@ def main():
         scripts[name].write_text(body)
     rows_out = []
     for size in [int(s) for s in args.sizes.split(",")]:
-        pair = Path(args.data) / f"pair-{size}"
-        if not (pair / "expected.json").exists():
-            subprocess.run([args.recon, "--quiet", "generate", "--bench-rows", str(size), "--out", str(pair)], check=True)
-        expected = json.loads((pair / "expected.json").read_text())
-        want = {k: expected[k] for k in ("missing_in_replica", "extra_in_replica", "field_mismatch")}
+        pair, want = pair_for(args, size)
         left, right = str(pair / "left.parquet"), str(pair / "right.parquet")
         tools = {
             "recon": lambda i: [args.recon, "--log-level", "error", "diff", "--left", left, "--right", right,
@@ -137,10 +193,7 @@ def main():
                 times.append(t)
                 rss.append(m)
                 if tool == "recon":
-                    summary = json.loads(out)
-                    got = {}
-                    for c in summary["entities"][0]["counts"]:
-                        got[c["kind"]] = got.get(c["kind"], 0) + c["count"]
+                    got = recon_counts(out)
                 elif tool == "floor":
                     got = want
                 else:
@@ -160,18 +213,7 @@ def main():
             "recon_vs_floor": round(r[0] / results["floor"][0], 2),
             "recon_rss_vs_duckdb": round(r[1] / results["duckdb"][1], 2),
         })
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    keys = list(rows_out[0].keys())
-    with open(out / "results.csv", "w") as f:
-        f.write(",".join(keys) + "\n")
-        for row in rows_out:
-            f.write(",".join(str(row[k]) for k in keys) + "\n")
-    with open(out / "results.md", "w") as f:
-        f.write("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n")
-        for row in rows_out:
-            f.write("| " + " | ".join(str(row[k]) for k in keys) + " |\n")
-    print((out / "results.md").read_text())
+    write_table(Path(args.results), "results", rows_out)
     shutil.rmtree(work, ignore_errors=True)
 
 

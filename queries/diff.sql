@@ -1,32 +1,40 @@
--- The reconciliation of one entity. First a narrow full outer join of the two sides on
--- the key (keys, compared values, newest-by columns only), keeping keys found on one
--- side only and keys with at least one differing field. A key duplicated on either side
--- is data quality, reported elsewhere: it is left out here on both sides (dk: such keys
--- of both sides, in the common key types). Then, for the few keys that remain, the
--- payload columns corrections are built from are joined in from each side.
--- The generated columns of j: the coalesced keys; per compared field N, the comparator
--- recon_cmp_N(s.cN, r.cN) AS reasonN (NULL when equal) and both values.
-WITH s AS ({source_side}),
-     r AS ({replica_side}),
-     dk AS ({duplicate_keys}),
-     j AS (
-       SELECT
-         CASE WHEN r."__present" IS NULL THEN 'missing_in_replica'
-              WHEN s."__present" IS NULL THEN 'extra_in_replica'
-              ELSE 'both' END AS "__class",
-         {columns}
-       FROM s FULL OUTER JOIN r ON {join_on}
-     ),
-     d AS (
-       SELECT *
-       FROM j
-       WHERE (j."__class" <> 'both' OR {any_reason})
-         AND NOT EXISTS (SELECT 1 FROM dk WHERE {duplicate_match})
+-- The reconciliation of one entity, over its key summary (queries/keys.sql). The keys
+-- to look at are those live on one side only, or live on both with different
+-- fingerprints; a key duplicated on either side is data quality, reported from the
+-- summary and left out here. For those few keys each side's row is joined in (sp, rp:
+-- raw columns, live rows only) and every compared field goes through its comparator
+-- recon_cmp_N, which returns NULL when the two values are equal under the field's rule.
+-- Keys whose fingerprints differ only within a tolerance are equal field by field and
+-- drop out at the end.
+-- The generated columns of j: the keys; per compared field N, reasonN and both values
+-- in the common type; newest-by flags; per mapped column the correction payload.
+WITH d AS (
+       SELECT {keys},
+              CASE WHEN "__replica_live" = 0 THEN 'missing_in_replica'
+                   WHEN "__source_live" = 0 THEN 'extra_in_replica'
+                   ELSE 'both' END AS "__class"
+       FROM {summary}
+       WHERE "__source_rows" <= 1 AND "__replica_rows" <= 1
+         AND "__source_live" + "__replica_live" > 0
      ),
      sp AS ({source_payload}),
-     rp AS ({replica_payload})
-SELECT d.*, {payload}
-FROM d
-LEFT JOIN sp ON {source_payload_on}
-LEFT JOIN rp ON {replica_payload_on}
+     rp AS ({replica_payload}),
+     -- Each side is joined to the few keys on its own, so the small key list is the
+     -- side of the join held in memory and the snapshot streams past it.
+     sj AS (
+       SELECT d.*, {source_values}
+       FROM d LEFT JOIN sp ON {source_payload_on}
+     ),
+     rj AS (
+       SELECT {d_keys}, {replica_values}
+       FROM d LEFT JOIN rp ON {replica_payload_on}
+     ),
+     j AS (
+       SELECT sj."__class",
+         {columns}
+       FROM sj JOIN rj ON {sides_on}
+     )
+SELECT *
+FROM j
+WHERE j."__class" <> 'both' OR {any_reason}
 ORDER BY {order_by}

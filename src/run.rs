@@ -324,6 +324,7 @@ async fn run_locked(
         }
     };
     // Corrections as compensation events, and those an earlier apply already applied.
+    let events_clock = Instant::now();
     let corrections = match crate::apply::events::process(job, &layout, &files, &mut written).await
     {
         Ok(c) => c,
@@ -333,6 +334,7 @@ async fn run_locked(
         }
     };
     files.extend(corrections.events);
+    let events_ms = events_clock.elapsed().as_millis() as u64;
     for e in &mut entities {
         if let Some(r) = corrections.reappeared.get(&e.entity) {
             warn!(entity = %e.entity, count = r.len(), "corrections applied by an earlier apply are back: the fix did not stick");
@@ -351,6 +353,7 @@ async fn run_locked(
     };
     let mut durations_ms = BTreeMap::new();
     durations_ms.insert("prepare".to_string(), plan_ms);
+    durations_ms.insert("events".to_string(), events_ms);
     if let Some((_, ms)) = &export {
         durations_ms.insert("export".to_string(), *ms);
     }
@@ -442,28 +445,11 @@ async fn diff_all(
     for p in prepared {
         let entity = &p.plan.entity;
         let span = info_span!("entity", entity = %entity.name);
-        // A hash join holds one side in memory, with its hash table and the projected
-        // columns; past a quarter of the limit, a sort-merge join that spills is used.
-        let input_bytes = p.source.bytes + p.replica.bytes;
-        let prefer_hash_join = (input_bytes as f64) < opts.memory_limit as f64 * 0.25;
-        if !prefer_hash_join {
-            span.in_scope(|| {
-                info!(
-                    input_bytes,
-                    memory_limit = opts.memory_limit,
-                    "inputs exceed a quarter of the memory limit: sort-merge join with spilling"
-                )
-            });
-        }
+        // The key summary is an aggregation, which spills to disk past the memory
+        // limit; the diff's joins hold only the keys that differ in memory.
         let ctx = diff::session_context(&diff::SessionOptions {
-            // Concurrent sorts split the pool between them; one partition spills reliably.
-            target_partitions: if prefer_hash_join {
-                opts.target_partitions
-            } else {
-                1
-            },
+            target_partitions: opts.target_partitions,
             memory_limit: opts.memory_limit,
-            prefer_hash_join,
         })?;
         p.source.register(&ctx, "source")?;
         p.replica.register(&ctx, "replica")?;
@@ -472,21 +458,30 @@ async fn diff_all(
         written.push(layout.corrections(&job.replica, &entity.name));
         written.push(layout.corrections(&job.source, &entity.name));
         let started = Instant::now();
-        if opts.progress {
-            eprint!(
-                "[{}/{}] {}: {} source rows, {} replica rows: diffing…",
+        let progress = opts.progress.then(|| diff::progress::Progress {
+            label: format!(
+                "[{}/{}] {}",
                 summaries.len() + 1,
                 prepared.len(),
-                entity.name,
+                entity.name
+            ),
+            sides: [
+                (p.source.object_paths(), p.source.rows),
+                (p.replica.object_paths(), p.replica.rows),
+            ],
+        });
+        let result: EntityResult =
+            diff::run_entity(&ctx, &p.plan, stamp, layout, progress.as_ref())
+                .instrument(span.clone())
+                .await?;
+        if let Some(progress) = &progress {
+            eprintln!(
+                "\r{}: {} source rows, {} replica rows, done in {:.1}s\x1b[K",
+                progress.label,
                 p.source.rows,
-                p.replica.rows
+                p.replica.rows,
+                started.elapsed().as_secs_f64()
             );
-        }
-        let result: EntityResult = diff::run_entity(&ctx, &p.plan, stamp, layout)
-            .instrument(span.clone())
-            .await?;
-        if opts.progress {
-            eprintln!(" done in {:.1}s", started.elapsed().as_secs_f64());
         }
         let limit = opts
             .max_correction_share
@@ -522,7 +517,7 @@ async fn diff_all(
             files.extend(result.correction_files.iter().cloned());
         }
         let mut durations_ms = BTreeMap::new();
-        durations_ms.insert("quality".to_string(), result.quality_ms);
+        durations_ms.insert("key_summary".to_string(), result.quality_ms);
         durations_ms.insert("diff".to_string(), result.diff_ms);
         summaries.push(EntitySummary {
             entity: entity.name.clone(),

@@ -196,6 +196,16 @@ impl Snapshot {
     }
 
     /// Registers exactly the checked files as table `name` in `ctx`.
+    /// The object paths of the snapshot's files, as the query plan's scans name them.
+    pub fn object_paths(&self) -> std::collections::HashSet<object_store::path::Path> {
+        let root = self.location.root.as_str();
+        self.files
+            .iter()
+            .filter_map(|f| ListingTableUrl::parse(format!("{root}{}", f.path)).ok())
+            .map(|u| u.prefix().clone())
+            .collect()
+    }
+
     pub fn register(&self, ctx: &SessionContext, name: &str) -> Result<()> {
         self.location.register(ctx);
         let root = self.location.root.as_str();

@@ -2,9 +2,11 @@
 //!
 //! Besides plain SQL, a statement `RECON PLAN <name>` followed by an entity's TOML (as in
 //! a job file, without `name`) plans that entity over tables `<name>_source` and
-//! `<name>_replica`, registers its comparators, and creates the views `<name>_diff`,
-//! `<name>_null_keys_source|replica` and `<name>_duplicate_keys_source|replica` from the
-//! production templates in `queries/`.
+//! `<name>_replica`, registers its functions, and creates the views `<name>_keys` (the
+//! key summary), `<name>_diff` (over the summary), `<name>_null_keys_source|replica` and
+//! `<name>_duplicate_keys_source|replica` from the production templates in `queries/`.
+//! Production collects the key summary into a table instead of a view; the SQL is the
+//! same.
 
 use std::path::{Path, PathBuf};
 
@@ -42,12 +44,14 @@ impl ReconDb {
         let replica = schema(format!("{name}_replica")).await?;
         let plan = EntityPlan::try_new(&entity, &source, &replica, Path::new("<slt>"))
             .map_err(|e| SltError(e.to_string()))?;
-        for udf in plan.comparators() {
+        for udf in plan.functions() {
             self.ctx.register_udf(udf);
         }
         let (s, r) = (format!("{name}_source"), format!("{name}_replica"));
+        let keys = format!("{name}_keys");
         let views = [
-            (format!("{name}_diff"), plan.diff_sql(&s, &r)),
+            (keys.clone(), plan.keys_sql(&s, &r)),
+            (format!("{name}_diff"), plan.diff_sql(&keys, &s, &r)),
             (
                 format!("{name}_null_keys_source"),
                 plan.null_keys_sql(Side::Source, &s),
@@ -58,11 +62,11 @@ impl ReconDb {
             ),
             (
                 format!("{name}_duplicate_keys_source"),
-                plan.duplicate_keys_sql(Side::Source, &s),
+                plan.duplicate_keys_sql(Side::Source, &keys),
             ),
             (
                 format!("{name}_duplicate_keys_replica"),
-                plan.duplicate_keys_sql(Side::Replica, &r),
+                plan.duplicate_keys_sql(Side::Replica, &keys),
             ),
         ];
         for (view, sql) in views {

@@ -6,56 +6,92 @@
 //! is the correction id (deterministic), so idempotent consumers can deduplicate.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use chrono::{NaiveDate, Utc};
 use futures::TryStreamExt;
-use object_store::{ObjectStoreExt, PutPayload};
-use serde_json::json;
+use object_store::ObjectStoreExt;
+use object_store::buffered::BufWriter;
+use tokio::io::AsyncWriteExt;
 
-use super::{Correction, read_corrections};
-use crate::error::Result;
+use super::value::Value;
+use super::{Correction, CorrectionBatches};
+use crate::error::{Error, Result};
 use crate::job::JobConfig;
 use crate::store::Location;
 use crate::write::{ManifestFile, RunLayout};
 
-/// The event for one correction.
-pub fn event(
-    job: &JobConfig,
-    run: (&str, NaiveDate),
-    system: &str,
-    entity: &str,
-    key: &[String],
-    c: &Correction,
-    time: &str,
-) -> serde_json::Value {
-    let obj = |pairs: &mut dyn Iterator<Item = &(String, super::Value)>| {
-        serde_json::Value::Object(pairs.map(|(k, v)| (k.clone(), v.to_json())).collect())
+/// The run an event belongs to, and what every event of one file shares.
+pub struct EventContext<'a> {
+    pub job: &'a JobConfig,
+    pub run_id: &'a str,
+    pub run_date: NaiveDate,
+    pub system: &'a str,
+    pub entity: &'a str,
+    /// Key columns in the target system's names.
+    pub key: &'a [String],
+    /// When the events were written (RFC 3339, UTC).
+    pub time: &'a str,
+}
+
+/// Appends the event for one correction as one line of JSON. Written directly, not
+/// through a JSON tree: a run can have hundreds of thousands of corrections.
+pub fn write_event(cx: &EventContext<'_>, c: &Correction, out: &mut Vec<u8>) {
+    let text = |out: &mut Vec<u8>, s: &str| {
+        serde_json::to_writer(&mut *out, s).expect("writing to memory");
     };
-    let key_obj = obj(&mut c.values.iter().filter(|(k, _)| key.contains(k)));
-    let set = match c.op.as_str() {
-        "insert" => obj(&mut c.values.iter()),
-        "delete" => json!({}),
-        _ => obj(&mut c.values.iter().filter(|(k, _)| c.changed.contains(k))),
-    };
-    json!({
-        "specversion": "1.0",
-        "id": c.id,
-        "source": format!("recon/{}", job.name),
-        "type": format!("recon.correction.{}", c.op),
-        "subject": format!("{entity}/{key_obj}"),
-        "time": time,
-        "datacontenttype": "application/json",
-        "reconrunid": run.0,
-        "reconrundate": run.1.to_string(),
-        "reconsystem": system,
-        "data": {
-            "entity": entity,
-            "op": c.op,
-            "key": key_obj,
-            "set": set,
-            "expected": obj(&mut c.expected.iter()),
+    let object = |out: &mut Vec<u8>, pairs: &mut dyn Iterator<Item = &(String, Value)>| {
+        out.push(b'{');
+        for (i, (name, value)) in pairs.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut *out, name).expect("writing to memory");
+            out.push(b':');
+            value.write_json(out);
         }
-    })
+        out.push(b'}');
+    };
+    let mut key = Vec::new();
+    object(
+        &mut key,
+        &mut c.values.iter().filter(|(k, _)| cx.key.contains(k)),
+    );
+    let key = String::from_utf8(key).expect("JSON is UTF-8");
+    out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
+    text(out, &c.id);
+    out.extend_from_slice(b",\"source\":");
+    text(out, &format!("recon/{}", cx.job.name));
+    out.extend_from_slice(b",\"type\":");
+    text(out, &format!("recon.correction.{}", c.op));
+    out.extend_from_slice(b",\"subject\":");
+    text(out, &format!("{}/{key}", cx.entity));
+    out.extend_from_slice(b",\"time\":");
+    text(out, cx.time);
+    out.extend_from_slice(b",\"datacontenttype\":\"application/json\",\"reconrunid\":");
+    text(out, cx.run_id);
+    out.extend_from_slice(b",\"reconrundate\":");
+    text(out, &cx.run_date.to_string());
+    out.extend_from_slice(b",\"reconsystem\":");
+    text(out, cx.system);
+    out.extend_from_slice(b",\"data\":{\"entity\":");
+    text(out, cx.entity);
+    out.extend_from_slice(b",\"op\":");
+    text(out, &c.op);
+    out.extend_from_slice(b",\"key\":");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b",\"set\":");
+    match c.op.as_str() {
+        "insert" => object(out, &mut c.values.iter()),
+        "delete" => out.extend_from_slice(b"{}"),
+        _ => object(
+            out,
+            &mut c.values.iter().filter(|(k, _)| c.changed.contains(k)),
+        ),
+    }
+    out.extend_from_slice(b",\"expected\":");
+    object(out, &mut c.expected.iter());
+    out.extend_from_slice(b"}}\n");
 }
 
 /// Key columns of `entity` in `system`'s names.
@@ -105,49 +141,60 @@ pub async fn process(
         let (Some(entity), Some(system)) = (&f.entity, &f.system) else {
             continue;
         };
-        let corrections = read_corrections(&layout.output, &f.path).await?;
         let key = target_key(job, entity, system);
-        let mut body = String::new();
-        for c in &corrections {
-            let e = event(
-                job,
-                (&layout.run_id, layout.run_date),
-                system,
-                entity,
-                &key,
-                c,
-                &time,
-            );
-            body.push_str(&e.to_string());
-            body.push('\n');
-            if let Some((run_id, date)) = applied.get(&c.id) {
-                reappeared
-                    .entry(entity.clone())
-                    .or_default()
-                    .push(Reappeared {
-                        correction_id: c.id.clone(),
-                        applied_in_run: run_id.clone(),
-                        applied_run_date: *date,
-                    });
-            }
-        }
         let rel = format!(
             "events/run_date={}/run_id={}/system={system}/entity={entity}/events.ndjson",
             layout.run_date, layout.run_id
         );
-        let size = body.len() as u64;
-        layout
-            .output
-            .store
-            .put(&layout.path(&rel), PutPayload::from(body.into_bytes()))
-            .await?;
+        let cx = EventContext {
+            job,
+            run_id: &layout.run_id,
+            run_date: layout.run_date,
+            system,
+            entity,
+            key: &key,
+            time: &time,
+        };
+        // Events stream to the store in parts; the file is not listed anywhere until
+        // the run's manifest is written.
         written.push(rel.clone());
+        let mut sink = BufWriter::new(Arc::clone(&layout.output.store), layout.path(&rel));
+        let (mut rows, mut size) = (0u64, 0u64);
+        let failed = |e: std::io::Error| Error::Storage {
+            location: layout.url(&rel),
+            source: object_store::Error::Generic {
+                store: "events",
+                source: Box::new(e),
+            },
+        };
+        let mut body = Vec::new();
+        for batch in CorrectionBatches::open(&layout.output, &f.path).await? {
+            let batch = batch?;
+            body.clear();
+            for c in &batch {
+                write_event(&cx, c, &mut body);
+                if let Some((run_id, date)) = applied.get(&c.id) {
+                    reappeared
+                        .entry(entity.clone())
+                        .or_default()
+                        .push(Reappeared {
+                            correction_id: c.id.clone(),
+                            applied_in_run: run_id.clone(),
+                            applied_run_date: *date,
+                        });
+                }
+            }
+            rows += batch.len() as u64;
+            size += body.len() as u64;
+            sink.write_all(&body).await.map_err(failed)?;
+        }
+        sink.shutdown().await.map_err(failed)?;
         events.push(ManifestFile {
             path: rel,
             kind: "events".into(),
             entity: Some(entity.clone()),
             system: Some(system.clone()),
-            rows: Some(corrections.len() as u64),
+            rows: Some(rows),
             size,
         });
     }

@@ -446,28 +446,48 @@ pub(crate) async fn read_corrections(
     output: &store::Location,
     rel: &str,
 ) -> Result<Vec<Correction>> {
-    let location = output.child(rel);
-    let storage = |source| Error::Storage {
-        location: location.url(),
-        source,
-    };
-    let bytes = location
-        .store
-        .get(&location.prefix)
-        .await
-        .map_err(storage)?
-        .bytes()
-        .await
-        .map_err(storage)?;
-    let bad = |m: String| Error::Internal(format!("{}: {m}", location.url()));
-    let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .map_err(|e| bad(e.to_string()))?
-        .build()
-        .map_err(|e| bad(e.to_string()))?
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| bad(e.to_string()))?;
     let mut out = Vec::new();
-    for b in &batches {
+    for batch in CorrectionBatches::open(output, rel).await? {
+        out.extend(batch?);
+    }
+    Ok(out)
+}
+
+/// One correction file, read batch by batch.
+pub(crate) struct CorrectionBatches {
+    url: String,
+    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+}
+
+impl CorrectionBatches {
+    pub(crate) async fn open(output: &store::Location, rel: &str) -> Result<Self> {
+        let location = output.child(rel);
+        let storage = |source| Error::Storage {
+            location: location.url(),
+            source,
+        };
+        let bytes = location
+            .store
+            .get(&location.prefix)
+            .await
+            .map_err(storage)?
+            .bytes()
+            .await
+            .map_err(storage)?;
+        let bad = |m: String| Error::Internal(format!("{}: {m}", location.url()));
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .map_err(|e| bad(e.to_string()))?
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(CorrectionBatches {
+            url: location.url(),
+            reader,
+        })
+    }
+
+    fn corrections(&self, b: &RecordBatch) -> Result<Vec<Correction>> {
+        let bad = |m: String| Error::Internal(format!("{}: {m}", self.url));
+        let mut out = Vec::with_capacity(b.num_rows());
         let schema = b.schema();
         let col = |n: &str| {
             b.column_by_name(n)
@@ -522,8 +542,20 @@ pub(crate) async fn read_corrections(
                 expected: exp,
             });
         }
+        Ok(out)
     }
-    Ok(out)
+}
+
+impl Iterator for CorrectionBatches {
+    type Item = Result<Vec<Correction>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let batch = match self.reader.next()? {
+            Ok(b) => b,
+            Err(e) => return Some(Err(Error::Internal(format!("{}: {e}", self.url)))),
+        };
+        Some(self.corrections(&batch))
+    }
 }
 
 async fn write_report(

@@ -121,6 +121,45 @@ impl Value {
         }
     }
 
+    /// Appends the value as JSON text, exactly as [`Self::to_json`] would print it,
+    /// without building a JSON tree (the events files hold one per cell).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        use chrono::{Datelike, Timelike};
+        use std::io::Write;
+        let text = |out: &mut Vec<u8>, s: &str| {
+            serde_json::to_writer(&mut *out, s).expect("writing to memory");
+        };
+        match self {
+            Value::Null => out.extend_from_slice(b"null"),
+            Value::Int(v) => {
+                let _ = write!(out, "{v}");
+            }
+            Value::UInt(v) => {
+                let _ = write!(out, "{v}");
+            }
+            Value::Float(v) if v.is_finite() => {
+                serde_json::to_writer(&mut *out, v).expect("writing to memory")
+            }
+            Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Value::Decimal(s) | Value::Text(s) => text(out, s),
+            Value::Timestamp { at, utc } if (0..=9999).contains(&at.year()) => {
+                let _ = write!(
+                    out,
+                    "\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}{}\"",
+                    at.year(),
+                    at.month(),
+                    at.day(),
+                    at.hour(),
+                    at.minute(),
+                    at.second(),
+                    at.nanosecond() / 1000,
+                    if *utc { "Z" } else { "" }
+                );
+            }
+            other => serde_json::to_writer(&mut *out, &other.to_json()).expect("writing to memory"),
+        }
+    }
+
     /// The value bound as a MySQL parameter (the session runs in UTC).
     pub fn to_mysql(&self) -> mysql_async::Value {
         use chrono::{Datelike, Timelike};
@@ -162,6 +201,45 @@ impl Value {
                 serde_json::Value::String(s) => format!("'{s}'"),
                 v => v.to_string(),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_text_matches_the_json_tree() {
+        let at = NaiveDate::from_ymd_opt(2024, 6, 1)
+            .unwrap()
+            .and_hms_micro_opt(1, 2, 3, 45)
+            .unwrap();
+        let values = [
+            Value::Null,
+            Value::Int(-42),
+            Value::UInt(u64::MAX),
+            Value::Float(1.0),
+            Value::Float(-0.1),
+            Value::Float(f64::NAN),
+            Value::Float(f64::NEG_INFINITY),
+            Value::Decimal("-12.50".into()),
+            Value::Text("quote \" and \\ and \n and é".into()),
+            Value::Bool(true),
+            Value::Date(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap()),
+            Value::Timestamp { at, utc: true },
+            Value::Timestamp { at, utc: false },
+            Value::Time(NaiveTime::from_hms_micro_opt(23, 59, 58, 7).unwrap()),
+            Value::Bytes(vec![0, 255]),
+        ];
+        for v in values {
+            let mut out = Vec::new();
+            v.write_json(&mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                v.to_json().to_string(),
+                "{v:?}"
+            );
         }
     }
 }

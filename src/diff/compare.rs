@@ -167,7 +167,7 @@ fn as_decimal(a: &ArrayRef) -> DfResult<(ArrayRef, u32)> {
     }
 }
 
-fn truncation_factor(unit: TimeUnit, precision: TimeUnit) -> i64 {
+pub(super) fn truncation_factor(unit: TimeUnit, precision: TimeUnit) -> i64 {
     fn per_second(u: TimeUnit) -> i64 {
         match u {
             TimeUnit::Second => 1,
@@ -252,7 +252,7 @@ pub fn compare_text(rule: &CompareRule, a: Option<&str>, b: Option<&str>) -> Opt
 }
 
 /// Applies the text rule: trim, then empty as NULL, then lower case.
-fn normalize<'s>(rule: &CompareRule, x: Option<&'s str>) -> Option<Cow<'s, str>> {
+pub(super) fn normalize<'s>(rule: &CompareRule, x: Option<&'s str>) -> Option<Cow<'s, str>> {
     let x = x.map(|s| if rule.trim { s.trim() } else { s });
     let x = x.filter(|s| !(rule.null_equals_empty && s.is_empty()));
     x.map(|s| {
@@ -265,14 +265,14 @@ fn normalize<'s>(rule: &CompareRule, x: Option<&'s str>) -> Option<Cow<'s, str>>
 }
 
 /// Read access to any of Arrow's three string layouts.
-enum Strings<'a> {
+pub(super) enum Strings<'a> {
     Utf8(&'a arrow::array::StringArray),
     Large(&'a arrow::array::LargeStringArray),
     View(&'a arrow::array::StringViewArray),
 }
 
 impl<'a> Strings<'a> {
-    fn new(a: &'a ArrayRef) -> DfResult<Self> {
+    pub(super) fn new(a: &'a ArrayRef) -> DfResult<Self> {
         Ok(match a.data_type() {
             DataType::Utf8 => Strings::Utf8(a.as_string::<i32>()),
             DataType::LargeUtf8 => Strings::Large(a.as_string::<i64>()),
@@ -280,14 +280,14 @@ impl<'a> Strings<'a> {
             other => return exec_err!("expected a string array, got {other}"),
         })
     }
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         match self {
             Strings::Utf8(a) => a.len(),
             Strings::Large(a) => a.len(),
             Strings::View(a) => a.len(),
         }
     }
-    fn get(&self, i: usize) -> Option<&'a str> {
+    pub(super) fn get(&self, i: usize) -> Option<&'a str> {
         match self {
             Strings::Utf8(a) => a.is_valid(i).then(|| a.value(i)),
             Strings::Large(a) => a.is_valid(i).then(|| a.value(i)),

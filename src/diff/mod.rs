@@ -2,7 +2,9 @@
 //! streams into discrepancy rows and typed correction rows.
 
 pub mod compare;
+pub mod fingerprint;
 pub mod plan;
+pub mod progress;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,9 +45,6 @@ pub struct SessionOptions {
     pub target_partitions: usize,
     /// Memory the queries may hold before spilling to disk (bytes).
     pub memory_limit: usize,
-    /// Hash joins are fastest but keep one side in memory; when both snapshots together
-    /// are larger than a quarter of the memory limit, a sort-merge join that spills is used.
-    pub prefer_hash_join: bool,
 }
 
 impl Default for SessionOptions {
@@ -53,7 +52,6 @@ impl Default for SessionOptions {
         SessionOptions {
             target_partitions: 2,
             memory_limit: 1 << 30,
-            prefer_hash_join: true,
         }
     }
 }
@@ -63,12 +61,17 @@ pub fn session_context(opts: &SessionOptions) -> Result<SessionContext> {
     let mut config = SessionConfig::new()
         .with_target_partitions(opts.target_partitions.max(1))
         .with_information_schema(true);
-    config.options_mut().optimizer.prefer_hash_join = opts.prefer_hash_join;
     // Each sorting partition keeps this much back for merging its spill files; keep the
     // total well inside the limit.
     let per_partition = opts.memory_limit / (8 * opts.target_partitions.max(1));
     let spill = &mut config.options_mut().execution.sort_spill_reservation_bytes;
     *spill = (*spill).min(per_partition);
+    // The diff joins the keys that differ (a small table) to each snapshot: held once
+    // in memory, with the snapshot streaming past it in every partition, rather than
+    // both sides repartitioned by key.
+    let optimizer = &mut config.options_mut().optimizer;
+    optimizer.hash_join_single_partition_threshold = opts.memory_limit / 8;
+    optimizer.hash_join_single_partition_threshold_rows = 1 << 24;
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(opts.memory_limit)))
         .build_arc()
@@ -140,56 +143,91 @@ pub async fn run_entity(
     plan: &EntityPlan,
     stamp: &RunStamp,
     layout: &RunLayout,
+    progress: Option<&progress::Progress>,
 ) -> Result<EntityResult> {
     let entity = &plan.entity.name;
-    for udf in plan.comparators() {
+    for udf in plan.functions() {
         ctx.register_udf(udf);
     }
     let mut out = Classifier::try_new(plan, stamp, layout)?;
+    let query = |stage: &'static str, context: String, sql: String| async move {
+        tracing::debug!(entity = %entity, sql = %sql, "{context}");
+        let physical = ctx
+            .sql(&sql)
+            .await
+            .map_err(|e| Error::query(&context, e))?
+            .create_physical_plan()
+            .await
+            .map_err(|e| Error::query(&context, e))?;
+        let _watch = progress.map(|p| p.watch(stage, Arc::clone(&physical)));
+        let schema = physical.schema();
+        let batches = datafusion::physical_plan::collect(Arc::clone(&physical), ctx.task_ctx())
+            .await
+            .map_err(|e| Error::query(&context, e))?;
+        let spilled = spilled_bytes(&physical);
+        if spilled > 0 {
+            tracing::info!(entity = %entity, stage, spilled_bytes = spilled, "spilled to disk under the memory limit");
+        }
+        Ok::<_, Error>((schema, batches))
+    };
 
+    // Data quality first: keys with a NULL part (a scan of the key columns), then the
+    // key summary, which also counts each side's rows per key.
     let started = Instant::now();
     for side in [Side::Source, Side::Replica] {
         let table = side.as_str();
-        for (kind, sql) in [
-            (NULL_KEY, plan.null_keys_sql(side, table)),
-            (DUPLICATE_KEY, plan.duplicate_keys_sql(side, table)),
-        ] {
-            let context = format!("entity `{entity}`, {kind} query on the {table} snapshot");
-            let df = ctx.sql(&sql).await.map_err(|e| Error::query(&context, e))?;
-            let schema = df.schema().inner().clone();
-            let batches = df.collect().await.map_err(|e| Error::query(&context, e))?;
-            for batch in &batches {
-                out.quality(batch, kind, side)?;
-            }
-            if kind == DUPLICATE_KEY {
-                // The diff reads the duplicate keys from here instead of aggregating
-                // each side again (they are few: rows that break the key's uniqueness).
-                let dk = MemTable::try_new(schema, vec![batches])
-                    .map_err(|e| Error::query(&context, e))?;
-                ctx.deregister_table(dk_table(side))
-                    .map_err(|e| Error::query(&context, e))?;
-                ctx.register_table(dk_table(side), Arc::new(dk))
-                    .map_err(|e| Error::query(&context, e))?;
-            }
+        let context = format!("entity `{entity}`, {NULL_KEY} query on the {table} snapshot");
+        let (_, batches) = query("null keys", context, plan.null_keys_sql(side, table)).await?;
+        for batch in &batches {
+            out.quality(batch, NULL_KEY, side)?;
+        }
+    }
+    let context = format!("entity `{entity}`, key summary query");
+    let (schema, batches) = query(
+        "key summary",
+        context.clone(),
+        plan.keys_sql("source", "replica"),
+    )
+    .await?;
+    let candidates: usize = batches.iter().map(|b| b.num_rows()).sum();
+    // The summary holds only the keys that need a look: the rows that differ and the
+    // rows that break uniqueness, a small share of the snapshots.
+    let summary =
+        MemTable::try_new(schema, vec![batches]).map_err(|e| Error::query(&context, e))?;
+    ctx.deregister_table(SUMMARY_TABLE)
+        .map_err(|e| Error::query(&context, e))?;
+    ctx.register_table(SUMMARY_TABLE, Arc::new(summary))
+        .map_err(|e| Error::query(&context, e))?;
+    for side in [Side::Source, Side::Replica] {
+        let table = side.as_str();
+        let context = format!("entity `{entity}`, {DUPLICATE_KEY} query on the {table} snapshot");
+        let (_, batches) = query(
+            "duplicate keys",
+            context,
+            plan.duplicate_keys_sql(side, SUMMARY_TABLE),
+        )
+        .await?;
+        for batch in &batches {
+            out.quality(batch, DUPLICATE_KEY, side)?;
         }
     }
     out.flush_discrepancies().await?;
     let quality_ms = started.elapsed().as_millis() as u64;
+    tracing::debug!(entity = %entity, candidates, quality_ms, "key summary");
 
     let started = Instant::now();
     let context = format!("entity `{entity}`, diff query");
-    let sql = plan.diff_sql_with(
-        "source",
-        "replica",
-        Some((dk_table(Side::Source), dk_table(Side::Replica))),
-    );
+    let sql = plan.diff_sql(SUMMARY_TABLE, "source", "replica");
     tracing::debug!(entity = %entity, sql = %sql, "diff query");
-    let mut stream = ctx
+    let physical = ctx
         .sql(&sql)
         .await
         .map_err(|e| Error::query(&context, e))?
-        .execute_stream()
+        .create_physical_plan()
         .await
+        .map_err(|e| Error::query(&context, e))?;
+    let _watch = progress.map(|p| p.watch("diff", Arc::clone(&physical)));
+    let mut stream = datafusion::physical_plan::execute_stream(physical, ctx.task_ctx())
         .map_err(|e| Error::query(&context, e))?;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| Error::query(&context, e))?;
@@ -199,13 +237,20 @@ pub async fn run_entity(
     out.finish(quality_ms, diff_ms).await
 }
 
-/// The table holding one side's duplicate keys while an entity is diffed.
-fn dk_table(side: Side) -> &'static str {
-    match side {
-        Side::Source => "__duplicate_keys_source",
-        Side::Replica => "__duplicate_keys_replica",
-    }
+/// Bytes the operators of `plan` wrote to spill files.
+fn spilled_bytes(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> usize {
+    plan.metrics()
+        .and_then(|m| m.spilled_bytes())
+        .unwrap_or_default()
+        + plan
+            .children()
+            .into_iter()
+            .map(spilled_bytes)
+            .sum::<usize>()
 }
+
+/// The table holding the entity's key summary while it is diffed.
+const SUMMARY_TABLE: &str = "__key_summary";
 
 /// A correction to be emitted for one row of a diff batch.
 struct PendingCorrection {

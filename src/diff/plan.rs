@@ -6,12 +6,13 @@ use arrow::datatypes::{DataType, Schema, TimeUnit};
 use datafusion::logical_expr::ScalarUDF;
 
 use super::compare::FieldComparator;
+use super::fingerprint::{self, Fingerprint};
 use crate::error::{Error, Result};
 use crate::job::{DeletePolicy, EntityConfig, FieldRule, Owner};
 
 const NULL_KEYS_SQL: &str = include_str!("../../queries/null_keys.sql");
 const DUPLICATE_KEYS_SQL: &str = include_str!("../../queries/duplicate_keys.sql");
-const SIDE_SQL: &str = include_str!("../../queries/side.sql");
+const KEYS_SQL: &str = include_str!("../../queries/keys.sql");
 const DIFF_SQL: &str = include_str!("../../queries/diff.sql");
 const PAYLOAD_SQL: &str = include_str!("../../queries/payload.sql");
 
@@ -370,15 +371,33 @@ impl EntityPlan {
         )
     }
 
-    /// Complete keys of `table` that occur more than once, with their row counts.
-    pub fn duplicate_keys_sql(&self, side: Side, table: &str) -> String {
-        let (keys, _, complete) = self.key_lists(side, "");
+    /// Complete keys of one side that occur more than once, with their row counts, in
+    /// the side's column names and types, read from the key summary table `summary`.
+    pub fn duplicate_keys_sql(&self, side: Side, summary: &str) -> String {
+        let keys = self
+            .keys()
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let common = k.common.as_ref().expect("keys have a common type");
+                format!(
+                    "{} AS {}",
+                    cast_to(&format!("\"k{i}\""), common, k.data_type(side)),
+                    quote(k.name(side))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = match side {
+            Side::Source => "\"__source_rows\"",
+            Side::Replica => "\"__replica_rows\"",
+        };
         fill(
             DUPLICATE_KEYS_SQL,
             &[
                 ("keys", &keys),
-                ("key_is_complete", &complete),
-                ("table", &quote(table)),
+                ("rows", rows),
+                ("summary", &quote(summary)),
             ],
         )
     }
@@ -396,40 +415,73 @@ impl EntityPlan {
             .collect()
     }
 
-    fn side_sql(&self, side: Side, table: &str, dk: Option<(&str, &str)>) -> String {
-        let col = |m: &MappedColumn| format!("t.{}", quote(m.name(side)));
-        let mut projection = self.key_projection(side);
-        for (i, f) in self.fields.iter().enumerate() {
-            let m = self.field_column(f);
-            projection.push(format!(
-                "{} AS \"c{i}\"",
-                cast_to(&col(m), m.data_type(side), &f.common)
-            ));
-        }
-        for (i, (j, common)) in self.newest.iter().enumerate() {
-            let m = &self.mapped[*j];
-            projection.push(format!(
-                "{} AS \"n{i}\"",
-                cast_to(&col(m), m.data_type(side), common)
-            ));
-        }
-        let live = self.live(side);
-        let (_, _, complete) = self.key_lists(side, "t.");
-        let duplicate_match = self
-            .keys()
-            .iter()
-            .map(|k| format!("d.{0} = t.{0}", quote(k.name(side))))
+    /// The generated key column names, `"k0", "k1", …`, with an optional alias prefix.
+    fn key_names(&self, alias: &str) -> String {
+        (0..self.key_len)
+            .map(|i| format!("{alias}\"k{i}\""))
             .collect::<Vec<_>>()
-            .join(" AND ");
+            .join(", ")
+    }
+
+    /// The fingerprint function over the compared fields, for [`Self::keys_sql`].
+    pub fn fingerprint(&self) -> ScalarUDF {
+        Fingerprint::new(
+            self.fields
+                .iter()
+                .map(|f| (f.rule.compare.clone(), f.common.clone()))
+                .collect(),
+        )
+        .into_udf()
+    }
+
+    /// Every function the entity's queries call: the comparators and the fingerprint.
+    pub fn functions(&self) -> Vec<ScalarUDF> {
+        let mut udfs = self.comparators();
+        udfs.push(self.fingerprint());
+        udfs
+    }
+
+    /// `t`'s compared fields in their common types, fingerprinted.
+    fn fingerprint_expr(&self, side: Side) -> String {
+        if self.fields.is_empty() {
+            return "arrow_cast(0, 'UInt64')".to_string();
+        }
+        let args = self
+            .fields
+            .iter()
+            .map(|f| {
+                let m = self.field_column(f);
+                let col = format!("t.{}", quote(m.name(side)));
+                cast_to(&col, m.data_type(side), &f.common)
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("{}({args})", fingerprint::NAME)
+    }
+
+    /// The key summary over the raw snapshot tables `source` and `replica`
+    /// (queries/keys.sql): `k{i}`, `__source_rows`, `__source_live`, `__replica_rows`,
+    /// `__replica_live`, `__xor`, for the keys that need a look only.
+    pub fn keys_sql(&self, source: &str, replica: &str) -> String {
+        let (_, _, source_complete) = self.key_lists(Side::Source, "t.");
+        let (_, _, replica_complete) = self.key_lists(Side::Replica, "t.");
         fill(
-            SIDE_SQL,
+            KEYS_SQL,
             &[
-                ("projection", &projection.join(", ")),
-                ("table", &quote(table)),
-                ("key_is_complete", &complete),
-                ("live", &live),
-                ("duplicate_keys", &self.duplicate_keys_ref(side, table, dk)),
-                ("duplicate_match", &duplicate_match),
+                ("source_keys", &self.key_projection(Side::Source).join(", ")),
+                (
+                    "replica_keys",
+                    &self.key_projection(Side::Replica).join(", "),
+                ),
+                ("source_live", &self.live(Side::Source)),
+                ("replica_live", &self.live(Side::Replica)),
+                ("source_fingerprint", &self.fingerprint_expr(Side::Source)),
+                ("replica_fingerprint", &self.fingerprint_expr(Side::Replica)),
+                ("source", &quote(source)),
+                ("replica", &quote(replica)),
+                ("source_key_is_complete", &source_complete),
+                ("replica_key_is_complete", &replica_complete),
+                ("keys", &self.key_names("")),
             ],
         )
     }
@@ -453,26 +505,12 @@ impl EntityPlan {
         }
     }
 
-    /// One side's payload: the key in the common types, the current values
-    /// (`scur{j}`/`rcur{j}`) and the values in the other side's types (what a correction
-    /// of the other side would set: `rset{j}`/`sset{j}`).
+    /// One side's live rows: the key in the common types and every mapped column raw,
+    /// as `v{j}`.
     fn payload_sql(&self, side: Side, table: &str) -> String {
-        let other = match side {
-            Side::Source => Side::Replica,
-            Side::Replica => Side::Source,
-        };
-        let (s, o) = match side {
-            Side::Source => ("s", "r"),
-            Side::Replica => ("r", "s"),
-        };
-        let col = |m: &MappedColumn| format!("t.{}", quote(m.name(side)));
         let mut projection = self.key_projection(side);
         for (j, m) in self.mapped.iter().enumerate() {
-            projection.push(format!("{} AS \"{s}cur{j}\"", col(m)));
-            projection.push(format!(
-                "{} AS \"{o}set{j}\"",
-                cast_to(&col(m), m.data_type(side), m.data_type(other))
-            ));
+            projection.push(format!("t.{} AS \"v{j}\"", quote(m.name(side))));
         }
         let (_, _, complete) = self.key_lists(side, "t.");
         fill(
@@ -486,59 +524,55 @@ impl EntityPlan {
         )
     }
 
-    /// The diff query over the raw snapshot tables `source` and `replica`. Its columns:
-    /// `__class`, `k{i}` (keys, common types), `reason{i}`, `sc{i}`/`rc{i}` (both values,
-    /// common type), `rnewer{i}` (newest fields: replica is later), and per mapped column
-    /// `j`: `rset{j}`/`rcur{j}` (replica types: value to set, current value) and
-    /// `sset{j}`/`scur{j}` (source types).
-    pub fn diff_sql(&self, source: &str, replica: &str) -> String {
-        self.diff_sql_with(source, replica, None)
-    }
-
-    /// The duplicate keys of one side: the aggregation over its table, or a table that
-    /// already holds its result (`dk`: source's then replica's).
-    fn duplicate_keys_ref(&self, side: Side, table: &str, dk: Option<(&str, &str)>) -> String {
-        match (dk, side) {
-            (Some((s, _)), Side::Source) => format!("SELECT * FROM {}", quote(s)),
-            (Some((_, r)), Side::Replica) => format!("SELECT * FROM {}", quote(r)),
-            (None, _) => self.duplicate_keys_sql(side, table),
-        }
-    }
-
-    /// The diff query; with `dk`, each side's duplicate keys are read from the named
-    /// tables (the data-quality query's result) instead of being aggregated again.
-    pub fn diff_sql_with(&self, source: &str, replica: &str, dk: Option<(&str, &str)>) -> String {
+    /// The diff query over the key summary table `summary` and the raw snapshot tables
+    /// `source` and `replica`. Its columns: `__class`, `k{i}` (keys, common types),
+    /// `reason{i}`, `sc{i}`/`rc{i}` (both values, common type), `rnewer{i}` (newest
+    /// fields: replica is later), and per mapped column `j`: `rset{j}`/`rcur{j}`
+    /// (replica types: value to set, current value) and `sset{j}`/`scur{j}` (source
+    /// types).
+    pub fn diff_sql(&self, summary: &str, source: &str, replica: &str) -> String {
+        // The raw values after the joins: `sj."sv{j}"` and `rj."rv{j}"`.
+        let raw = |side: Side, j: usize| match side {
+            Side::Source => format!("sj.\"sv{j}\""),
+            Side::Replica => format!("rj.\"rv{j}\""),
+        };
+        let value = |side: Side, j: usize, to: &DataType| {
+            cast_to(&raw(side, j), self.mapped[j].data_type(side), to)
+        };
         let mut columns = Vec::new();
         for i in 0..self.key_len {
-            columns.push(format!("coalesce(s.\"k{i}\", r.\"k{i}\") AS \"k{i}\""));
+            columns.push(format!("sj.\"k{i}\""));
         }
-        for i in 0..self.fields.len() {
-            columns.push(format!(
-                "recon_cmp_{i}(s.\"c{i}\", r.\"c{i}\") AS \"reason{i}\""
-            ));
-            columns.push(format!("s.\"c{i}\" AS \"sc{i}\", r.\"c{i}\" AS \"rc{i}\""));
+        for (i, f) in self.fields.iter().enumerate() {
+            let s = value(Side::Source, f.column, &f.common);
+            let r = value(Side::Replica, f.column, &f.common);
+            columns.push(format!("recon_cmp_{i}({s}, {r}) AS \"reason{i}\""));
+            columns.push(format!("{s} AS \"sc{i}\", {r} AS \"rc{i}\""));
         }
         for (i, f) in self.fields.iter().enumerate() {
             if let Some(n) = f.newest {
-                columns.push(format!("r.\"n{n}\" > s.\"n{n}\" AS \"rnewer{i}\""));
+                let (j, common) = &self.newest[n];
+                columns.push(format!(
+                    "{} > {} AS \"rnewer{i}\"",
+                    value(Side::Replica, *j, common),
+                    value(Side::Source, *j, common)
+                ));
             }
         }
-        let mut payload = Vec::new();
         for (j, m) in self.mapped.iter().enumerate() {
+            let rset = value(Side::Source, j, &m.replica_type);
+            let sset = value(Side::Replica, j, &m.source_type);
+            let (rcur, scur) = (raw(Side::Replica, j), raw(Side::Source, j));
             if m.is_key {
                 // Keys to set come from whichever side has the row.
-                payload.push(format!(
-                    "coalesce(sp.\"rset{j}\", rp.\"rcur{j}\") AS \"rset{j}\""
-                ));
-                payload.push(format!(
-                    "coalesce(rp.\"sset{j}\", sp.\"scur{j}\") AS \"sset{j}\""
-                ));
+                columns.push(format!("coalesce({rset}, {rcur}) AS \"rset{j}\""));
+                columns.push(format!("coalesce({sset}, {scur}) AS \"sset{j}\""));
             } else {
-                payload.push(format!("sp.\"rset{j}\""));
-                payload.push(format!("rp.\"sset{j}\""));
+                columns.push(format!("{rset} AS \"rset{j}\""));
+                columns.push(format!("{sset} AS \"sset{j}\""));
             }
-            payload.push(format!("rp.\"rcur{j}\""));
-            payload.push(format!("sp.\"scur{j}\""));
+            columns.push(format!("{rcur} AS \"rcur{j}\""));
+            columns.push(format!("{scur} AS \"scur{j}\""));
         }
         let payload_on = |alias: &str| {
             (0..self.key_len)
@@ -546,8 +580,14 @@ impl EntityPlan {
                 .collect::<Vec<_>>()
                 .join(" AND ")
         };
-        let join_on = (0..self.key_len)
-            .map(|i| format!("s.\"k{i}\" = r.\"k{i}\""))
+        let side_values = |alias: &str, prefix: &str| {
+            (0..self.mapped.len())
+                .map(|j| format!("{alias}.\"v{j}\" AS \"{prefix}{j}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let sides_on = (0..self.key_len)
+            .map(|i| format!("sj.\"k{i}\" = rj.\"k{i}\""))
             .collect::<Vec<_>>()
             .join(" AND ");
         let any_reason = if self.fields.is_empty() {
@@ -558,45 +598,22 @@ impl EntityPlan {
                 .collect::<Vec<_>>()
                 .join(" OR ")
         };
-        let dk_union = [Side::Source, Side::Replica]
-            .iter()
-            .map(|side| {
-                let keys = self.key_projection(*side).join(", ");
-                let table = match side {
-                    Side::Source => source,
-                    Side::Replica => replica,
-                };
-                format!(
-                    "SELECT {keys} FROM ({}) AS t",
-                    self.duplicate_keys_ref(*side, table, dk)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" UNION ");
-        let duplicate_match = (0..self.key_len)
-            .map(|i| format!("dk.\"k{i}\" = j.\"k{i}\""))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let order_by = (0..self.key_len)
-            .map(|i| format!("d.\"k{i}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
         fill(
             DIFF_SQL,
             &[
-                ("source_side", &self.side_sql(Side::Source, source, dk)),
-                ("replica_side", &self.side_sql(Side::Replica, replica, dk)),
-                ("columns", &columns.join(",\n         ")),
-                ("duplicate_keys", &dk_union),
-                ("duplicate_match", &duplicate_match),
+                ("keys", &self.key_names("")),
+                ("summary", &quote(summary)),
                 ("source_payload", &self.payload_sql(Side::Source, source)),
                 ("replica_payload", &self.payload_sql(Side::Replica, replica)),
-                ("payload", &payload.join(",\n       ")),
+                ("columns", &columns.join(",\n         ")),
+                ("source_values", &side_values("sp", "sv")),
+                ("replica_values", &side_values("rp", "rv")),
+                ("d_keys", &self.key_names("d.")),
+                ("sides_on", &sides_on),
                 ("source_payload_on", &payload_on("sp")),
                 ("replica_payload_on", &payload_on("rp")),
-                ("join_on", &join_on),
                 ("any_reason", &any_reason),
-                ("order_by", &order_by),
+                ("order_by", &self.key_names("j.")),
             ],
         )
     }

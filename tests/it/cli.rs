@@ -174,3 +174,51 @@ fn a_held_lock_has_its_own_exit_code() {
     .unwrap();
     snapshot!(run_sample(&fx));
 }
+
+/// Runs `recon` under a pseudo-terminal (util-linux `script`), so stderr is a terminal;
+/// returns what the terminal showed.
+fn on_a_terminal(fx: &Fixture, extra: &[&str]) -> String {
+    let bin = env!("CARGO_BIN_EXE_recon");
+    let mut line = format!("{bin} --log-level error");
+    for a in extra
+        .iter()
+        .copied()
+        .chain(RUN_SAMPLE)
+        .chain(["--run-id", "tty-test"])
+    {
+        line.push(' ');
+        line.push_str(a);
+    }
+    let out = Command::new("script")
+        .current_dir(fx.path())
+        .env_remove("RUST_LOG")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .expect("util-linux `script` runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn progress_shows_on_a_terminal_only() {
+    let fx = Fixture::new();
+    let shown = on_a_terminal(&fx, &[]);
+    for entity in ["tenants", "users", "groups", "memberships"] {
+        assert!(
+            shown.contains(&format!("] {entity}: ")) && shown.contains("done in"),
+            "no progress for {entity} on a terminal:\n{shown}"
+        );
+    }
+    let fx = Fixture::new();
+    let quiet = on_a_terminal(&fx, &["--quiet"]);
+    assert!(
+        !quiet.contains("done in"),
+        "--quiet printed progress:\n{quiet}"
+    );
+    let fx = Fixture::new();
+    let piped = run_sample(&fx).output().unwrap();
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(
+        !stderr.contains("done in") && !stderr.contains('\r'),
+        "progress printed to a pipe:\n{stderr}"
+    );
+}
