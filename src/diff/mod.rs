@@ -151,14 +151,7 @@ pub async fn run_entity(
     }
     let mut out = Classifier::try_new(plan, stamp, layout)?;
     let query = |stage: &'static str, context: String, sql: String| async move {
-        tracing::debug!(entity = %entity, sql = %sql, "{context}");
-        let physical = ctx
-            .sql(&sql)
-            .await
-            .map_err(|e| Error::query(&context, e))?
-            .create_physical_plan()
-            .await
-            .map_err(|e| Error::query(&context, e))?;
+        let physical = physical_plan(ctx, &context, &sql).await?;
         let _watch = progress.map(|p| p.watch(stage, Arc::clone(&physical)));
         let schema = physical.schema();
         let batches = datafusion::physical_plan::collect(Arc::clone(&physical), ctx.task_ctx())
@@ -218,14 +211,7 @@ pub async fn run_entity(
     let started = Instant::now();
     let context = format!("entity `{entity}`, diff query");
     let sql = plan.diff_sql(SUMMARY_TABLE, "source", "replica");
-    tracing::debug!(entity = %entity, sql = %sql, "diff query");
-    let physical = ctx
-        .sql(&sql)
-        .await
-        .map_err(|e| Error::query(&context, e))?
-        .create_physical_plan()
-        .await
-        .map_err(|e| Error::query(&context, e))?;
+    let physical = physical_plan(ctx, &context, &sql).await?;
     let _watch = progress.map(|p| p.watch("diff", Arc::clone(&physical)));
     let mut stream = datafusion::physical_plan::execute_stream(physical, ctx.task_ctx())
         .map_err(|e| Error::query(&context, e))?;
@@ -235,6 +221,21 @@ pub async fn run_entity(
     }
     let diff_ms = started.elapsed().as_millis() as u64;
     out.finish(quality_ms, diff_ms).await
+}
+
+/// Plans one of the entity's queries; `context` names it in errors and the debug log.
+async fn physical_plan(
+    ctx: &SessionContext,
+    context: &str,
+    sql: &str,
+) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+    tracing::debug!(sql = %sql, "{context}");
+    ctx.sql(sql)
+        .await
+        .map_err(|e| Error::query(context, e))?
+        .create_physical_plan()
+        .await
+        .map_err(|e| Error::query(context, e))
 }
 
 /// Bytes the operators of `plan` wrote to spill files.
