@@ -18,9 +18,7 @@ use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, Int64Array, StringArray, UInt64Array, UInt64Builder,
-};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, StringArray, UInt64Array};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::common::Result as DfResult;
@@ -78,21 +76,17 @@ impl Fingerprint {
         // Where the NULLs are, 64 fields per mask column.
         let mut hashed: Vec<ArrayRef> = Vec::with_capacity(normal.len() + 1);
         for chunk in normal.chunks(64) {
-            let mut masks = UInt64Builder::with_capacity(rows);
-            if chunk.iter().all(|a| a.null_count() == 0) {
-                masks.append_slice(&vec![0; rows]);
-            } else {
-                for row in 0..rows {
-                    let mut m = 0u64;
-                    for (bit, a) in chunk.iter().enumerate() {
-                        if a.is_null(row) {
-                            m |= 1 << bit;
-                        }
+            // One pass over each nullable field's validity bitmap, not a check per row
+            // and field.
+            let mut masks = vec![0u64; rows];
+            for (bit, a) in chunk.iter().enumerate() {
+                if let Some(nulls) = a.logical_nulls().filter(|n| n.null_count() > 0) {
+                    for (m, valid) in masks.iter_mut().zip(nulls.iter()) {
+                        *m |= u64::from(!valid) << bit;
                     }
-                    masks.append_value(m);
                 }
             }
-            hashed.push(Arc::new(masks.finish()));
+            hashed.push(Arc::new(UInt64Array::from(masks)));
         }
         hashed.extend(normal);
         let mut out = vec![0u64; rows];

@@ -57,8 +57,17 @@ impl Default for SessionOptions {
 }
 
 /// The session every recon query runs in, production and SQL logic tests alike.
+///
+/// DataFusion's own settings may be given as `DATAFUSION_*` environment variables (for
+/// example `DATAFUSION_EXECUTION_BATCH_SIZE=16384`), for tuning; the settings below are
+/// recon's and take precedence.
 pub fn session_context(opts: &SessionOptions) -> Result<SessionContext> {
-    let mut config = SessionConfig::new()
+    let config = SessionConfig::from_env().map_err(|e| {
+        Error::Usage(format!(
+            "a DATAFUSION_* environment variable is not a valid DataFusion setting: {e}"
+        ))
+    })?;
+    let mut config = config
         .with_target_partitions(opts.target_partitions.max(1))
         .with_information_schema(true);
     // Each sorting partition keeps this much back for merging its spill files; keep the
@@ -151,16 +160,13 @@ pub async fn run_entity(
     }
     let mut out = Classifier::try_new(plan, stamp, layout)?;
     let query = |stage: &'static str, context: String, sql: String| async move {
-        let physical = physical_plan(ctx, &context, &sql).await?;
+        let physical = physical_plan(ctx, &context, &sql, Scan::Full).await?;
         let _watch = progress.map(|p| p.watch(stage, Arc::clone(&physical)));
         let schema = physical.schema();
         let batches = datafusion::physical_plan::collect(Arc::clone(&physical), ctx.task_ctx())
             .await
             .map_err(|e| Error::query(&context, e))?;
-        let spilled = spilled_bytes(&physical);
-        if spilled > 0 {
-            tracing::info!(entity = %entity, stage, spilled_bytes = spilled, "spilled to disk under the memory limit");
-        }
+        executed(entity, stage, &context, &physical);
         Ok::<_, Error>((schema, batches))
     };
 
@@ -211,16 +217,30 @@ pub async fn run_entity(
     let started = Instant::now();
     let context = format!("entity `{entity}`, diff query");
     let sql = plan.diff_sql(SUMMARY_TABLE, "source", "replica");
-    let physical = physical_plan(ctx, &context, &sql).await?;
+    // The diff reads each side's rows for the few candidate keys only.
+    let physical = physical_plan(ctx, &context, &sql, Scan::Late).await?;
     let _watch = progress.map(|p| p.watch("diff", Arc::clone(&physical)));
-    let mut stream = datafusion::physical_plan::execute_stream(physical, ctx.task_ctx())
-        .map_err(|e| Error::query(&context, e))?;
+    let mut stream =
+        datafusion::physical_plan::execute_stream(Arc::clone(&physical), ctx.task_ctx())
+            .map_err(|e| Error::query(&context, e))?;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| Error::query(&context, e))?;
         out.diff_batch(&batch).await?;
     }
+    executed(entity, "diff", &context, &physical);
     let diff_ms = started.elapsed().as_millis() as u64;
     out.finish(quality_ms, diff_ms).await
+}
+
+/// How a query reads the snapshots' Parquet files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// Every projected column of every row is decoded; the query reads most rows.
+    Full,
+    /// Filters pushed into the scan, the join's dynamic filter of candidate keys among
+    /// them, are applied while decoding: the key column is decoded first and the other
+    /// columns only for the rows that pass. For a query that needs few of the rows.
+    Late,
 }
 
 /// Plans one of the entity's queries; `context` names it in errors and the debug log.
@@ -228,14 +248,47 @@ async fn physical_plan(
     ctx: &SessionContext,
     context: &str,
     sql: &str,
+    scan: Scan,
 ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
     tracing::debug!(sql = %sql, "{context}");
-    ctx.sql(sql)
+    let mut state = ctx.state();
+    if scan == Scan::Late {
+        state
+            .config_mut()
+            .options_mut()
+            .execution
+            .parquet
+            .pushdown_filters = true;
+    }
+    let logical = state
+        .create_logical_plan(sql)
         .await
-        .map_err(|e| Error::query(context, e))?
-        .create_physical_plan()
+        .map_err(|e| Error::query(context, e))?;
+    state
+        .create_physical_plan(&logical)
         .await
         .map_err(|e| Error::query(context, e))
+}
+
+/// Reports on a query that ran: what it spilled (info) and, at trace level, its plan
+/// with every operator's metrics (rows, time, memory), for tuning.
+fn executed(
+    entity: &str,
+    stage: &str,
+    context: &str,
+    plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+) {
+    let spilled = spilled_bytes(plan);
+    if spilled > 0 {
+        tracing::info!(entity = %entity, stage, spilled_bytes = spilled, "spilled to disk under the memory limit");
+    }
+    if tracing::enabled!(tracing::Level::TRACE) {
+        let shown = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+            plan.as_ref(),
+        )
+        .indent(true);
+        tracing::trace!("{context}, executed plan with metrics:\n{shown}");
+    }
 }
 
 /// Bytes the operators of `plan` wrote to spill files.
