@@ -63,8 +63,13 @@ impl Default for SessionOptions {
 /// recon's and take precedence.
 pub fn session_context(opts: &SessionOptions) -> Result<SessionContext> {
     let config = SessionConfig::from_env().map_err(|e| {
+        let set: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .filter(|k| k.starts_with("DATAFUSION_"))
+            .collect();
         Error::Usage(format!(
-            "a DATAFUSION_* environment variable is not a valid DataFusion setting: {e}"
+            "DataFusion settings from the environment ({}): {e}",
+            set.join(", ")
         ))
     })?;
     let mut config = config

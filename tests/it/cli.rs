@@ -154,6 +154,21 @@ fn bad_arguments_are_usage_errors() {
 }
 
 #[test]
+fn a_bad_datafusion_setting_is_a_usage_error() {
+    let fx = Fixture::new();
+    let out = run_sample(&fx)
+        .env("DATAFUSION_EXECUTION_BATCH_SIZE", "many")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("DATAFUSION_EXECUTION_BATCH_SIZE"),
+        "stderr: {err}"
+    );
+}
+
+#[test]
 fn validate_checks_job_and_snapshots() {
     let fx = Fixture::new();
     let mut cmd = recon(&fx);
