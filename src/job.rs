@@ -787,7 +787,7 @@ mod tests {
             job.entity("q").unwrap().exports["a"],
             ExportSpec::Query("SELECT 1 AS id".into())
         );
-        assert!(job.entity("q").unwrap().exports.get("b").is_none());
+        assert!(!job.entity("q").unwrap().exports.contains_key("b"));
 
         let e = parse(&format!(
             "{BASE}[exporters.c]\nkind = \"postgres\"\nurl_env = \"X\"\n[[entities]]\nname = \"x\"\nkey = [\"id\"]\n"

@@ -217,10 +217,11 @@ impl Pg {
                     sp.execute(&statement(target, c), &[&values, &expected])
                         .await?
                 };
-                if n == 0 && c.op == "insert" {
-                    if let Some(soft) = &target.soft {
-                        n = sp.execute(&revive(target, c, soft), &[&values]).await?;
-                    }
+                if n == 0
+                    && c.op == "insert"
+                    && let Some(soft) = &target.soft
+                {
+                    n = sp.execute(&revive(target, c, soft), &[&values]).await?;
                 }
                 let outcome = if n > 0 {
                     Outcome::Applied

@@ -446,11 +446,11 @@ fn append_json(
         return Ok(());
     };
     let text = raw.get();
-    if matches!(type_name, "json" | "jsonb") {
-        if let ColumnBuilder::Utf8(b) = column {
-            b.append_value(text);
-            return Ok(());
-        }
+    if matches!(type_name, "json" | "jsonb")
+        && let ColumnBuilder::Utf8(b) = column
+    {
+        b.append_value(text);
+        return Ok(());
     }
     let as_string = || -> Option<String> { serde_json::from_str::<String>(text).ok() };
     let is_number = text.starts_with(|c: char| c == '-' || c.is_ascii_digit());

@@ -456,10 +456,13 @@ async fn remove_stale_parts(t: &Target<'_>) {
             .location
             .prefix_match(&t.location.prefix)
             .is_some_and(|p| p.count() == 1);
-        if direct && name.starts_with("part-") && name.ends_with(".parquet") && name != keep {
-            if let Err(e) = t.location.store.delete(&o.location).await {
-                warn!(file = %o.location, error = %e, "could not remove an older export's part");
-            }
+        if direct
+            && name.starts_with("part-")
+            && name.ends_with(".parquet")
+            && name != keep
+            && let Err(e) = t.location.store.delete(&o.location).await
+        {
+            warn!(file = %o.location, error = %e, "could not remove an older export's part");
         }
     }
 }

@@ -9,6 +9,9 @@ use std::process::{Command, Output};
 use crate::common::describe;
 use crate::db::{My, Pg};
 
+/// Runs SQL against the replica database and returns what it printed.
+type Probe = Box<dyn Fn(&str) -> String>;
+
 const DATE: &str = "2024-06-01";
 
 /// Schema with foreign keys; `{ts}` is the dialect's timestamp type.
@@ -47,7 +50,7 @@ SELECT tenant_id, user_id, group_name, role FROM memberships ORDER BY 1, 2, 3;";
 struct Cycle {
     dir: tempfile::TempDir,
     env: Vec<(&'static str, String)>,
-    replica: Box<dyn Fn(&str) -> String>,
+    replica: Probe,
     _dbs: (Option<Pg>, Option<My>, Option<Pg>, Option<My>),
 }
 
@@ -107,7 +110,7 @@ depends_on = ["users"]
         )
         .unwrap();
         let env = vec![("SRC_URL", src_url), ("DST_URL", dst_url)];
-        let (replica, dbs): (Box<dyn Fn(&str) -> String>, _) = if replica_is_mariadb {
+        let (replica, dbs): (Probe, _) = if replica_is_mariadb {
             let name = my.name.clone();
             let probe = My { name };
             (

@@ -239,7 +239,7 @@ fn consistent_snapshot(kind: &str, env_name: &str, url: String, exec: &dyn Fn(&s
     );
     single_job(dir.path(), kind, env_name, &entities);
     let path = dir.path().to_path_buf();
-    let env = vec![(env_name.to_string(), url)];
+    let env = [(env_name.to_string(), url)];
     let export = std::thread::spawn(move || {
         let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         recon(&path, &EXPORT_DB, &env)

@@ -69,10 +69,10 @@ impl Api {
                         if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                             break;
                         }
-                        if let Some((k, v)) = line.split_once(':') {
-                            if k.eq_ignore_ascii_case("authorization") {
-                                auth = Some(v.trim().to_string());
-                            }
+                        if let Some((k, v)) = line.split_once(':')
+                            && k.eq_ignore_ascii_case("authorization")
+                        {
+                            auth = Some(v.trim().to_string());
                         }
                     }
                     let target = first.split_whitespace().nth(1).unwrap_or("").to_string();
@@ -122,7 +122,7 @@ fn record(i: u64) -> serde_json::Value {
             "id": i,
             "email": format!("u{i}@example.com"),
             "amount": format!("{}.{:02}", i * 3, i % 100).parse::<f64>().unwrap(),
-            "active": i % 2 == 0,
+            "active": i.is_multiple_of(2),
             "joined": format!("2024-05-{:02}T10:00:00Z", 1 + i % 28),
             "address": {"city": format!("city-{}", i % 3)},
         })
