@@ -517,7 +517,7 @@ async fn diff_all(
             files.extend(result.correction_files.iter().cloned());
         }
         let mut durations_ms = BTreeMap::new();
-        durations_ms.insert("key_summary".to_string(), result.quality_ms);
+        durations_ms.insert("key_summary".to_string(), result.key_summary_ms);
         durations_ms.insert("diff".to_string(), result.diff_ms);
         summaries.push(EntitySummary {
             entity: entity.name.clone(),

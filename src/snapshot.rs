@@ -195,25 +195,29 @@ impl Snapshot {
         })
     }
 
-    /// Registers exactly the checked files as table `name` in `ctx`.
-    /// The object paths of the snapshot's files, as the query plan's scans name them.
-    pub fn object_paths(&self) -> std::collections::HashSet<object_store::path::Path> {
+    /// The URLs of the snapshot's checked files.
+    fn file_urls(&self) -> datafusion::error::Result<Vec<ListingTableUrl>> {
         let root = self.location.root.as_str();
         self.files
             .iter()
-            .filter_map(|f| ListingTableUrl::parse(format!("{root}{}", f.path)).ok())
+            .map(|f| ListingTableUrl::parse(format!("{root}{}", f.path)))
+            .collect()
+    }
+
+    /// The object paths of the snapshot's files, as the query plan's scans name them.
+    pub fn object_paths(&self) -> std::collections::HashSet<object_store::path::Path> {
+        self.file_urls()
+            .unwrap_or_default()
+            .iter()
             .map(|u| u.prefix().clone())
             .collect()
     }
 
+    /// Registers exactly the checked files as table `name` in `ctx`.
     pub fn register(&self, ctx: &SessionContext, name: &str) -> Result<()> {
         self.location.register(ctx);
-        let root = self.location.root.as_str();
         let urls = self
-            .files
-            .iter()
-            .map(|f| ListingTableUrl::parse(format!("{root}{}", f.path)))
-            .collect::<datafusion::error::Result<Vec<_>>>()
+            .file_urls()
             .map_err(|e| Error::query(format!("registering snapshot {}", self.url), e))?;
         let options =
             ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");

@@ -141,7 +141,9 @@ pub struct EntityResult {
     pub corrections: BTreeMap<String, BTreeMap<Op, u64>>,
     pub discrepancy_file: ManifestFile,
     pub correction_files: Vec<ManifestFile>,
-    pub quality_ms: u64,
+    /// Null keys, the key summary and duplicate keys.
+    pub key_summary_ms: u64,
+    /// The diff query and the classification of its rows.
     pub diff_ms: u64,
 }
 
@@ -216,8 +218,8 @@ pub async fn run_entity(
         }
     }
     out.flush_discrepancies().await?;
-    let quality_ms = started.elapsed().as_millis() as u64;
-    tracing::debug!(entity = %entity, candidates, quality_ms, "key summary");
+    let key_summary_ms = started.elapsed().as_millis() as u64;
+    tracing::debug!(entity = %entity, candidates, key_summary_ms, "key summary");
 
     let started = Instant::now();
     let context = format!("entity `{entity}`, diff query");
@@ -234,7 +236,7 @@ pub async fn run_entity(
     }
     executed(entity, "diff", &context, &physical);
     let diff_ms = started.elapsed().as_millis() as u64;
-    out.finish(quality_ms, diff_ms).await
+    out.finish(key_summary_ms, diff_ms).await
 }
 
 /// How a query reads the snapshots' Parquet files.
@@ -653,7 +655,7 @@ impl<'a> Classifier<'a> {
         c.sink.as_mut().expect("just set").write(&out).await
     }
 
-    async fn finish(mut self, quality_ms: u64, diff_ms: u64) -> Result<EntityResult> {
+    async fn finish(mut self, key_summary_ms: u64, diff_ms: u64) -> Result<EntityResult> {
         self.flush_discrepancies().await?;
         let entity = self.plan.entity.name.clone();
         let discrepancy_file = self
@@ -692,7 +694,7 @@ impl<'a> Classifier<'a> {
             corrections,
             discrepancy_file,
             correction_files,
-            quality_ms,
+            key_summary_ms,
             diff_ms,
         })
     }

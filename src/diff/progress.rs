@@ -63,7 +63,7 @@ impl Drop for Watch {
     }
 }
 
-/// Rows produced so far by the scans in `plan` that read `files`.
+/// Rows read so far by the scans in `plan` that read `files`.
 fn scanned(plan: &Arc<dyn ExecutionPlan>, files: &HashSet<Path>) -> u64 {
     let mut rows = 0;
     if let Some(scan) = plan.downcast_ref::<DataSourceExec>()
@@ -74,10 +74,11 @@ fn scanned(plan: &Arc<dyn ExecutionPlan>, files: &HashSet<Path>) -> u64 {
             .flat_map(|g| g.files())
             .any(|f| files.contains(&f.object_meta.location))
     {
-        rows += plan
-            .metrics()
-            .and_then(|m| m.output_rows())
-            .unwrap_or_default() as u64;
+        // Rows a filter applied while decoding dropped were read too.
+        if let Some(m) = plan.metrics() {
+            let pruned = m.sum_by_name("pushdown_rows_pruned").map(|v| v.as_usize());
+            rows += (m.output_rows().unwrap_or_default() + pruned.unwrap_or_default()) as u64;
+        }
     }
     for child in plan.children() {
         rows += scanned(child, files);
