@@ -445,8 +445,9 @@ async fn diff_all(
     for p in prepared {
         let entity = &p.plan.entity;
         let span = info_span!("entity", entity = %entity.name);
-        // The key summary is an aggregation, which spills to disk past the memory
-        // limit; the diff's joins hold only the keys that differ in memory.
+        // The key summary is a join sized to fit in memory or else an aggregation that
+        // spills to disk past the memory limit; the diff's joins hold only the keys
+        // that differ in memory.
         let ctx = diff::session_context(&diff::SessionOptions {
             target_partitions: opts.target_partitions,
             memory_limit: opts.memory_limit,
@@ -470,10 +471,16 @@ async fn diff_all(
                 (p.replica.object_paths(), p.replica.rows),
             ],
         });
-        let result: EntityResult =
-            diff::run_entity(&ctx, &p.plan, stamp, layout, progress.as_ref())
-                .instrument(span.clone())
-                .await?;
+        let result: EntityResult = diff::run_entity(
+            &ctx,
+            &p.plan,
+            [p.source.rows, p.replica.rows],
+            stamp,
+            layout,
+            progress.as_ref(),
+        )
+        .instrument(span.clone())
+        .await?;
         if let Some(progress) = &progress {
             eprintln!(
                 "\r{}: {} source rows, {} replica rows, done in {:.1}s\x1b[K",

@@ -3,7 +3,8 @@
 //! Besides plain SQL, a statement `RECON PLAN <name>` followed by an entity's TOML (as in
 //! a job file, without `name`) plans that entity over tables `<name>_source` and
 //! `<name>_replica`, registers its functions, and creates the views `<name>_keys` (the
-//! key summary), `<name>_diff` (over the summary), `<name>_null_keys_source|replica` and
+//! key summary), `<name>_key_pairs` (the key summary by a join, exact when no key on
+//! both sides is repeated), `<name>_diff` (over the summary), `<name>_null_keys_source|replica` and
 //! `<name>_duplicate_keys_source|replica` from the production templates in `queries/`.
 //! Production collects the key summary into a table instead of a view; the SQL is the
 //! same.
@@ -51,6 +52,7 @@ impl ReconDb {
         let keys = format!("{name}_keys");
         let views = [
             (keys.clone(), plan.keys_sql(&s, &r)),
+            (format!("{name}_key_pairs"), plan.key_pairs_sql(&s, &r)),
             (format!("{name}_diff"), plan.diff_sql(&keys, &s, &r)),
             (
                 format!("{name}_null_keys_source"),

@@ -20,6 +20,7 @@ use arrow::datatypes::{DataType, Field, Fields, Float64Type, Int64Type, Schema, 
 use chrono::NaiveDate;
 use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -154,9 +155,11 @@ impl EntityResult {
 }
 
 /// Runs one entity: data-quality queries, then the diff, streaming outputs to the run.
+/// `rows` are the source and replica snapshots' row counts (from their footers).
 pub async fn run_entity(
     ctx: &SessionContext,
     plan: &EntityPlan,
+    rows: [u64; 2],
     stamp: &RunStamp,
     layout: &RunLayout,
     progress: Option<&progress::Progress>,
@@ -166,35 +169,33 @@ pub async fn run_entity(
         ctx.register_udf(udf);
     }
     let mut out = Classifier::try_new(plan, stamp, layout)?;
-    let query = |stage: &'static str, context: String, sql: String| async move {
-        let physical = physical_plan(ctx, &context, &sql, Scan::Full).await?;
+    let query = |stage: &'static str, context: String, sql: String, tuning: Tuning| async move {
+        let physical = physical_plan(ctx, &context, &sql, tuning).await?;
         let _watch = progress.map(|p| p.watch(stage, Arc::clone(&physical)));
         let schema = physical.schema();
         let batches = datafusion::physical_plan::collect(Arc::clone(&physical), ctx.task_ctx())
             .await
             .map_err(|e| Error::query(&context, e))?;
         executed(entity, stage, &context, &physical);
-        Ok::<_, Error>((schema, batches))
+        Ok::<_, Error>((schema, batches, physical))
     };
 
     // Data quality first: keys with a NULL part (a scan of the key columns), then the
     // key summary, which also counts each side's rows per key.
     let started = Instant::now();
-    for side in [Side::Source, Side::Replica] {
+    let mut keyed = rows;
+    for (i, side) in [Side::Source, Side::Replica].into_iter().enumerate() {
         let table = side.as_str();
         let context = format!("entity `{entity}`, {NULL_KEY} query on the {table} snapshot");
-        let (_, batches) = query("null keys", context, plan.null_keys_sql(side, table)).await?;
+        let sql = plan.null_keys_sql(side, table);
+        let (_, batches, _) = query("null keys", context, sql, Tuning::Full).await?;
         for batch in &batches {
+            keyed[i] = keyed[i].saturating_sub(sum_u64(batch, "__rows")?);
             out.quality(batch, NULL_KEY, side)?;
         }
     }
+    let (schema, batches) = key_summary(ctx, plan, keyed, &query).await?;
     let context = format!("entity `{entity}`, key summary query");
-    let (schema, batches) = query(
-        "key summary",
-        context.clone(),
-        plan.keys_sql("source", "replica"),
-    )
-    .await?;
     let candidates: usize = batches.iter().map(|b| b.num_rows()).sum();
     // The summary holds only the keys that need a look: the rows that differ and the
     // rows that break uniqueness, a small share of the snapshots.
@@ -207,12 +208,8 @@ pub async fn run_entity(
     for side in [Side::Source, Side::Replica] {
         let table = side.as_str();
         let context = format!("entity `{entity}`, {DUPLICATE_KEY} query on the {table} snapshot");
-        let (_, batches) = query(
-            "duplicate keys",
-            context,
-            plan.duplicate_keys_sql(side, SUMMARY_TABLE),
-        )
-        .await?;
+        let sql = plan.duplicate_keys_sql(side, SUMMARY_TABLE);
+        let (_, batches, _) = query("duplicate keys", context, sql, Tuning::Full).await?;
         for batch in &batches {
             out.quality(batch, DUPLICATE_KEY, side)?;
         }
@@ -225,7 +222,7 @@ pub async fn run_entity(
     let context = format!("entity `{entity}`, diff query");
     let sql = plan.diff_sql(SUMMARY_TABLE, "source", "replica");
     // The diff reads each side's rows for the few candidate keys only.
-    let physical = physical_plan(ctx, &context, &sql, Scan::Late).await?;
+    let physical = physical_plan(ctx, &context, &sql, Tuning::LateScan).await?;
     let _watch = progress.map(|p| p.watch("diff", Arc::clone(&physical)));
     let mut stream =
         datafusion::physical_plan::execute_stream(Arc::clone(&physical), ctx.task_ctx())
@@ -239,15 +236,157 @@ pub async fn run_entity(
     out.finish(key_summary_ms, diff_ms).await
 }
 
-/// How a query reads the snapshots' Parquet files.
+/// The key summary of one entity (see queries/keys.sql), by the cheaper of two plans.
+///
+/// A hash join of the two sides' keys and fingerprints (queries/key_pairs.sql) holds
+/// the smaller side in memory and never hashes a key twice on the same side, which
+/// makes it several times faster than grouping both sides' rows by key. It is exact
+/// only when no key found on both sides is repeated, which holds for snapshots keyed
+/// by a primary key and is checked: a join pairs every row of a repeated key with
+/// every row of the other side, so its output row count, the summary's one-sided rows
+/// and the sides' row counts `keyed` (rows with a complete key) agree only when no
+/// such key exists. When they disagree, when the smaller side would not fit in half
+/// the memory limit, or when the join runs out of memory, the summary is the hash
+/// aggregation of queries/keys.sql, which spills to disk.
+async fn key_summary<Q, F>(
+    ctx: &SessionContext,
+    plan: &EntityPlan,
+    keyed: [u64; 2],
+    query: &Q,
+) -> Result<(SchemaRef, Vec<RecordBatch>)>
+where
+    Q: Fn(&'static str, String, String, Tuning) -> F,
+    F: std::future::Future<
+            Output = Result<(
+                SchemaRef,
+                Vec<RecordBatch>,
+                Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+            )>,
+        >,
+{
+    let entity = &plan.entity.name;
+    let context = format!("entity `{entity}`, key summary query");
+    let limit = match ctx.runtime_env().memory_pool.memory_limit() {
+        datafusion::execution::memory_pool::MemoryLimit::Finite(n) => n as u64,
+        _ => u64::MAX,
+    };
+    let held = keyed[0].min(keyed[1]).saturating_mul(PAIR_BYTES_PER_ROW);
+    if held <= limit / 2 {
+        let sql = plan.key_pairs_sql("source", "replica");
+        match query("key summary", context.clone(), sql, Tuning::Pairs).await {
+            Ok((schema, batches, physical)) => match pairs_are_exact(&batches, &physical, keyed) {
+                Ok(()) => return Ok((schema, batches)),
+                Err(why) => {
+                    tracing::info!(entity = %entity, "{why}: key summary by aggregation instead")
+                }
+            },
+            Err(Error::Query { source, .. })
+                if matches!(source.find_root(), DataFusionError::ResourcesExhausted(_)) =>
+            {
+                tracing::info!(entity = %entity, "the key join ran out of memory: key summary by aggregation instead")
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        tracing::info!(
+            entity = %entity,
+            "key summary by aggregation: the key join would hold about {} MiB, more than \
+             half the memory limit",
+            held >> 20
+        );
+    }
+    let sql = plan.keys_sql("source", "replica");
+    let (schema, batches, _) = query("key summary", context, sql, Tuning::Full).await?;
+    Ok((schema, batches))
+}
+
+/// Memory the key join holds per row of its smaller side (key, liveness, fingerprint,
+/// hash table), rounded up for wide keys.
+const PAIR_BYTES_PER_ROW: u64 = 64;
+
+/// Checks that the key join's summary is exact: no key found on both sides repeated.
+///
+/// The join yields `rows(k) = max(s_k, 1) * max(r_k, 1)` rows for a key with `s_k`
+/// source and `r_k` replica rows. Over the keys on both sides, the pairs number
+/// `Σ s_k r_k`, which equals both `Σ s_k` and `Σ r_k` exactly when every `s_k` and
+/// `r_k` is 1. The one-sided rows are all in the summary, so with `J` the join's output
+/// rows, `A` the source-only and `B` the replica-only rows, the check is
+/// `J - B = source rows` and `J - A = replica rows`.
+fn pairs_are_exact(
+    batches: &[RecordBatch],
+    physical: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    keyed: [u64; 2],
+) -> std::result::Result<(), String> {
+    let mut joins = Vec::new();
+    find_joins(physical, &mut joins);
+    let [joined] = joins[..] else {
+        return Err(format!("the key join's plan has {} joins", joins.len()));
+    };
+    let one_sided = |rows: &str, other: &str| -> std::result::Result<u64, String> {
+        let mut n = 0u64;
+        for b in batches {
+            let rows = column(b, rows).as_primitive_opt::<Int64Type>();
+            let other = column(b, other).as_primitive_opt::<Int64Type>();
+            let (Some(rows), Some(other)) = (rows, other) else {
+                return Err("the key join's summary has unexpected column types".into());
+            };
+            for i in 0..b.num_rows() {
+                if other.value(i) == 0 {
+                    n += rows.value(i) as u64;
+                }
+            }
+        }
+        Ok(n)
+    };
+    let source_only = one_sided("__source_rows", "__replica_rows")?;
+    let replica_only = one_sided("__replica_rows", "__source_rows")?;
+    if joined.checked_sub(replica_only) == Some(keyed[0])
+        && joined.checked_sub(source_only) == Some(keyed[1])
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "a key on both sides is repeated ({joined} joined rows, {source_only} source-only, \
+             {replica_only} replica-only, {} and {} rows)",
+            keyed[0], keyed[1]
+        ))
+    }
+}
+
+/// Output rows of every join in `plan`.
+fn find_joins(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>, out: &mut Vec<u64>) {
+    if plan.name().contains("Join") {
+        out.push(
+            plan.metrics()
+                .and_then(|m| m.output_rows())
+                .unwrap_or_default() as u64,
+        );
+    }
+    for child in plan.children() {
+        find_joins(child, out);
+    }
+}
+
+/// Sum of the Int64 column `name` of `batch`.
+fn sum_u64(batch: &RecordBatch, name: &str) -> Result<u64> {
+    let a = column(batch, name)
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| Error::Internal(format!("column {name} is not Int64")))?;
+    Ok(a.iter().flatten().map(|v| v as u64).sum())
+}
+
+/// How a query is planned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scan {
+enum Tuning {
     /// Every projected column of every row is decoded; the query reads most rows.
     Full,
+    /// As `Full`, with every hash join holding its build side once (a single
+    /// partition), for the key join of [`key_summary`], sized beforehand.
+    Pairs,
     /// Filters pushed into the scan, the join's dynamic filter of candidate keys among
     /// them, are applied while decoding: the key column is decoded first and the other
     /// columns only for the rows that pass. For a query that needs few of the rows.
-    Late,
+    LateScan,
 }
 
 /// Plans one of the entity's queries; `context` names it in errors and the debug log.
@@ -255,17 +394,18 @@ async fn physical_plan(
     ctx: &SessionContext,
     context: &str,
     sql: &str,
-    scan: Scan,
+    tuning: Tuning,
 ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
     tracing::debug!(sql = %sql, "{context}");
     let mut state = ctx.state();
-    if scan == Scan::Late {
-        state
-            .config_mut()
-            .options_mut()
-            .execution
-            .parquet
-            .pushdown_filters = true;
+    let options = state.config_mut().options_mut();
+    match tuning {
+        Tuning::Full => {}
+        Tuning::Pairs => {
+            options.optimizer.hash_join_single_partition_threshold = usize::MAX;
+            options.optimizer.hash_join_single_partition_threshold_rows = usize::MAX;
+        }
+        Tuning::LateScan => options.execution.parquet.pushdown_filters = true,
     }
     let logical = state
         .create_logical_plan(sql)

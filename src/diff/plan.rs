@@ -13,6 +13,7 @@ use crate::job::{DeletePolicy, EntityConfig, FieldRule, Owner};
 const NULL_KEYS_SQL: &str = include_str!("../../queries/null_keys.sql");
 const DUPLICATE_KEYS_SQL: &str = include_str!("../../queries/duplicate_keys.sql");
 const KEYS_SQL: &str = include_str!("../../queries/keys.sql");
+const KEY_PAIRS_SQL: &str = include_str!("../../queries/key_pairs.sql");
 const DIFF_SQL: &str = include_str!("../../queries/diff.sql");
 const PAYLOAD_SQL: &str = include_str!("../../queries/payload.sql");
 
@@ -463,10 +464,28 @@ impl EntityPlan {
     /// (queries/keys.sql): `k{i}`, `__source_rows`, `__source_live`, `__replica_rows`,
     /// `__replica_live`, `__xor`, for the keys that need a look only.
     pub fn keys_sql(&self, source: &str, replica: &str) -> String {
+        self.summary_sql(KEYS_SQL, source, replica)
+    }
+
+    /// The key summary by a join of the two sides (queries/key_pairs.sql): the same
+    /// output as [`Self::keys_sql`], exact when no key found on both sides is repeated.
+    pub fn key_pairs_sql(&self, source: &str, replica: &str) -> String {
+        self.summary_sql(KEY_PAIRS_SQL, source, replica)
+    }
+
+    fn summary_sql(&self, template: &str, source: &str, replica: &str) -> String {
         let (_, _, source_complete) = self.key_lists(Side::Source, "t.");
         let (_, _, replica_complete) = self.key_lists(Side::Replica, "t.");
+        let paired_keys = (0..self.key_len)
+            .map(|i| format!("coalesce(s.\"k{i}\", r.\"k{i}\") AS \"k{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let pairs_on = (0..self.key_len)
+            .map(|i| format!("s.\"k{i}\" = r.\"k{i}\""))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         fill(
-            KEYS_SQL,
+            template,
             &[
                 ("source_keys", &self.key_projection(Side::Source).join(", ")),
                 (
@@ -482,6 +501,8 @@ impl EntityPlan {
                 ("source_key_is_complete", &source_complete),
                 ("replica_key_is_complete", &replica_complete),
                 ("keys", &self.key_names("")),
+                ("paired_keys", &paired_keys),
+                ("pairs_on", &pairs_on),
             ],
         )
     }

@@ -425,6 +425,13 @@ fn benchmark_pair_diff_finds_exactly_the_expected_counts() {
             spills,
             "{stderr}"
         );
+        // With room, the key summary is the join; under the smallest limit, the
+        // aggregation, which spills.
+        assert_eq!(
+            stderr.contains("key summary by aggregation"),
+            spills,
+            "{stderr}"
+        );
         let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let counts = &summary["entities"][0]["counts"];
         let total = |kind: &str| -> u64 {
@@ -448,5 +455,106 @@ fn benchmark_pair_diff_finds_exactly_the_expected_counts() {
             .map(|c| c["field"].as_str().unwrap().to_string())
             .collect();
         assert_eq!(fields.len(), recon::generate::bench::FIELDS.len());
+    }
+}
+
+/// Writes a Parquet file of `(id BIGINT, name VARCHAR)` rows.
+fn id_name_file(path: &std::path::Path, rows: &[(i64, &str)]) {
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            std::sync::Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            std::sync::Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+        ],
+    )
+    .unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None)
+            .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+#[test]
+fn a_key_repeated_on_both_sides_is_summarised_by_the_aggregation() {
+    // Key 3 is in both snapshots and twice, identically, in the left one: the key join
+    // would pair both left rows with the right one and see no difference. recon notices
+    // from the join's row count and summarises by aggregation instead; key 6, repeated
+    // on the left only, is visible to the join and needs no fallback.
+    let unique: &[(i64, &str)] = &[(1, "a"), (2, "b"), (3, "c"), (4, "d"), (6, "f"), (6, "f")];
+    let repeated: &[(i64, &str)] = &[
+        (1, "a"),
+        (2, "b"),
+        (3, "c"),
+        (3, "c"),
+        (4, "d"),
+        (6, "f"),
+        (6, "f"),
+    ];
+    let right: &[(i64, &str)] = &[(1, "a"), (2, "B"), (3, "c"), (5, "e")];
+    for (left, fallback, source_duplicates) in [(unique, false, 1), (repeated, true, 2)] {
+        let dir = tempfile::tempdir().unwrap();
+        id_name_file(&dir.path().join("left.parquet"), left);
+        id_name_file(&dir.path().join("right.parquet"), right);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_recon"))
+            .current_dir(dir.path())
+            .args([
+                "--log-level",
+                "info",
+                "diff",
+                "--left",
+                "left.parquet",
+                "--right",
+                "right.parquet",
+                "--key",
+                "id",
+                "--run-date",
+                "2024-01-01",
+                "--run-id",
+                "r1",
+                "--output",
+                "out",
+                "--format",
+                "json",
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(
+            stderr.contains("a key on both sides is repeated"),
+            fallback,
+            "{stderr}"
+        );
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut counts: Vec<(String, Option<String>, u64)> = summary["entities"][0]["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["kind"].as_str().unwrap().to_string(),
+                    c["field"].as_str().map(str::to_string),
+                    c["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        counts.sort();
+        assert_eq!(
+            counts,
+            vec![
+                ("duplicate_key".to_string(), None, source_duplicates),
+                ("extra_in_replica".to_string(), None, 1),
+                ("field_mismatch".to_string(), Some("name".to_string()), 1),
+                ("missing_in_replica".to_string(), None, 1),
+            ],
+            "{stderr}"
+        );
     }
 }
