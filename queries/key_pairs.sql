@@ -1,13 +1,16 @@
--- The key summary of one entity by a join (the fast path of queries/keys.sql, with the
--- same output): each side is reduced to its complete keys, whether the row is live and,
--- for live rows, the fingerprint of the compared fields; the two sides are joined on
--- the key, the smaller one held in memory, and only the pairs that need a look are
--- kept: a key on one side only (live or not, so that a key repeated there shows), or
--- on both with a different liveness or fingerprint.
+-- The key summary of one entity by a join (the fast path of queries/keys.sql): each
+-- side is reduced to its complete keys, whether the row is live and, for live rows,
+-- the fingerprint of the compared fields; the two sides are joined on the key, the
+-- source held in memory and the replica streaming past it, and only the pairs that
+-- need a look are kept: a key on one side only (live or not, so that a key repeated
+-- there shows), or on both with a different liveness or fingerprint. Each pair also
+-- carries the replica row's raw mapped columns (v0, v1, …), so that the diff reads
+-- only the source snapshot again. queries/key_pairs_summary.sql turns the pairs into
+-- the key summary.
 -- A join pairs every row of a repeated key with every row of the other side, so this
--- summary is exact only when no key that is on both sides is repeated. recon checks
--- that from the join's output row count before it uses the result, and otherwise
--- falls back to queries/keys.sql.
+-- is exact only when no key that is on both sides is repeated. recon checks that from
+-- the join's output row count before it uses the result, and otherwise falls back to
+-- queries/keys.sql.
 WITH s AS (
   SELECT {source_keys},
          CASE WHEN {source_live} THEN 1 ELSE 0 END AS "__l",
@@ -18,7 +21,8 @@ WITH s AS (
 r AS (
   SELECT {replica_keys},
          CASE WHEN {replica_live} THEN 1 ELSE 0 END AS "__l",
-         CASE WHEN {replica_live} THEN {replica_fingerprint} END AS "__h"
+         CASE WHEN {replica_live} THEN {replica_fingerprint} END AS "__h",
+         {replica_values}
   FROM {replica} AS t
   WHERE {replica_key_is_complete}
 ),
@@ -30,15 +34,10 @@ p AS (
          coalesce(r."__l", 0) AS "__rl",
          CASE WHEN s."__h" IS NULL THEN r."__h"
               WHEN r."__h" IS NULL THEN s."__h"
-              ELSE s."__h" ^ r."__h" END AS "__x"
+              ELSE s."__h" ^ r."__h" END AS "__x",
+         {carried_values}
   FROM s FULL OUTER JOIN r ON {pairs_on}
 )
-SELECT {keys},
-       sum("__sr") AS "__source_rows",
-       sum("__sl") AS "__source_live",
-       sum("__rr") AS "__replica_rows",
-       sum("__rl") AS "__replica_live",
-       bit_xor("__x") AS "__xor"
+SELECT *
 FROM p
 WHERE "__sr" <> "__rr" OR "__sl" <> "__rl" OR "__x" <> 0
-GROUP BY {keys}

@@ -3,8 +3,10 @@
 //! Besides plain SQL, a statement `RECON PLAN <name>` followed by an entity's TOML (as in
 //! a job file, without `name`) plans that entity over tables `<name>_source` and
 //! `<name>_replica`, registers its functions, and creates the views `<name>_keys` (the
-//! key summary), `<name>_key_pairs` (the key summary by a join, exact when no key on
-//! both sides is repeated), `<name>_diff` (over the summary), `<name>_null_keys_source|replica` and
+//! key summary), `<name>_diff` (over the summary), `<name>_key_pairs` (the pairs of the
+//! key join, exact when no key on both sides is repeated), `<name>_pairs_summary` (the
+//! key summary from them), `<name>_pairs_diff` (the diff over that summary, the
+//! replica read from the pairs), `<name>_null_keys_source|replica` and
 //! `<name>_duplicate_keys_source|replica` from the production templates in `queries/`.
 //! Production collects the key summary into a table instead of a view; the SQL is the
 //! same.
@@ -50,10 +52,19 @@ impl ReconDb {
         }
         let (s, r) = (format!("{name}_source"), format!("{name}_replica"));
         let keys = format!("{name}_keys");
+        let pairs = format!("{name}_key_pairs");
         let views = [
             (keys.clone(), plan.keys_sql(&s, &r)),
             (format!("{name}_key_pairs"), plan.key_pairs_sql(&s, &r)),
-            (format!("{name}_diff"), plan.diff_sql(&keys, &s, &r)),
+            (
+                format!("{name}_pairs_summary"),
+                plan.key_pairs_summary_sql(&pairs),
+            ),
+            (format!("{name}_diff"), plan.diff_sql(&keys, &s, &r, None)),
+            (
+                format!("{name}_pairs_diff"),
+                plan.diff_sql(&format!("{name}_pairs_summary"), &s, &r, Some(&pairs)),
+            ),
             (
                 format!("{name}_null_keys_source"),
                 plan.null_keys_sql(Side::Source, &s),

@@ -127,61 +127,129 @@ pub struct Reappeared {
 
 /// Writes the events files for the run's committed correction files and finds the
 /// corrections an earlier apply already applied. `written` collects the new files.
+///
+/// Files are written concurrently, as many at a time as the machine has cores: each is
+/// a read of one correction file and a JSON rendering of its rows, bound by CPU.
 pub async fn process(
     job: &JobConfig,
     layout: &RunLayout,
     files: &[ManifestFile],
     written: &mut Vec<String>,
 ) -> Result<RunCorrections> {
-    let applied = applied_before(&layout.output, layout.run_date).await?;
-    let time = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let mut events = Vec::new();
-    let mut reappeared: BTreeMap<String, Vec<Reappeared>> = BTreeMap::new();
-    for f in files.iter().filter(|f| f.kind == "corrections") {
-        let (Some(entity), Some(system)) = (&f.entity, &f.system) else {
+    let applied = Arc::new(applied_before(&layout.output, layout.run_date).await?);
+    let time: Arc<str> = Utc::now()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        .into();
+    let (job, layout) = (Arc::new(job.clone()), Arc::new(layout.clone()));
+    let at_once = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // Dropping the set (on an error) aborts the files still being written.
+    let mut running = tokio::task::JoinSet::new();
+    let mut done = Vec::new();
+    for (i, f) in files.iter().filter(|f| f.kind == "corrections").enumerate() {
+        let (Some(entity), Some(system)) = (f.entity.clone(), f.system.clone()) else {
             continue;
         };
-        let key = target_key(job, entity, system);
         let rel = format!(
             "events/run_date={}/run_id={}/system={system}/entity={entity}/events.ndjson",
             layout.run_date, layout.run_id
         );
+        // The file is not listed anywhere until the run's manifest is written.
+        written.push(rel.clone());
+        if running.len() >= at_once {
+            done.push(next_file(&mut running).await?);
+        }
+        let file = EventsFile {
+            job: Arc::clone(&job),
+            layout: Arc::clone(&layout),
+            applied: Arc::clone(&applied),
+            time: Arc::clone(&time),
+            corrections: f.path.clone(),
+            entity,
+            system,
+            rel,
+        };
+        running.spawn(async move { (i, file.write().await) });
+    }
+    while !running.is_empty() {
+        done.push(next_file(&mut running).await?);
+    }
+    done.sort_by_key(|(i, ..)| *i);
+    let mut events = Vec::new();
+    let mut reappeared: BTreeMap<String, Vec<Reappeared>> = BTreeMap::new();
+    for (_, file, back) in done {
+        if !back.is_empty() {
+            let entity = file.entity.clone().unwrap_or_default();
+            reappeared.entry(entity).or_default().extend(back);
+        }
+        events.push(file);
+    }
+    Ok(RunCorrections { events, reappeared })
+}
+
+type Written = (usize, ManifestFile, Vec<Reappeared>);
+
+/// The next events file to be finished, in any order.
+async fn next_file(
+    running: &mut tokio::task::JoinSet<(usize, Result<(ManifestFile, Vec<Reappeared>)>)>,
+) -> Result<Written> {
+    match running.join_next().await {
+        Some(Ok((i, written))) => written.map(|(file, back)| (i, file, back)),
+        Some(Err(e)) => Err(Error::Internal(format!("writing events: {e}"))),
+        None => Err(Error::Internal("writing events: no file running".into())),
+    }
+}
+
+/// One events file: the events of one committed correction file.
+struct EventsFile {
+    job: Arc<JobConfig>,
+    layout: Arc<RunLayout>,
+    applied: Arc<HashMap<String, (String, NaiveDate)>>,
+    time: Arc<str>,
+    /// The correction file, relative to the output.
+    corrections: String,
+    entity: String,
+    system: String,
+    /// The events file, relative to the output.
+    rel: String,
+}
+
+impl EventsFile {
+    /// Streams the events to the store in parts; returns the file's manifest entry and
+    /// the corrections that an earlier apply already applied.
+    async fn write(self) -> Result<(ManifestFile, Vec<Reappeared>)> {
+        let layout = &self.layout;
+        let key = target_key(&self.job, &self.entity, &self.system);
         let cx = EventContext {
-            job,
+            job: &self.job,
             run_id: &layout.run_id,
             run_date: layout.run_date,
-            system,
-            entity,
+            system: &self.system,
+            entity: &self.entity,
             key: &key,
-            time: &time,
+            time: &self.time,
         };
-        // Events stream to the store in parts; the file is not listed anywhere until
-        // the run's manifest is written.
-        written.push(rel.clone());
-        let mut sink = BufWriter::new(Arc::clone(&layout.output.store), layout.path(&rel));
+        let mut sink = BufWriter::new(Arc::clone(&layout.output.store), layout.path(&self.rel));
         let (mut rows, mut size) = (0u64, 0u64);
         let failed = |e: std::io::Error| Error::Storage {
-            location: layout.url(&rel),
+            location: layout.url(&self.rel),
             source: object_store::Error::Generic {
                 store: "events",
                 source: Box::new(e),
             },
         };
+        let mut back = Vec::new();
         let mut body = Vec::new();
-        for batch in CorrectionBatches::open(&layout.output, &f.path).await? {
+        for batch in CorrectionBatches::open(&layout.output, &self.corrections).await? {
             let batch = batch?;
             body.clear();
             for c in &batch {
                 write_event(&cx, c, &mut body);
-                if let Some((run_id, date)) = applied.get(&c.id) {
-                    reappeared
-                        .entry(entity.clone())
-                        .or_default()
-                        .push(Reappeared {
-                            correction_id: c.id.clone(),
-                            applied_in_run: run_id.clone(),
-                            applied_run_date: *date,
-                        });
+                if let Some((run_id, date)) = self.applied.get(&c.id) {
+                    back.push(Reappeared {
+                        correction_id: c.id.clone(),
+                        applied_in_run: run_id.clone(),
+                        applied_run_date: *date,
+                    });
                 }
             }
             rows += batch.len() as u64;
@@ -189,16 +257,16 @@ pub async fn process(
             sink.write_all(&body).await.map_err(failed)?;
         }
         sink.shutdown().await.map_err(failed)?;
-        events.push(ManifestFile {
-            path: rel,
+        let file = ManifestFile {
+            path: self.rel.clone(),
             kind: "events".into(),
-            entity: Some(entity.clone()),
-            system: Some(system.clone()),
+            entity: Some(self.entity.clone()),
+            system: Some(self.system.clone()),
             rows: Some(rows),
             size,
-        });
+        };
+        Ok((file, back))
     }
-    Ok(RunCorrections { events, reappeared })
 }
 
 /// How many earlier run dates' apply reports are read.

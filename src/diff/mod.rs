@@ -194,7 +194,7 @@ pub async fn run_entity(
             out.quality(batch, NULL_KEY, side)?;
         }
     }
-    let (schema, batches) = key_summary(ctx, plan, keyed, &query).await?;
+    let (schema, batches, carried) = key_summary(ctx, plan, keyed, &query).await?;
     let context = format!("entity `{entity}`, key summary query");
     let candidates: usize = batches.iter().map(|b| b.num_rows()).sum();
     // The summary holds only the keys that need a look: the rows that differ and the
@@ -220,7 +220,12 @@ pub async fn run_entity(
 
     let started = Instant::now();
     let context = format!("entity `{entity}`, diff query");
-    let sql = plan.diff_sql(SUMMARY_TABLE, "source", "replica");
+    let sql = plan.diff_sql(
+        SUMMARY_TABLE,
+        "source",
+        "replica",
+        carried.then_some(PAIRS_TABLE),
+    );
     // The diff reads each side's rows for the few candidate keys only.
     let physical = physical_plan(ctx, &context, &sql, Tuning::LateScan).await?;
     let _watch = progress.map(|p| p.watch("diff", Arc::clone(&physical)));
@@ -236,24 +241,26 @@ pub async fn run_entity(
     out.finish(key_summary_ms, diff_ms).await
 }
 
-/// The key summary of one entity (see queries/keys.sql), by the cheaper of two plans.
+/// The key summary of one entity (see queries/keys.sql), by the cheaper of two plans;
+/// `true` when the table [`PAIRS_TABLE`] holds the replica rows the diff needs.
 ///
 /// A hash join of the two sides' keys and fingerprints (queries/key_pairs.sql) holds
-/// the smaller side in memory and never hashes a key twice on the same side, which
-/// makes it several times faster than grouping both sides' rows by key. It is exact
-/// only when no key found on both sides is repeated, which holds for snapshots keyed
-/// by a primary key and is checked: a join pairs every row of a repeated key with
-/// every row of the other side, so its output row count, the summary's one-sided rows
-/// and the sides' row counts `keyed` (rows with a complete key) agree only when no
-/// such key exists. When they disagree, when the smaller side would not fit in half
-/// the memory limit, or when the join runs out of memory, the summary is the hash
+/// the source side in memory and never hashes a key twice on the same side, which
+/// makes it several times faster than grouping both sides' rows by key; its pairs
+/// carry the replica's rows, so the diff reads only the source snapshot again. It is
+/// exact only when no key found on both sides is repeated, which holds for snapshots
+/// keyed by a primary key and is checked: a join pairs every row of a repeated key
+/// with every row of the other side, so its output row count, its one-sided rows and
+/// the sides' row counts `keyed` (rows with a complete key) agree only when no such
+/// key exists. When they disagree, when the source side would not fit in half the
+/// memory limit, or when the join runs out of memory, the summary is the hash
 /// aggregation of queries/keys.sql, which spills to disk.
 async fn key_summary<Q, F>(
     ctx: &SessionContext,
     plan: &EntityPlan,
     keyed: [u64; 2],
     query: &Q,
-) -> Result<(SchemaRef, Vec<RecordBatch>)>
+) -> Result<(SchemaRef, Vec<RecordBatch>, bool)>
 where
     Q: Fn(&'static str, String, String, Tuning) -> F,
     F: std::future::Future<
@@ -270,12 +277,23 @@ where
         datafusion::execution::memory_pool::MemoryLimit::Finite(n) => n as u64,
         _ => u64::MAX,
     };
-    let held = keyed[0].min(keyed[1]).saturating_mul(PAIR_BYTES_PER_ROW);
+    let held = keyed[0].saturating_mul(PAIR_BYTES_PER_ROW);
     if held <= limit / 2 {
         let sql = plan.key_pairs_sql("source", "replica");
         match query("key summary", context.clone(), sql, Tuning::Pairs).await {
-            Ok((schema, batches, physical)) => match pairs_are_exact(&batches, &physical, keyed) {
-                Ok(()) => return Ok((schema, batches)),
+            Ok((schema, pairs, physical)) => match pairs_are_exact(&pairs, &physical, keyed) {
+                Ok(()) => {
+                    let table = MemTable::try_new(schema, vec![pairs])
+                        .map_err(|e| Error::query(&context, e))?;
+                    ctx.deregister_table(PAIRS_TABLE)
+                        .map_err(|e| Error::query(&context, e))?;
+                    ctx.register_table(PAIRS_TABLE, Arc::new(table))
+                        .map_err(|e| Error::query(&context, e))?;
+                    let sql = plan.key_pairs_summary_sql(PAIRS_TABLE);
+                    let (schema, batches, _) =
+                        query("key summary", context, sql, Tuning::Full).await?;
+                    return Ok((schema, batches, true));
+                }
                 Err(why) => {
                     tracing::info!(entity = %entity, "{why}: key summary by aggregation instead")
                 }
@@ -297,23 +315,27 @@ where
     }
     let sql = plan.keys_sql("source", "replica");
     let (schema, batches, _) = query("key summary", context, sql, Tuning::Full).await?;
-    Ok((schema, batches))
+    Ok((schema, batches, false))
 }
 
-/// Memory the key join holds per row of its smaller side (key, liveness, fingerprint,
-/// hash table), rounded up for wide keys.
+/// The table holding the key join's pairs (queries/key_pairs.sql) while the entity is
+/// diffed.
+const PAIRS_TABLE: &str = "__key_pairs";
+
+/// Memory the key join holds per source row (key, liveness, fingerprint, hash table),
+/// rounded up for wide keys.
 const PAIR_BYTES_PER_ROW: u64 = 64;
 
-/// Checks that the key join's summary is exact: no key found on both sides repeated.
+/// Checks that the key join's pairs are exact: no key found on both sides repeated.
 ///
-/// The join yields `rows(k) = max(s_k, 1) * max(r_k, 1)` rows for a key with `s_k`
-/// source and `r_k` replica rows. Over the keys on both sides, the pairs number
-/// `Σ s_k r_k`, which equals both `Σ s_k` and `Σ r_k` exactly when every `s_k` and
-/// `r_k` is 1. The one-sided rows are all in the summary, so with `J` the join's output
-/// rows, `A` the source-only and `B` the replica-only rows, the check is
-/// `J - B = source rows` and `J - A = replica rows`.
+/// The join yields `max(s_k, 1) * max(r_k, 1)` rows for a key with `s_k` source and
+/// `r_k` replica rows. Over the keys on both sides, the pairs number `Σ s_k r_k`, which
+/// equals both `Σ s_k` and `Σ r_k` exactly when every `s_k` and `r_k` is 1. The
+/// one-sided rows are all kept, so with `J` the join's output rows, `A` the source-only
+/// and `B` the replica-only rows, the check is `J - B = source rows` and
+/// `J - A = replica rows`.
 fn pairs_are_exact(
-    batches: &[RecordBatch],
+    pairs: &[RecordBatch],
     physical: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
     keyed: [u64; 2],
 ) -> std::result::Result<(), String> {
@@ -322,24 +344,19 @@ fn pairs_are_exact(
     let [joined] = joins[..] else {
         return Err(format!("the key join's plan has {} joins", joins.len()));
     };
-    let one_sided = |rows: &str, other: &str| -> std::result::Result<u64, String> {
+    // Pair rows whose `other` side is absent.
+    let one_sided = |other: &str| -> std::result::Result<u64, String> {
         let mut n = 0u64;
-        for b in batches {
-            let rows = column(b, rows).as_primitive_opt::<Int64Type>();
-            let other = column(b, other).as_primitive_opt::<Int64Type>();
-            let (Some(rows), Some(other)) = (rows, other) else {
-                return Err("the key join's summary has unexpected column types".into());
+        for b in pairs {
+            let Some(other) = column(b, other).as_primitive_opt::<Int64Type>() else {
+                return Err("the key join's pairs have unexpected column types".into());
             };
-            for i in 0..b.num_rows() {
-                if other.value(i) == 0 {
-                    n += rows.value(i) as u64;
-                }
-            }
+            n += other.values().iter().filter(|v| **v == 0).count() as u64;
         }
         Ok(n)
     };
-    let source_only = one_sided("__source_rows", "__replica_rows")?;
-    let replica_only = one_sided("__replica_rows", "__source_rows")?;
+    let source_only = one_sided("__rr")?;
+    let replica_only = one_sided("__sr")?;
     if joined.checked_sub(replica_only) == Some(keyed[0])
         && joined.checked_sub(source_only) == Some(keyed[1])
     {
@@ -380,7 +397,7 @@ fn sum_u64(batch: &RecordBatch, name: &str) -> Result<u64> {
 enum Tuning {
     /// Every projected column of every row is decoded; the query reads most rows.
     Full,
-    /// As `Full`, with every hash join holding its build side once (a single
+    /// As `Full`, with every hash join holding its left side once (a single
     /// partition), for the key join of [`key_summary`], sized beforehand.
     Pairs,
     /// Filters pushed into the scan, the join's dynamic filter of candidate keys among
@@ -404,6 +421,9 @@ async fn physical_plan(
         Tuning::Pairs => {
             options.optimizer.hash_join_single_partition_threshold = usize::MAX;
             options.optimizer.hash_join_single_partition_threshold_rows = usize::MAX;
+            // The source is held, as sized beforehand; the replica, whose columns the
+            // pairs carry, streams past it.
+            options.optimizer.join_reordering = false;
         }
         Tuning::LateScan => options.execution.parquet.pushdown_filters = true,
     }

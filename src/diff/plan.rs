@@ -14,6 +14,8 @@ const NULL_KEYS_SQL: &str = include_str!("../../queries/null_keys.sql");
 const DUPLICATE_KEYS_SQL: &str = include_str!("../../queries/duplicate_keys.sql");
 const KEYS_SQL: &str = include_str!("../../queries/keys.sql");
 const KEY_PAIRS_SQL: &str = include_str!("../../queries/key_pairs.sql");
+const KEY_PAIRS_SUMMARY_SQL: &str = include_str!("../../queries/key_pairs_summary.sql");
+const PAIRS_PAYLOAD_SQL: &str = include_str!("../../queries/pairs_payload.sql");
 const DIFF_SQL: &str = include_str!("../../queries/diff.sql");
 const PAYLOAD_SQL: &str = include_str!("../../queries/payload.sql");
 
@@ -467,10 +469,20 @@ impl EntityPlan {
         self.summary_sql(KEYS_SQL, source, replica)
     }
 
-    /// The key summary by a join of the two sides (queries/key_pairs.sql): the same
-    /// output as [`Self::keys_sql`], exact when no key found on both sides is repeated.
+    /// The pairs of source and replica rows that need a look, by a join of the two sides
+    /// on the key (queries/key_pairs.sql), each carrying the replica row's raw mapped
+    /// columns; exact when no key found on both sides is repeated.
     pub fn key_pairs_sql(&self, source: &str, replica: &str) -> String {
         self.summary_sql(KEY_PAIRS_SQL, source, replica)
+    }
+
+    /// The key summary (the output of [`Self::keys_sql`]) from the table `pairs` of
+    /// [`Self::key_pairs_sql`] (queries/key_pairs_summary.sql).
+    pub fn key_pairs_summary_sql(&self, pairs: &str) -> String {
+        fill(
+            KEY_PAIRS_SUMMARY_SQL,
+            &[("keys", &self.key_names("")), ("pairs", &quote(pairs))],
+        )
     }
 
     fn summary_sql(&self, template: &str, source: &str, replica: &str) -> String {
@@ -478,6 +490,18 @@ impl EntityPlan {
         let (_, _, replica_complete) = self.key_lists(Side::Replica, "t.");
         let paired_keys = (0..self.key_len)
             .map(|i| format!("coalesce(s.\"k{i}\", r.\"k{i}\") AS \"k{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // The replica's raw mapped columns, as the pairs carry them.
+        let replica_values = self
+            .mapped
+            .iter()
+            .enumerate()
+            .map(|(j, m)| format!("t.{} AS \"v{j}\"", quote(m.name(Side::Replica))))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let carried_values = (0..self.mapped.len())
+            .map(|j| format!("r.\"v{j}\" AS \"v{j}\""))
             .collect::<Vec<_>>()
             .join(", ");
         let pairs_on = (0..self.key_len)
@@ -502,7 +526,26 @@ impl EntityPlan {
                 ("replica_key_is_complete", &replica_complete),
                 ("keys", &self.key_names("")),
                 ("paired_keys", &paired_keys),
+                ("replica_values", &replica_values),
+                ("carried_values", &carried_values),
                 ("pairs_on", &pairs_on),
+            ],
+        )
+    }
+
+    /// The replica's live rows from the table `pairs` of [`Self::key_pairs_sql`], with the
+    /// columns of [`Self::payload_sql`] (queries/pairs_payload.sql).
+    fn pairs_payload_sql(&self, pairs: &str) -> String {
+        let values = (0..self.mapped.len())
+            .map(|j| format!("\"v{j}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        fill(
+            PAIRS_PAYLOAD_SQL,
+            &[
+                ("keys", &self.key_names("")),
+                ("values", &values),
+                ("pairs", &quote(pairs)),
             ],
         )
     }
@@ -551,7 +594,16 @@ impl EntityPlan {
     /// fields: replica is later), and per mapped column `j`: `rset{j}`/`rcur{j}`
     /// (replica types: value to set, current value) and `sset{j}`/`scur{j}` (source
     /// types).
-    pub fn diff_sql(&self, summary: &str, source: &str, replica: &str) -> String {
+    ///
+    /// `carried` is the table of [`Self::key_pairs_sql`] when the key summary was made
+    /// from it: the replica's rows are then read from it, not from the snapshot.
+    pub fn diff_sql(
+        &self,
+        summary: &str,
+        source: &str,
+        replica: &str,
+        carried: Option<&str>,
+    ) -> String {
         // The raw values after the joins: `sj."sv{j}"` and `rj."rv{j}"`.
         let raw = |side: Side, j: usize| match side {
             Side::Source => format!("sj.\"sv{j}\""),
@@ -625,7 +677,13 @@ impl EntityPlan {
                 ("keys", &self.key_names("")),
                 ("summary", &quote(summary)),
                 ("source_payload", &self.payload_sql(Side::Source, source)),
-                ("replica_payload", &self.payload_sql(Side::Replica, replica)),
+                (
+                    "replica_payload",
+                    &match carried {
+                        Some(pairs) => self.pairs_payload_sql(pairs),
+                        None => self.payload_sql(Side::Replica, replica),
+                    },
+                ),
                 ("columns", &columns.join(",\n         ")),
                 ("source_values", &side_values("sp", "sv")),
                 ("replica_values", &side_values("rp", "rv")),
