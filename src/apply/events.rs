@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{NaiveDate, Utc};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
 use tokio::io::AsyncWriteExt;
@@ -159,6 +159,7 @@ pub async fn process(
             done.push(next_file(&mut running).await?);
         }
         let file = EventsFile {
+            key: target_key(&job, &entity, &system),
             job: Arc::clone(&job),
             layout: Arc::clone(&layout),
             applied: Arc::clone(&applied),
@@ -168,7 +169,7 @@ pub async fn process(
             system,
             rel,
         };
-        running.spawn(async move { (i, file.write().await) });
+        running.spawn(async move { (i, Arc::new(file).write(at_once).await) });
     }
     while !running.is_empty() {
         done.push(next_file(&mut running).await?);
@@ -205,6 +206,8 @@ struct EventsFile {
     layout: Arc<RunLayout>,
     applied: Arc<HashMap<String, (String, NaiveDate)>>,
     time: Arc<str>,
+    /// Key columns in the target system's names.
+    key: Vec<String>,
     /// The correction file, relative to the output.
     corrections: String,
     entity: String,
@@ -213,23 +216,19 @@ struct EventsFile {
     rel: String,
 }
 
+/// The events of one batch of corrections: the JSON lines, the corrections that an
+/// earlier apply already applied, and how many events.
+type Rendered = (Vec<u8>, Vec<Reappeared>, u64);
+
 impl EventsFile {
     /// Streams the events to the store in parts; returns the file's manifest entry and
-    /// the corrections that an earlier apply already applied.
-    async fn write(self) -> Result<(ManifestFile, Vec<Reappeared>)> {
+    /// the corrections that an earlier apply already applied. Batches are rendered on
+    /// the blocking pool, `at_once` at a time, and written in order.
+    async fn write(self: Arc<Self>, at_once: usize) -> Result<(ManifestFile, Vec<Reappeared>)> {
         let layout = &self.layout;
-        let key = target_key(&self.job, &self.entity, &self.system);
-        let cx = EventContext {
-            job: &self.job,
-            run_id: &layout.run_id,
-            run_date: layout.run_date,
-            system: &self.system,
-            entity: &self.entity,
-            key: &key,
-            time: &self.time,
-        };
         let mut sink = BufWriter::new(Arc::clone(&layout.output.store), layout.path(&self.rel));
         let (mut rows, mut size) = (0u64, 0u64);
+        let mut back = Vec::new();
         let failed = |e: std::io::Error| Error::Storage {
             location: layout.url(&self.rel),
             source: object_store::Error::Generic {
@@ -237,24 +236,38 @@ impl EventsFile {
                 source: Box::new(e),
             },
         };
-        let mut back = Vec::new();
-        let mut body = Vec::new();
-        for batch in CorrectionBatches::open(&layout.output, &self.corrections).await? {
-            let batch = batch?;
-            body.clear();
-            for c in &batch {
-                write_event(&cx, c, &mut body);
-                if let Some((run_id, date)) = self.applied.get(&c.id) {
-                    back.push(Reappeared {
-                        correction_id: c.id.clone(),
-                        applied_in_run: run_id.clone(),
-                        applied_run_date: *date,
-                    });
-                }
+        let file = CorrectionBatches::open(&layout.output, &self.corrections).await?;
+        let url: Arc<str> = file.url.into();
+        let mut rendering = futures::stream::FuturesOrdered::new();
+        let mut batches = file.reader;
+        loop {
+            let batch = batches
+                .next()
+                .transpose()
+                .map_err(|e| Error::Internal(format!("{url}: {e}")))?;
+            let finished = batch.is_none();
+            if let Some(batch) = batch {
+                let (this, url) = (Arc::clone(&self), Arc::clone(&url));
+                let rendered = tokio::task::spawn_blocking(move || this.render(&url, &batch));
+                rendering.push_back(async move {
+                    rendered
+                        .await
+                        .map_err(|e| Error::Internal(format!("rendering events: {e}")))?
+                });
             }
-            rows += batch.len() as u64;
-            size += body.len() as u64;
-            sink.write_all(&body).await.map_err(failed)?;
+            // Write out the oldest rendered batch while too many are under way, and
+            // every one of them at the end.
+            while rendering.len() > at_once || (finished && !rendering.is_empty()) {
+                let (body, reappeared, n): Rendered =
+                    rendering.next().await.expect("a batch is being rendered")?;
+                rows += n;
+                size += body.len() as u64;
+                back.extend(reappeared);
+                sink.write_all(&body).await.map_err(failed)?;
+            }
+            if finished {
+                break;
+            }
         }
         sink.shutdown().await.map_err(failed)?;
         let file = ManifestFile {
@@ -266,6 +279,33 @@ impl EventsFile {
             size,
         };
         Ok((file, back))
+    }
+
+    /// The events of one batch read from the correction file at `url`.
+    fn render(&self, url: &str, batch: &arrow::array::RecordBatch) -> Result<Rendered> {
+        let cx = EventContext {
+            job: &self.job,
+            run_id: &self.layout.run_id,
+            run_date: self.layout.run_date,
+            system: &self.system,
+            entity: &self.entity,
+            key: &self.key,
+            time: &self.time,
+        };
+        let corrections = CorrectionBatches::corrections(url, batch)?;
+        let mut body = Vec::with_capacity(corrections.len() * 512);
+        let mut back = Vec::new();
+        for c in &corrections {
+            write_event(&cx, c, &mut body);
+            if let Some((run_id, date)) = self.applied.get(&c.id) {
+                back.push(Reappeared {
+                    correction_id: c.id.clone(),
+                    applied_in_run: run_id.clone(),
+                    applied_run_date: *date,
+                });
+            }
+        }
+        Ok((body, back, corrections.len() as u64))
     }
 }
 

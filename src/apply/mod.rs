@@ -485,8 +485,9 @@ impl CorrectionBatches {
         })
     }
 
-    fn corrections(&self, b: &RecordBatch) -> Result<Vec<Correction>> {
-        let bad = |m: String| Error::Internal(format!("{}: {m}", self.url));
+    /// The corrections of one batch read from the file at `url`.
+    pub(crate) fn corrections(url: &str, b: &RecordBatch) -> Result<Vec<Correction>> {
+        let bad = |m: String| Error::Internal(format!("{url}: {m}"));
         let mut out = Vec::with_capacity(b.num_rows());
         let schema = b.schema();
         let col = |n: &str| {
@@ -554,7 +555,7 @@ impl Iterator for CorrectionBatches {
             Ok(b) => b,
             Err(e) => return Some(Err(Error::Internal(format!("{}: {e}", self.url)))),
         };
-        Some(self.corrections(&batch))
+        Some(Self::corrections(&self.url, &batch))
     }
 }
 
