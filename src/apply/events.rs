@@ -189,10 +189,11 @@ pub async fn process(
 
 type Written = (usize, ManifestFile, Vec<Reappeared>);
 
+/// One events file's manifest entry and the corrections an earlier apply applied.
+type FileEvents = Result<(ManifestFile, Vec<Reappeared>)>;
+
 /// The next events file to be finished, in any order.
-async fn next_file(
-    running: &mut tokio::task::JoinSet<(usize, Result<(ManifestFile, Vec<Reappeared>)>)>,
-) -> Result<Written> {
+async fn next_file(running: &mut tokio::task::JoinSet<(usize, FileEvents)>) -> Result<Written> {
     match running.join_next().await {
         Some(Ok((i, written))) => written.map(|(file, back)| (i, file, back)),
         Some(Err(e)) => Err(Error::Internal(format!("writing events: {e}"))),
@@ -224,7 +225,7 @@ impl EventsFile {
     /// Streams the events to the store in parts; returns the file's manifest entry and
     /// the corrections that an earlier apply already applied. Batches are rendered on
     /// the blocking pool, `at_once` at a time, and written in order.
-    async fn write(self: Arc<Self>, at_once: usize) -> Result<(ManifestFile, Vec<Reappeared>)> {
+    async fn write(self: Arc<Self>, at_once: usize) -> FileEvents {
         let layout = &self.layout;
         let mut sink = BufWriter::new(Arc::clone(&layout.output.store), layout.path(&self.rel));
         let (mut rows, mut size) = (0u64, 0u64);
