@@ -372,15 +372,25 @@ fn pairs_are_exact(
 
 /// Output rows of every join in `plan`.
 fn find_joins(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>, out: &mut Vec<u64>) {
-    if plan.name().contains("Join") {
-        out.push(
-            plan.metrics()
-                .and_then(|m| m.output_rows())
-                .unwrap_or_default() as u64,
-        );
-    }
+    for_each_operator(plan, &mut |op| {
+        if op.name().contains("Join") {
+            out.push(
+                op.metrics()
+                    .and_then(|m| m.output_rows())
+                    .unwrap_or_default() as u64,
+            );
+        }
+    });
+}
+
+/// Calls `f` on every operator of `plan`, parents before children.
+fn for_each_operator(
+    plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    f: &mut impl FnMut(&Arc<dyn datafusion::physical_plan::ExecutionPlan>),
+) {
+    f(plan);
     for child in plan.children() {
-        find_joins(child, out);
+        for_each_operator(child, f);
     }
 }
 
@@ -460,14 +470,14 @@ fn executed(
 
 /// Bytes the operators of `plan` wrote to spill files.
 fn spilled_bytes(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> usize {
-    plan.metrics()
-        .and_then(|m| m.spilled_bytes())
-        .unwrap_or_default()
-        + plan
-            .children()
-            .into_iter()
-            .map(spilled_bytes)
-            .sum::<usize>()
+    let mut spilled = 0;
+    for_each_operator(plan, &mut |op| {
+        spilled += op
+            .metrics()
+            .and_then(|m| m.spilled_bytes())
+            .unwrap_or_default();
+    });
+    spilled
 }
 
 /// The table holding the entity's key summary while it is diffed.

@@ -393,33 +393,13 @@ fn benchmark_pair_diff_finds_exactly_the_expected_counts() {
     // Plenty of memory, then the smallest limit, under which the key summary's
     // aggregation spills to disk: the same answer.
     for (limit, spills) in [("1GiB", false), ("64MiB", true)] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_recon"))
-            .current_dir(dir.path())
-            .args([
-                "--log-level",
-                "info",
-                "--memory-limit",
-                limit,
-                "diff",
-                "--left",
-                "pair/left.parquet",
-                "--right",
-                "pair/right.parquet",
-                "--key",
-                "id",
-                "--run-date",
-                "2024-01-01",
-                "--run-id",
-                limit,
-                "--output",
-                "out",
-                "--format",
-                "json",
-            ])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stderr}");
+        let (stderr, summary) = diff_pair(
+            dir.path(),
+            "pair/left.parquet",
+            "pair/right.parquet",
+            limit,
+            &["--memory-limit", limit],
+        );
         assert_eq!(
             stderr.contains("spilled to disk under the memory limit"),
             spills,
@@ -432,7 +412,6 @@ fn benchmark_pair_diff_finds_exactly_the_expected_counts() {
             spills,
             "{stderr}"
         );
-        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let counts = &summary["entities"][0]["counts"];
         let total = |kind: &str| -> u64 {
             counts
@@ -456,6 +435,45 @@ fn benchmark_pair_diff_finds_exactly_the_expected_counts() {
             .collect();
         assert_eq!(fields.len(), recon::generate::bench::FIELDS.len());
     }
+}
+
+/// Runs `recon diff` keyed by `id` on two Parquet files below `dir` as run `run_id`,
+/// with `options` before the subcommand and info logging; asserts success and returns
+/// the log and the JSON summary.
+fn diff_pair(
+    dir: &std::path::Path,
+    left: &str,
+    right: &str,
+    run_id: &str,
+    options: &[&str],
+) -> (String, serde_json::Value) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recon"))
+        .current_dir(dir)
+        .args(["--log-level", "info"])
+        .args(options)
+        .args([
+            "diff",
+            "--left",
+            left,
+            "--right",
+            right,
+            "--key",
+            "id",
+            "--run-date",
+            "2024-01-01",
+            "--run-id",
+            run_id,
+            "--output",
+            "out",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let summary = serde_json::from_slice(&out.stdout).unwrap();
+    (stderr, summary)
 }
 
 /// Writes a Parquet file of `(id BIGINT, name VARCHAR)` rows.
@@ -502,37 +520,12 @@ fn a_key_repeated_on_both_sides_is_summarised_by_the_aggregation() {
         let dir = tempfile::tempdir().unwrap();
         id_name_file(&dir.path().join("left.parquet"), left);
         id_name_file(&dir.path().join("right.parquet"), right);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_recon"))
-            .current_dir(dir.path())
-            .args([
-                "--log-level",
-                "info",
-                "diff",
-                "--left",
-                "left.parquet",
-                "--right",
-                "right.parquet",
-                "--key",
-                "id",
-                "--run-date",
-                "2024-01-01",
-                "--run-id",
-                "r1",
-                "--output",
-                "out",
-                "--format",
-                "json",
-            ])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stderr}");
+        let (stderr, summary) = diff_pair(dir.path(), "left.parquet", "right.parquet", "r1", &[]);
         assert_eq!(
             stderr.contains("a key on both sides is repeated"),
             fallback,
             "{stderr}"
         );
-        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let mut counts: Vec<(String, Option<String>, u64)> = summary["entities"][0]["counts"]
             .as_array()
             .unwrap()
