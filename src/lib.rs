@@ -13,6 +13,7 @@ pub mod export;
 pub mod generate;
 pub mod job;
 pub mod lock;
+pub mod parallel;
 pub mod run;
 pub mod snapshot;
 pub mod store;

@@ -141,7 +141,7 @@ pub async fn process(
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
         .into();
     let (job, layout) = (Arc::new(job.clone()), Arc::new(layout.clone()));
-    let at_once = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let at_once = crate::parallel::cores();
     // Dropping the set (on an error) aborts the files still being written.
     let mut running = tokio::task::JoinSet::new();
     let mut done = Vec::new();
@@ -239,36 +239,22 @@ impl EventsFile {
         };
         let file = CorrectionBatches::open(&layout.output, &self.corrections).await?;
         let url: Arc<str> = file.url.into();
-        let mut rendering = futures::stream::FuturesOrdered::new();
-        let mut batches = file.reader;
-        loop {
-            let batch = batches
-                .next()
-                .transpose()
-                .map_err(|e| Error::Internal(format!("{url}: {e}")))?;
-            let finished = batch.is_none();
-            if let Some(batch) = batch {
-                let (this, url) = (Arc::clone(&self), Arc::clone(&url));
-                let rendered = tokio::task::spawn_blocking(move || this.render(&url, &batch));
-                rendering.push_back(async move {
-                    rendered
-                        .await
-                        .map_err(|e| Error::Internal(format!("rendering events: {e}")))?
-                });
-            }
-            // Write out the oldest rendered batch while too many are under way, and
-            // every one of them at the end.
-            while rendering.len() > at_once || (finished && !rendering.is_empty()) {
-                let (body, reappeared, n): Rendered =
-                    rendering.next().await.expect("a batch is being rendered")?;
-                rows += n;
-                size += body.len() as u64;
-                back.extend(reappeared);
-                sink.write_all(&body).await.map_err(failed)?;
-            }
-            if finished {
-                break;
-            }
+        let batches = futures::stream::iter(file.reader).map({
+            let url = Arc::clone(&url);
+            move |batch| batch.map_err(|e| Error::Internal(format!("{url}: {e}")))
+        });
+        let this = Arc::clone(&self);
+        let rendered =
+            crate::parallel::map_blocking(batches, at_once, "rendering events", move |batch| {
+                this.render(&url, &batch)
+            });
+        let mut rendered = std::pin::pin!(rendered);
+        while let Some(batch) = rendered.next().await {
+            let (body, reappeared, n): Rendered = batch?;
+            rows += n;
+            size += body.len() as u64;
+            back.extend(reappeared);
+            sink.write_all(&body).await.map_err(failed)?;
         }
         sink.shutdown().await.map_err(failed)?;
         let file = ManifestFile {

@@ -229,12 +229,23 @@ pub async fn run_entity(
     // The diff reads each side's rows for the few candidate keys only.
     let physical = physical_plan(ctx, &context, &sql, Tuning::LateScan).await?;
     let _watch = progress.map(|p| p.watch("diff", Arc::clone(&physical)));
-    let mut stream =
-        datafusion::physical_plan::execute_stream(Arc::clone(&physical), ctx.task_ctx())
-            .map_err(|e| Error::query(&context, e))?;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| Error::query(&context, e))?;
-        out.diff_batch(&batch).await?;
+    let stream = datafusion::physical_plan::execute_stream(Arc::clone(&physical), ctx.task_ctx())
+        .map_err(|e| Error::query(&context, e))?;
+    // Batches are classified on the blocking pool, one per core, and written in order.
+    let batches = {
+        let context = context.clone();
+        stream.map(move |batch| batch.map_err(|e| Error::query(&context, e)))
+    };
+    let rules = Arc::clone(&out.rules);
+    let classified = crate::parallel::map_blocking(
+        batches,
+        crate::parallel::cores(),
+        "classifying the diff",
+        move |batch| rules.classify(&batch),
+    );
+    let mut classified = std::pin::pin!(classified);
+    while let Some(batch) = classified.next().await {
+        out.absorb(batch?).await?;
     }
     executed(entity, "diff", &context, &physical);
     let diff_ms = started.elapsed().as_millis() as u64;
@@ -492,26 +503,47 @@ struct PendingCorrection {
     changed: Vec<usize>,
 }
 
+/// One system's correction file for the entity, opened at its first correction.
 struct CorrectionSink {
-    side: Side,
     system: String,
-    schema: SchemaRef,
     sink: Option<ParquetSink>,
     counts: BTreeMap<Op, u64>,
-    pending: Vec<PendingCorrection>,
 }
 
-/// Builds discrepancy and correction rows for one entity.
+/// What classifying a diff batch needs, owned, so that batches are classified on the
+/// blocking pool, one per core.
+struct Rules {
+    plan: EntityPlan,
+    stamp: RunStamp,
+    /// Value a soft delete sets in the replica's soft-delete column.
+    soft_deleted: Option<ScalarValue>,
+    /// Per correction slot (the replica's corrections first): the side corrected, its
+    /// system and its correction file's schema.
+    slots: [(Side, String, SchemaRef); 2],
+}
+
+/// The outputs of one diff batch.
+struct Classified {
+    discrepancies: RecordBatch,
+    missing: u64,
+    extra: u64,
+    /// Field mismatches per compared field (index into `plan.fields`).
+    mismatches: Vec<u64>,
+    /// Per correction slot: the correction rows and how many of each op.
+    corrections: [Option<(RecordBatch, BTreeMap<Op, u64>)>; 2],
+}
+
+/// Builds discrepancy and correction rows for one entity and streams them out.
 struct Classifier<'a> {
     plan: &'a EntityPlan,
     stamp: &'a RunStamp,
     layout: &'a RunLayout,
     discrepancies: ParquetSink,
+    /// Data-quality rows not yet written.
     rows: DiscrepancyRows,
     counts: BTreeMap<(String, Option<String>), u64>,
     corrections: [CorrectionSink; 2],
-    /// Value a soft delete sets in the replica's soft-delete column.
-    soft_deleted: Option<ScalarValue>,
+    rules: Arc<Rules>,
 }
 
 impl<'a> Classifier<'a> {
@@ -519,17 +551,25 @@ impl<'a> Classifier<'a> {
         let entity = &plan.entity.name;
         let discrepancies =
             ParquetSink::try_new(layout, layout.discrepancies(entity), discrepancy_schema())?;
-        let sink = |side: Side, system: &str| CorrectionSink {
-            side,
+        let sink = |system: &str| CorrectionSink {
             system: system.to_string(),
-            schema: correction_schema(plan, side),
             sink: None,
             counts: BTreeMap::new(),
-            pending: Vec::new(),
         };
         let soft_deleted = match &plan.replica_soft {
             Some(s) => Some(soft_value(s, stamp.run_date, true)?),
             None => None,
+        };
+        let slot =
+            |side: Side, system: &str| (side, system.to_string(), correction_schema(plan, side));
+        let rules = Rules {
+            plan: plan.clone(),
+            stamp: stamp.clone(),
+            soft_deleted,
+            slots: [
+                slot(Side::Replica, &stamp.replica),
+                slot(Side::Source, &stamp.source),
+            ],
         };
         Ok(Classifier {
             plan,
@@ -538,37 +578,33 @@ impl<'a> Classifier<'a> {
             discrepancies,
             rows: DiscrepancyRows::default(),
             counts: BTreeMap::new(),
-            corrections: [
-                sink(Side::Replica, &stamp.replica),
-                sink(Side::Source, &stamp.source),
-            ],
-            soft_deleted,
+            corrections: [sink(&stamp.replica), sink(&stamp.source)],
+            rules: Arc::new(rules),
         })
     }
 
-    fn count(&mut self, kind: &str, field: Option<&str>) {
-        *self
-            .counts
-            .entry((kind.to_string(), field.map(str::to_string)))
-            .or_default() += 1;
+    fn count(&mut self, kind: &str, field: Option<&str>, n: u64) {
+        if n > 0 {
+            *self
+                .counts
+                .entry((kind.to_string(), field.map(str::to_string)))
+                .or_default() += n;
+        }
     }
 
     /// Rows of a null-key or duplicate-key query: raw key columns, then `__rows`.
     fn quality(&mut self, batch: &RecordBatch, kind: &str, side: Side) -> Result<()> {
-        let keys: Vec<KeyColumn> = (0..self.plan.key_len)
-            .map(|i| KeyColumn::new(batch.column(i)))
-            .collect::<Result<_>>()?;
+        let keys = KeyJson::new(self.plan, (0..self.plan.key_len).map(|i| batch.column(i)))?;
         let n = batch
             .column(self.plan.key_len)
             .as_primitive::<Int64Type>()
             .clone();
-        let names: Vec<&str> = self.plan.keys().iter().map(|k| k.source.as_str()).collect();
         let reason = match side {
             Side::Source => "in_source",
             Side::Replica => "in_replica",
         };
         for row in 0..batch.num_rows() {
-            let key = key_json(&names, &keys, row);
+            let key = keys.json(row);
             let count = n.value(row).to_string();
             let (sv, rv) = match side {
                 Side::Source => (Some(count.as_str()), None),
@@ -588,203 +624,38 @@ impl<'a> Classifier<'a> {
                 None,
                 None,
             );
-            self.count(kind, None);
         }
+        self.count(kind, None, batch.num_rows() as u64);
         Ok(())
     }
 
-    async fn diff_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+    /// Writes out what a diff batch gave.
+    async fn absorb(&mut self, c: Classified) -> Result<()> {
+        if c.discrepancies.num_rows() > 0 {
+            self.discrepancies.write(&c.discrepancies).await?;
+        }
+        self.count(MISSING_IN_REPLICA, None, c.missing);
+        self.count(EXTRA_IN_REPLICA, None, c.extra);
         let plan = self.plan;
-        let entity = plan.entity.name.as_str();
-        let class = batch
-            .column_by_name("__class")
-            .expect("diff has __class")
-            .as_string::<i32>()
-            .clone();
-        let keys: Vec<KeyColumn> = (0..plan.key_len)
-            .map(|i| KeyColumn::new(column(batch, &format!("k{i}"))))
-            .collect::<Result<_>>()?;
-        let names: Vec<&str> = plan.keys().iter().map(|k| k.source.as_str()).collect();
-        let fields: Vec<FieldColumns> = plan
-            .fields
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                FieldColumns::new(batch, i, f.newest.is_some(), plan::is_numeric(&f.common))
-            })
-            .collect::<Result<_>>()?;
-        let insert_columns: Vec<usize> = (plan.key_len..plan.mapped.len()).collect();
-
-        for row in 0..batch.num_rows() {
-            let key = key_json(&names, &keys, row);
-            let r = row as u32;
-            match class.value(row) {
-                "missing_in_replica" => {
-                    let id = correction_id(
-                        &self.stamp.job,
-                        entity,
-                        &self.stamp.replica,
-                        Op::Insert,
-                        &key,
-                        &[],
-                    );
-                    self.rows.push(
-                        self.stamp,
-                        entity,
-                        &key,
-                        MISSING_IN_REPLICA,
-                        None,
-                        None,
-                        None,
-                        Some("source"),
-                        "correct_replica",
-                        None,
-                        None,
-                        Some(&id),
-                    );
-                    self.count(MISSING_IN_REPLICA, None);
-                    self.corrections[0].pending.push(PendingCorrection {
-                        row: r,
-                        op: Op::Insert,
-                        id,
-                        changed: insert_columns.clone(),
-                    });
-                }
-                "extra_in_replica" => {
-                    let op = match plan.entity.deletes {
-                        DeletePolicy::Hard => Some(Op::Delete),
-                        DeletePolicy::Soft { .. } => Some(Op::SoftDelete),
-                        DeletePolicy::Report => None,
-                    };
-                    let id = op.map(|op| {
-                        correction_id(&self.stamp.job, entity, &self.stamp.replica, op, &key, &[])
-                    });
-                    let action = if op.is_some() {
-                        "correct_replica"
-                    } else {
-                        "report_only"
-                    };
-                    self.rows.push(
-                        self.stamp,
-                        entity,
-                        &key,
-                        EXTRA_IN_REPLICA,
-                        None,
-                        None,
-                        None,
-                        Some("source"),
-                        action,
-                        None,
-                        None,
-                        id.as_deref(),
-                    );
-                    self.count(EXTRA_IN_REPLICA, None);
-                    if let (Some(op), Some(id)) = (op, id) {
-                        self.corrections[0].pending.push(PendingCorrection {
-                            row: r,
-                            op,
-                            id,
-                            changed: vec![],
-                        });
-                    }
-                }
-                _ => self.mismatches(row, &key, &fields),
-            }
+        for (f, n) in plan.fields.iter().zip(c.mismatches) {
+            self.count(FIELD_MISMATCH, Some(&plan.field_column(f).source), n);
         }
-        self.rows_flush_if_large().await?;
-        for i in 0..2 {
-            self.emit_corrections(i, batch).await?;
-        }
-        Ok(())
-    }
-
-    /// Field mismatches of one row present on both sides.
-    fn mismatches(&mut self, row: usize, key: &str, fields: &[FieldColumns]) {
-        let plan = self.plan;
-        let entity = plan.entity.name.as_str();
-        // (field index, corrected side) of each differing field
-        let mut differing: Vec<(usize, Option<Side>)> = Vec::new();
-        for (i, f) in plan.fields.iter().enumerate() {
-            if fields[i].reason.is_null(row) {
+        for (slot, out) in c.corrections.into_iter().enumerate() {
+            let Some((batch, ops)) = out else {
                 continue;
-            }
-            let corrected = match &f.rule.owner {
-                Owner::Source => Some(Side::Replica),
-                Owner::Replica => Some(Side::Source),
-                Owner::None => None,
-                Owner::Newest { .. } => {
-                    let newer = fields[i]
-                        .replica_newer
-                        .as_ref()
-                        .is_some_and(|a| a.is_valid(row) && a.value(row));
-                    Some(if newer { Side::Source } else { Side::Replica })
-                }
             };
-            differing.push((i, corrected));
-        }
-        let mut ids: [Option<String>; 2] = [None, None];
-        for (slot, side) in [(0, Side::Replica), (1, Side::Source)] {
-            let changed: Vec<(usize, &str, Option<&str>, Option<&str>)> = differing
-                .iter()
-                .filter(|(_, s)| *s == Some(side))
-                .map(|(i, _)| {
-                    let m = plan.field_column(&plan.fields[*i]);
-                    (
-                        *i,
-                        m.name(side),
-                        fields[*i].source_text(row),
-                        fields[*i].replica_text(row),
-                    )
-                })
-                .collect();
-            if changed.is_empty() {
-                continue;
+            let c = &mut self.corrections[slot];
+            for (op, n) in ops {
+                *c.counts.entry(op).or_default() += n;
             }
-            let detail: Vec<(&str, Option<&str>, Option<&str>)> =
-                changed.iter().map(|(_, n, s, r)| (*n, *s, *r)).collect();
-            let system = &self.corrections[slot].system;
-            let id = correction_id(&self.stamp.job, entity, system, Op::Update, key, &detail);
-            self.corrections[slot].pending.push(PendingCorrection {
-                row: row as u32,
-                op: Op::Update,
-                id: id.clone(),
-                changed: changed
-                    .iter()
-                    .map(|(i, ..)| plan.fields[*i].column)
-                    .collect(),
-            });
-            ids[slot] = Some(id);
-        }
-        for (i, corrected) in differing {
-            let f = &plan.fields[i];
-            let name = plan.field_column(f).source.as_str();
-            let (action, id) = match corrected {
-                Some(Side::Replica) => ("correct_replica", ids[0].as_deref()),
-                Some(Side::Source) => ("correct_source", ids[1].as_deref()),
-                None => ("report_only", None),
-            };
-            let fc = &fields[i];
-            self.rows.push(
-                self.stamp,
-                entity,
-                key,
-                FIELD_MISMATCH,
-                Some(name),
-                fc.source_text(row),
-                fc.replica_text(row),
-                Some(f.rule.owner.as_str()),
-                action,
-                Some(fc.reason.value(row)),
-                fc.delta(row),
-                id,
-            );
-            self.count(FIELD_MISMATCH, Some(name));
-        }
-    }
-
-    async fn rows_flush_if_large(&mut self) -> Result<()> {
-        if self.rows.len() >= 8192 {
-            self.flush_discrepancies().await?;
+            if c.sink.is_none() {
+                c.sink = Some(ParquetSink::try_new(
+                    self.layout,
+                    self.layout.corrections(&c.system, &plan.entity.name),
+                    Arc::clone(&self.rules.slots[slot].2),
+                )?);
+            }
+            c.sink.as_mut().expect("just set").write(&batch).await?;
         }
         Ok(())
     }
@@ -795,34 +666,6 @@ impl<'a> Classifier<'a> {
             self.discrepancies.write(&batch).await?;
         }
         Ok(())
-    }
-
-    /// Builds the typed correction rows gathered from `batch` and streams them out.
-    async fn emit_corrections(&mut self, slot: usize, batch: &RecordBatch) -> Result<()> {
-        if self.corrections[slot].pending.is_empty() {
-            return Ok(());
-        }
-        let pending = std::mem::take(&mut self.corrections[slot].pending);
-        let out = build_corrections(
-            self.plan,
-            &self.corrections[slot],
-            batch,
-            &pending,
-            self.soft_deleted.as_ref(),
-            self.stamp.run_date,
-        )?;
-        let c = &mut self.corrections[slot];
-        for p in &pending {
-            *c.counts.entry(p.op).or_default() += 1;
-        }
-        if c.sink.is_none() {
-            c.sink = Some(ParquetSink::try_new(
-                self.layout,
-                self.layout.corrections(&c.system, &self.plan.entity.name),
-                Arc::clone(&c.schema),
-            )?);
-        }
-        c.sink.as_mut().expect("just set").write(&out).await
     }
 
     async fn finish(mut self, key_summary_ms: u64, diff_ms: u64) -> Result<EntityResult> {
@@ -870,6 +713,227 @@ impl<'a> Classifier<'a> {
     }
 }
 
+impl Rules {
+    /// The discrepancy and correction rows of one batch of the diff query.
+    fn classify(&self, batch: &RecordBatch) -> Result<Classified> {
+        let plan = &self.plan;
+        let entity = plan.entity.name.as_str();
+        let class = batch
+            .column_by_name("__class")
+            .expect("diff has __class")
+            .as_string::<i32>()
+            .clone();
+        let keys = KeyJson::new(
+            plan,
+            (0..plan.key_len).map(|i| column(batch, &format!("k{i}"))),
+        )?;
+        let fields: Vec<FieldColumns> = plan
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                FieldColumns::new(batch, i, f.newest.is_some(), plan::is_numeric(&f.common))
+            })
+            .collect::<Result<_>>()?;
+        let insert_columns: Vec<usize> = (plan.key_len..plan.mapped.len()).collect();
+        let delete = match plan.entity.deletes {
+            DeletePolicy::Hard => Some(Op::Delete),
+            DeletePolicy::Soft { .. } => Some(Op::SoftDelete),
+            DeletePolicy::Report => None,
+        };
+        let mut out = Batch {
+            rules: self,
+            rows: DiscrepancyRows::default(),
+            pending: [Vec::new(), Vec::new()],
+            missing: 0,
+            extra: 0,
+            mismatches: vec![0; plan.fields.len()],
+        };
+        let replica = self.stamp.replica.as_str();
+        for row in 0..batch.num_rows() {
+            let key = keys.json(row);
+            let r = row as u32;
+            match class.value(row) {
+                "missing_in_replica" => {
+                    let id = correction_id(&self.stamp.job, entity, replica, Op::Insert, &key, &[]);
+                    out.push_row(&key, MISSING_IN_REPLICA, "correct_replica", Some(&id));
+                    out.missing += 1;
+                    out.pending[0].push(PendingCorrection {
+                        row: r,
+                        op: Op::Insert,
+                        id,
+                        changed: insert_columns.clone(),
+                    });
+                }
+                "extra_in_replica" => {
+                    let id = delete
+                        .map(|op| correction_id(&self.stamp.job, entity, replica, op, &key, &[]));
+                    let action = if delete.is_some() {
+                        "correct_replica"
+                    } else {
+                        "report_only"
+                    };
+                    out.push_row(&key, EXTRA_IN_REPLICA, action, id.as_deref());
+                    out.extra += 1;
+                    if let (Some(op), Some(id)) = (delete, id) {
+                        out.pending[0].push(PendingCorrection {
+                            row: r,
+                            op,
+                            id,
+                            changed: vec![],
+                        });
+                    }
+                }
+                _ => out.mismatches(row, &key, &fields),
+            }
+        }
+        let mut corrections = [None, None];
+        for (slot, pending) in out.pending.iter().enumerate() {
+            if pending.is_empty() {
+                continue;
+            }
+            let (side, _, schema) = &self.slots[slot];
+            let rows = build_corrections(
+                plan,
+                *side,
+                schema,
+                batch,
+                pending,
+                self.soft_deleted.as_ref(),
+                self.stamp.run_date,
+            )?;
+            let mut ops = BTreeMap::new();
+            for p in pending {
+                *ops.entry(p.op).or_default() += 1;
+            }
+            corrections[slot] = Some((rows, ops));
+        }
+        Ok(Classified {
+            discrepancies: out.rows.finish()?,
+            missing: out.missing,
+            extra: out.extra,
+            mismatches: out.mismatches,
+            corrections,
+        })
+    }
+}
+
+/// One diff batch's outputs as they are gathered.
+struct Batch<'r> {
+    rules: &'r Rules,
+    rows: DiscrepancyRows,
+    /// Per correction slot.
+    pending: [Vec<PendingCorrection>; 2],
+    missing: u64,
+    extra: u64,
+    mismatches: Vec<u64>,
+}
+
+impl Batch<'_> {
+    /// A discrepancy row for a key on one side only.
+    fn push_row(&mut self, key: &str, kind: &str, action: &str, id: Option<&str>) {
+        let stamp = &self.rules.stamp;
+        let entity = &self.rules.plan.entity.name;
+        self.rows.push(
+            stamp,
+            entity,
+            key,
+            kind,
+            None,
+            None,
+            None,
+            Some("source"),
+            action,
+            None,
+            None,
+            id,
+        );
+    }
+
+    /// Field mismatches of one row present on both sides.
+    fn mismatches(&mut self, row: usize, key: &str, fields: &[FieldColumns]) {
+        let rules = self.rules;
+        let plan = &rules.plan;
+        let entity = plan.entity.name.as_str();
+        // (field index, corrected side) of each differing field
+        let mut differing: Vec<(usize, Option<Side>)> = Vec::new();
+        for (i, f) in plan.fields.iter().enumerate() {
+            if fields[i].reason.is_null(row) {
+                continue;
+            }
+            let corrected = match &f.rule.owner {
+                Owner::Source => Some(Side::Replica),
+                Owner::Replica => Some(Side::Source),
+                Owner::None => None,
+                Owner::Newest { .. } => {
+                    let newer = fields[i]
+                        .replica_newer
+                        .as_ref()
+                        .is_some_and(|a| a.is_valid(row) && a.value(row));
+                    Some(if newer { Side::Source } else { Side::Replica })
+                }
+            };
+            differing.push((i, corrected));
+        }
+        let mut ids: [Option<String>; 2] = [None, None];
+        for (slot, (side, system, _)) in rules.slots.iter().enumerate() {
+            let changed: Vec<(usize, &str, Option<&str>, Option<&str>)> = differing
+                .iter()
+                .filter(|(_, s)| *s == Some(*side))
+                .map(|(i, _)| {
+                    let m = plan.field_column(&plan.fields[*i]);
+                    (
+                        *i,
+                        m.name(*side),
+                        fields[*i].source_text(row),
+                        fields[*i].replica_text(row),
+                    )
+                })
+                .collect();
+            if changed.is_empty() {
+                continue;
+            }
+            let detail: Vec<(&str, Option<&str>, Option<&str>)> =
+                changed.iter().map(|(_, n, s, r)| (*n, *s, *r)).collect();
+            let id = correction_id(&rules.stamp.job, entity, system, Op::Update, key, &detail);
+            self.pending[slot].push(PendingCorrection {
+                row: row as u32,
+                op: Op::Update,
+                id: id.clone(),
+                changed: changed
+                    .iter()
+                    .map(|(i, ..)| plan.fields[*i].column)
+                    .collect(),
+            });
+            ids[slot] = Some(id);
+        }
+        for (i, corrected) in differing {
+            let f = &plan.fields[i];
+            let name = plan.field_column(f).source.as_str();
+            let (action, id) = match corrected {
+                Some(Side::Replica) => ("correct_replica", ids[0].as_deref()),
+                Some(Side::Source) => ("correct_source", ids[1].as_deref()),
+                None => ("report_only", None),
+            };
+            let fc = &fields[i];
+            self.rows.push(
+                &rules.stamp,
+                entity,
+                key,
+                FIELD_MISMATCH,
+                Some(name),
+                fc.source_text(row),
+                fc.replica_text(row),
+                Some(f.rule.owner.as_str()),
+                action,
+                Some(fc.reason.value(row)),
+                fc.delta(row),
+                id,
+            );
+            self.mismatches[i] += 1;
+        }
+    }
+}
 fn column<'b>(batch: &'b RecordBatch, name: &str) -> &'b ArrayRef {
     batch
         .column_by_name(name)
@@ -947,13 +1011,13 @@ fn soft_value(s: &SoftColumn, run_date: NaiveDate, deleted: bool) -> Result<Scal
 
 fn build_corrections(
     plan: &EntityPlan,
-    sink: &CorrectionSink,
+    side: Side,
+    schema: &SchemaRef,
     batch: &RecordBatch,
     pending: &[PendingCorrection],
     soft_deleted: Option<&ScalarValue>,
     run_date: NaiveDate,
 ) -> Result<RecordBatch> {
-    let side = sink.side;
     let prefix = match side {
         Side::Replica => "r",
         Side::Source => "s",
@@ -1022,7 +1086,6 @@ fn build_corrections(
         expected.push(arrow::array::new_null_array(&soft_type(soft), n));
     }
 
-    let schema = &sink.schema;
     let payload_fields: Fields = match schema
         .field_with_name("expected")
         .expect("expected")
@@ -1072,7 +1135,9 @@ fn build_corrections(
 
 /// Deterministic correction id: the same discrepancy gives the same id on every rerun.
 /// A SHA-256 over the canonical JSON of job, entity, system, op, key and, for updates,
-/// each changed field with both values; the first 128 bits in hex.
+/// each changed field with both values; the first 128 bits in hex. The JSON is the
+/// compact text of `[job, entity, system, op, key, [[field, source, replica], …]]`,
+/// written directly: a run can have millions of corrections.
 pub fn correction_id(
     job: &str,
     entity: &str,
@@ -1081,9 +1146,35 @@ pub fn correction_id(
     key: &str,
     fields: &[(&str, Option<&str>, Option<&str>)],
 ) -> String {
-    let value = serde_json::json!([job, entity, system, op.as_str(), key, fields]);
-    let digest = Sha256::digest(value.to_string().as_bytes());
-    hex::encode(&digest[..16])
+    let mut text = Vec::with_capacity(64 + key.len() + 48 * fields.len());
+    text.push(b'[');
+    for s in [job, entity, system, op.as_str(), key] {
+        json_string(&mut text, s);
+        text.push(b',');
+    }
+    text.push(b'[');
+    for (i, (name, source, replica)) in fields.iter().enumerate() {
+        if i > 0 {
+            text.push(b',');
+        }
+        text.push(b'[');
+        json_string(&mut text, name);
+        for v in [source, replica] {
+            text.push(b',');
+            match v {
+                Some(v) => json_string(&mut text, v),
+                None => text.extend_from_slice(b"null"),
+            }
+        }
+        text.push(b']');
+    }
+    text.extend_from_slice(b"]]");
+    hex::encode(&Sha256::digest(&text)[..16])
+}
+
+/// Appends `s` as a JSON string.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("writing to memory");
 }
 
 /// A key column read for JSON rendering.
@@ -1108,29 +1199,71 @@ impl KeyColumn {
         })
     }
 
-    fn json(&self, row: usize) -> serde_json::Value {
-        use serde_json::Value;
+    /// Appends the value in `row` as JSON.
+    fn write_json(&self, row: usize, out: &mut Vec<u8>) {
+        use std::io::Write;
         match self {
             KeyColumn::Int(a) if a.is_valid(row) => {
-                Value::from(a.as_primitive::<Int64Type>().value(row))
+                write!(out, "{}", a.as_primitive::<Int64Type>().value(row)).expect("in memory")
             }
-            KeyColumn::Text(a) if a.is_valid(row) => Value::from(a.as_string::<i32>().value(row)),
-            KeyColumn::Bool(a) if a.is_valid(row) => Value::from(a.as_boolean().value(row)),
-            KeyColumn::Other(a) if a.is_valid(row) => Value::from(a.value(row)),
-            _ => Value::Null,
+            KeyColumn::Text(a) if a.is_valid(row) => {
+                json_string(out, a.as_string::<i32>().value(row))
+            }
+            KeyColumn::Bool(a) if a.is_valid(row) => {
+                out.extend_from_slice(if a.as_boolean().value(row) {
+                    b"true"
+                } else {
+                    b"false"
+                })
+            }
+            KeyColumn::Other(a) if a.is_valid(row) => json_string(out, a.value(row)),
+            _ => out.extend_from_slice(b"null"),
         }
     }
 }
 
-/// Canonical JSON of a key: an object with the key columns (source names) sorted by
-/// name. Strings are JSON strings, so no two distinct keys ever render the same.
-fn key_json(names: &[&str], keys: &[KeyColumn], row: usize) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = names
-        .iter()
-        .zip(keys)
-        .map(|(n, k)| (n.to_string(), k.json(row)))
-        .collect();
-    serde_json::Value::Object(map).to_string()
+/// Renders keys as canonical JSON: an object with the key columns (source names) sorted
+/// by name. Strings are JSON strings, so no two distinct keys ever render the same.
+struct KeyJson {
+    /// `"name":` and the column, sorted by name.
+    columns: Vec<(Vec<u8>, KeyColumn)>,
+}
+
+impl KeyJson {
+    /// `arrays`: the key columns of a batch, in the plan's key order.
+    fn new<'b>(plan: &EntityPlan, arrays: impl Iterator<Item = &'b ArrayRef>) -> Result<Self> {
+        let mut columns = plan
+            .keys()
+            .iter()
+            .zip(arrays)
+            .map(|(k, a)| Ok((k.source.as_str(), KeyColumn::new(a)?)))
+            .collect::<Result<Vec<_>>>()?;
+        columns.sort_by(|a, b| a.0.cmp(b.0));
+        let columns = columns
+            .into_iter()
+            .map(|(name, column)| {
+                let mut prefix = Vec::new();
+                json_string(&mut prefix, name);
+                prefix.push(b':');
+                (prefix, column)
+            })
+            .collect();
+        Ok(KeyJson { columns })
+    }
+
+    fn json(&self, row: usize) -> String {
+        let mut out = Vec::with_capacity(32);
+        out.push(b'{');
+        for (i, (prefix, column)) in self.columns.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(prefix);
+            column.write_json(row, &mut out);
+        }
+        out.push(b'}');
+        String::from_utf8(out).expect("JSON is UTF-8")
+    }
 }
 
 /// Canonical text of values: Arrow's text form, binary as hex, timestamps ISO 8601.
@@ -1290,4 +1423,90 @@ impl DiscrepancyRows {
 
 pub fn days_since_epoch(d: NaiveDate) -> i32 {
     (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{BooleanArray, Int32Array};
+
+    /// The correction id as the JSON tree gives it: what the direct text must match, or
+    /// ids would change between releases.
+    fn id_from_tree(
+        job: &str,
+        entity: &str,
+        system: &str,
+        op: Op,
+        key: &str,
+        fields: &[(&str, Option<&str>, Option<&str>)],
+    ) -> String {
+        let value = serde_json::json!([job, entity, system, op.as_str(), key, fields]);
+        hex::encode(&Sha256::digest(value.to_string().as_bytes())[..16])
+    }
+
+    #[test]
+    fn correction_ids_match_the_json_tree() {
+        let key = r#"{"id":7,"région":"é\"\\\n"}"#;
+        let cases: Vec<Vec<(&str, Option<&str>, Option<&str>)>> = vec![
+            vec![],
+            vec![("name", Some("Ann"), None)],
+            vec![
+                ("a\tb", None, Some("x\u{1}y")),
+                ("c", Some(""), Some("1.50")),
+            ],
+        ];
+        for fields in &cases {
+            for op in [Op::Insert, Op::Update, Op::Delete, Op::SoftDelete] {
+                assert_eq!(
+                    correction_id("job \"j\"", "orders", "crm", op, key, fields),
+                    id_from_tree("job \"j\"", "orders", "crm", op, key, fields)
+                );
+            }
+        }
+        // A fixed value: the ids of earlier releases stay the ids of this one.
+        assert_eq!(
+            correction_id(
+                "j",
+                "e",
+                "s",
+                Op::Update,
+                r#"{"id":1}"#,
+                &[("f", Some("1"), None)]
+            ),
+            "10321a2103268c5879e935b83b9c01e7"
+        );
+    }
+
+    #[test]
+    fn key_json_sorts_columns_by_name_and_renders_json_values() {
+        let keys = [("zone", "Utf8"), ("id", "Int32"), ("flag", "Boolean")];
+        let arrays: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![Some("n\"orth"), None])),
+            Arc::new(Int32Array::from(vec![Some(-3), Some(5)])),
+            Arc::new(BooleanArray::from(vec![Some(true), None])),
+        ];
+        let columns: Vec<(&str, KeyColumn)> = keys
+            .iter()
+            .zip(&arrays)
+            .map(|((n, _), a)| (*n, KeyColumn::new(a).unwrap()))
+            .collect();
+        let mut sorted = columns;
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        let json = KeyJson {
+            columns: sorted
+                .into_iter()
+                .map(|(n, c)| {
+                    (
+                        format!("{}:", serde_json::to_string(n).unwrap()).into_bytes(),
+                        c,
+                    )
+                })
+                .collect(),
+        };
+        assert_eq!(json.json(0), r#"{"flag":true,"id":-3,"zone":"n\"orth"}"#);
+        assert_eq!(json.json(1), r#"{"flag":null,"id":5,"zone":null}"#);
+        // The same text as a JSON tree (a sorted map) gives.
+        let tree = serde_json::json!({"zone": "n\"orth", "id": -3, "flag": true});
+        assert_eq!(json.json(0), tree.to_string());
+    }
 }
