@@ -1428,7 +1428,7 @@ pub fn days_since_epoch(d: NaiveDate) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{BooleanArray, Int32Array};
+    use arrow::array::Int32Array;
 
     /// The correction id as the JSON tree gives it: what the direct text must match, or
     /// ids would change between releases.
@@ -1479,16 +1479,16 @@ mod tests {
 
     #[test]
     fn key_json_sorts_columns_by_name_and_renders_json_values() {
-        let keys = [("zone", "Utf8"), ("id", "Int32"), ("flag", "Boolean")];
+        let names = ["zone", "id", "flag"];
         let arrays: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(vec![Some("n\"orth"), None])),
             Arc::new(Int32Array::from(vec![Some(-3), Some(5)])),
             Arc::new(BooleanArray::from(vec![Some(true), None])),
         ];
-        let columns: Vec<(&str, KeyColumn)> = keys
+        let columns: Vec<(&str, KeyColumn)> = names
             .iter()
             .zip(&arrays)
-            .map(|((n, _), a)| (*n, KeyColumn::new(a).unwrap()))
+            .map(|(n, a)| (*n, KeyColumn::new(a).unwrap()))
             .collect();
         let mut sorted = columns;
         sorted.sort_by(|a, b| a.0.cmp(b.0));
