@@ -504,8 +504,8 @@ struct PendingCorrection {
 }
 
 /// One system's correction file for the entity, opened at its first correction.
+#[derive(Default)]
 struct CorrectionSink {
-    system: String,
     sink: Option<ParquetSink>,
     counts: BTreeMap<Op, u64>,
 }
@@ -522,13 +522,18 @@ struct Rules {
     slots: [(Side, String, SchemaRef); 2],
 }
 
-/// The outputs of one diff batch.
-struct Classified {
-    discrepancies: RecordBatch,
+/// How many discrepancies of each kind one diff batch has.
+struct Tally {
     missing: u64,
     extra: u64,
     /// Field mismatches per compared field (index into `plan.fields`).
     mismatches: Vec<u64>,
+}
+
+/// The outputs of one diff batch.
+struct Classified {
+    discrepancies: RecordBatch,
+    tally: Tally,
     /// Per correction slot: the correction rows and how many of each op.
     corrections: [Option<(RecordBatch, BTreeMap<Op, u64>)>; 2],
 }
@@ -551,11 +556,6 @@ impl<'a> Classifier<'a> {
         let entity = &plan.entity.name;
         let discrepancies =
             ParquetSink::try_new(layout, layout.discrepancies(entity), discrepancy_schema())?;
-        let sink = |system: &str| CorrectionSink {
-            system: system.to_string(),
-            sink: None,
-            counts: BTreeMap::new(),
-        };
         let soft_deleted = match &plan.replica_soft {
             Some(s) => Some(soft_value(s, stamp.run_date, true)?),
             None => None,
@@ -578,7 +578,7 @@ impl<'a> Classifier<'a> {
             discrepancies,
             rows: DiscrepancyRows::default(),
             counts: BTreeMap::new(),
-            corrections: [sink(&stamp.replica), sink(&stamp.source)],
+            corrections: Default::default(),
             rules: Arc::new(rules),
         })
     }
@@ -634,16 +634,17 @@ impl<'a> Classifier<'a> {
         if c.discrepancies.num_rows() > 0 {
             self.discrepancies.write(&c.discrepancies).await?;
         }
-        self.count(MISSING_IN_REPLICA, None, c.missing);
-        self.count(EXTRA_IN_REPLICA, None, c.extra);
+        self.count(MISSING_IN_REPLICA, None, c.tally.missing);
+        self.count(EXTRA_IN_REPLICA, None, c.tally.extra);
         let plan = self.plan;
-        for (f, n) in plan.fields.iter().zip(c.mismatches) {
+        for (f, n) in plan.fields.iter().zip(c.tally.mismatches) {
             self.count(FIELD_MISMATCH, Some(&plan.field_column(f).source), n);
         }
         for (slot, out) in c.corrections.into_iter().enumerate() {
             let Some((batch, ops)) = out else {
                 continue;
             };
+            let (_, system, schema) = &self.rules.slots[slot];
             let c = &mut self.corrections[slot];
             for (op, n) in ops {
                 *c.counts.entry(op).or_default() += n;
@@ -651,8 +652,8 @@ impl<'a> Classifier<'a> {
             if c.sink.is_none() {
                 c.sink = Some(ParquetSink::try_new(
                     self.layout,
-                    self.layout.corrections(&c.system, &plan.entity.name),
-                    Arc::clone(&self.rules.slots[slot].2),
+                    self.layout.corrections(system, &plan.entity.name),
+                    Arc::clone(schema),
                 )?);
             }
             c.sink.as_mut().expect("just set").write(&batch).await?;
@@ -681,19 +682,19 @@ impl<'a> Classifier<'a> {
             .await?;
         let mut correction_files = Vec::new();
         let mut corrections = BTreeMap::new();
-        for c in self.corrections {
+        for (c, (_, system, _)) in self.corrections.into_iter().zip(&self.rules.slots) {
             if let Some(sink) = c.sink {
                 correction_files.push(
                     sink.finish(FileEntry {
                         kind: "corrections",
                         entity: Some(entity.clone()),
-                        system: Some(c.system.clone()),
+                        system: Some(system.clone()),
                     })
                     .await?,
                 );
             }
             if !c.counts.is_empty() {
-                corrections.insert(c.system, c.counts);
+                corrections.insert(system.clone(), c.counts);
             }
         }
         let mut counts: Vec<Count> = self
@@ -745,9 +746,11 @@ impl Rules {
             rules: self,
             rows: DiscrepancyRows::default(),
             pending: [Vec::new(), Vec::new()],
-            missing: 0,
-            extra: 0,
-            mismatches: vec![0; plan.fields.len()],
+            tally: Tally {
+                missing: 0,
+                extra: 0,
+                mismatches: vec![0; plan.fields.len()],
+            },
         };
         let replica = self.stamp.replica.as_str();
         for row in 0..batch.num_rows() {
@@ -757,7 +760,7 @@ impl Rules {
                 "missing_in_replica" => {
                     let id = correction_id(&self.stamp.job, entity, replica, Op::Insert, &key, &[]);
                     out.push_row(&key, MISSING_IN_REPLICA, "correct_replica", Some(&id));
-                    out.missing += 1;
+                    out.tally.missing += 1;
                     out.pending[0].push(PendingCorrection {
                         row: r,
                         op: Op::Insert,
@@ -774,7 +777,7 @@ impl Rules {
                         "report_only"
                     };
                     out.push_row(&key, EXTRA_IN_REPLICA, action, id.as_deref());
-                    out.extra += 1;
+                    out.tally.extra += 1;
                     if let (Some(op), Some(id)) = (delete, id) {
                         out.pending[0].push(PendingCorrection {
                             row: r,
@@ -810,9 +813,7 @@ impl Rules {
         }
         Ok(Classified {
             discrepancies: out.rows.finish()?,
-            missing: out.missing,
-            extra: out.extra,
-            mismatches: out.mismatches,
+            tally: out.tally,
             corrections,
         })
     }
@@ -824,9 +825,7 @@ struct Batch<'r> {
     rows: DiscrepancyRows,
     /// Per correction slot.
     pending: [Vec<PendingCorrection>; 2],
-    missing: u64,
-    extra: u64,
-    mismatches: Vec<u64>,
+    tally: Tally,
 }
 
 impl Batch<'_> {
@@ -930,7 +929,7 @@ impl Batch<'_> {
                 fc.delta(row),
                 id,
             );
-            self.mismatches[i] += 1;
+            self.tally.mismatches[i] += 1;
         }
     }
 }
