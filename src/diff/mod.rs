@@ -333,7 +333,7 @@ where
 /// diffed.
 const PAIRS_TABLE: &str = "__key_pairs";
 
-/// Memory the key join holds per source row (key, liveness, fingerprint, hash table),
+/// Memory the key join holds per source row (key, fingerprint, hash table),
 /// rounded up for wide keys.
 const PAIR_BYTES_PER_ROW: u64 = 64;
 
