@@ -24,19 +24,17 @@ r AS (
          {replica_values}
   FROM {replica} AS t
   WHERE {replica_key_is_complete}
-),
-p AS (
-  SELECT {paired_keys},
-         CASE WHEN s."k0" IS NULL THEN 0 ELSE 1 END AS "__sr",
-         CASE WHEN s."__h" IS NULL THEN 0 ELSE 1 END AS "__sl",
-         CASE WHEN r."k0" IS NULL THEN 0 ELSE 1 END AS "__rr",
-         CASE WHEN r."__h" IS NULL THEN 0 ELSE 1 END AS "__rl",
-         CASE WHEN s."__h" IS NULL THEN r."__h"
-              WHEN r."__h" IS NULL THEN s."__h"
-              ELSE s."__h" ^ r."__h" END AS "__x",
-         {carried_values}
-  FROM s FULL OUTER JOIN r ON {pairs_on}
 )
-SELECT *
-FROM p
-WHERE "__sr" <> "__rr" OR "__sl" <> "__rl" OR "__x" <> 0
+-- A pair needs a look when a side lacks the row, or when the fingerprints differ or
+-- only one side has one (the liveness differs).
+SELECT {paired_keys},
+       CASE WHEN s."k0" IS NULL THEN 0 ELSE 1 END AS "__sr",
+       CASE WHEN s."__h" IS NULL THEN 0 ELSE 1 END AS "__sl",
+       CASE WHEN r."k0" IS NULL THEN 0 ELSE 1 END AS "__rr",
+       CASE WHEN r."__h" IS NULL THEN 0 ELSE 1 END AS "__rl",
+       CASE WHEN s."__h" IS NULL THEN r."__h"
+            WHEN r."__h" IS NULL THEN s."__h"
+            ELSE s."__h" ^ r."__h" END AS "__x",
+       {carried_values}
+FROM s FULL OUTER JOIN r ON {pairs_on}
+WHERE s."k0" IS NULL OR r."k0" IS NULL OR s."__h" IS DISTINCT FROM r."__h"
