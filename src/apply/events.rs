@@ -14,84 +14,201 @@ use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
 use tokio::io::AsyncWriteExt;
 
+use arrow::array::{Array, AsArray, RecordBatch};
+
+use super::CorrectionBatches;
 use super::value::Value;
-use super::{Correction, CorrectionBatches};
 use crate::error::{Error, Result};
 use crate::job::JobConfig;
 use crate::store::Location;
 use crate::write::{ManifestFile, RunLayout};
 
-/// The run an event belongs to, and what every event of one file shares.
-pub struct EventContext<'a> {
-    pub job: &'a JobConfig,
-    pub run_id: &'a str,
-    pub run_date: NaiveDate,
-    pub system: &'a str,
-    pub entity: &'a str,
-    /// Key columns in the target system's names.
-    pub key: &'a [String],
-    /// When the events were written (RFC 3339, UTC).
-    pub time: &'a str,
+/// Writes `s` as a JSON string.
+fn json_text(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing to memory");
 }
 
-/// Appends the event for one correction as one line of JSON. Written directly, not
-/// through a JSON tree: a run can have hundreds of thousands of corrections.
-pub fn write_event(cx: &EventContext<'_>, c: &Correction, out: &mut Vec<u8>) {
-    let text = |out: &mut Vec<u8>, s: &str| {
-        serde_json::to_writer(&mut *out, s).expect("writing to memory");
-    };
-    let object = |out: &mut Vec<u8>, pairs: &mut dyn Iterator<Item = &(String, Value)>| {
-        out.push(b'{');
-        for (i, (name, value)) in pairs.enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            serde_json::to_writer(&mut *out, name).expect("writing to memory");
-            out.push(b':');
-            value.write_json(out);
+/// What every event of one file shares, rendered once: the JSON after an event's id up
+/// to its type, and the JSON after its subject up to its op.
+struct EventParts {
+    /// `,"source":"recon/JOB","type":`
+    after_id: Vec<u8>,
+    /// `,"time":…,"datacontenttype":…,"reconrunid":…,"reconrundate":…,"reconsystem":…,"data":{"entity":…,"op":`
+    after_subject: Vec<u8>,
+}
+
+impl EventParts {
+    fn new(
+        job: &str,
+        run_id: &str,
+        run_date: NaiveDate,
+        system: &str,
+        entity: &str,
+        time: &str,
+    ) -> Self {
+        let mut after_id = b",\"source\":".to_vec();
+        json_text(&mut after_id, &format!("recon/{job}"));
+        after_id.extend_from_slice(b",\"type\":");
+        let mut after_subject = b",\"time\":".to_vec();
+        json_text(&mut after_subject, time);
+        after_subject
+            .extend_from_slice(b",\"datacontenttype\":\"application/json\",\"reconrunid\":");
+        json_text(&mut after_subject, run_id);
+        after_subject.extend_from_slice(b",\"reconrundate\":");
+        json_text(&mut after_subject, &run_date.to_string());
+        after_subject.extend_from_slice(b",\"reconsystem\":");
+        json_text(&mut after_subject, system);
+        after_subject.extend_from_slice(b",\"data\":{\"entity\":");
+        json_text(&mut after_subject, entity);
+        after_subject.extend_from_slice(b",\"op\":");
+        EventParts {
+            after_id,
+            after_subject,
         }
-        out.push(b'}');
-    };
-    let mut key = Vec::new();
-    object(
-        &mut key,
-        &mut c.values.iter().filter(|(k, _)| cx.key.contains(k)),
-    );
-    let key = String::from_utf8(key).expect("JSON is UTF-8");
-    out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
-    text(out, &c.id);
-    out.extend_from_slice(b",\"source\":");
-    text(out, &format!("recon/{}", cx.job.name));
-    out.extend_from_slice(b",\"type\":");
-    text(out, &format!("recon.correction.{}", c.op));
-    out.extend_from_slice(b",\"subject\":");
-    text(out, &format!("{}/{key}", cx.entity));
-    out.extend_from_slice(b",\"time\":");
-    text(out, cx.time);
-    out.extend_from_slice(b",\"datacontenttype\":\"application/json\",\"reconrunid\":");
-    text(out, cx.run_id);
-    out.extend_from_slice(b",\"reconrundate\":");
-    text(out, &cx.run_date.to_string());
-    out.extend_from_slice(b",\"reconsystem\":");
-    text(out, cx.system);
-    out.extend_from_slice(b",\"data\":{\"entity\":");
-    text(out, cx.entity);
-    out.extend_from_slice(b",\"op\":");
-    text(out, &c.op);
-    out.extend_from_slice(b",\"key\":");
-    out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(b",\"set\":");
-    match c.op.as_str() {
-        "insert" => object(out, &mut c.values.iter()),
-        "delete" => out.extend_from_slice(b"{}"),
-        _ => object(
-            out,
-            &mut c.values.iter().filter(|(k, _)| c.changed.contains(k)),
-        ),
     }
-    out.extend_from_slice(b",\"expected\":");
-    object(out, &mut c.expected.iter());
-    out.extend_from_slice(b"}}\n");
+}
+
+/// One column of a correction batch as the events render it: its name as a JSON
+/// string and its values.
+struct EventColumn<'a> {
+    name: &'a str,
+    json_name: Vec<u8>,
+    values: &'a dyn Array,
+}
+
+impl<'a> EventColumn<'a> {
+    fn new(name: &'a str, values: &'a dyn Array) -> Self {
+        let mut json_name = Vec::with_capacity(name.len() + 2);
+        json_text(&mut json_name, name);
+        EventColumn {
+            name,
+            json_name,
+            values,
+        }
+    }
+}
+
+/// Writes row `r` of `columns` as a JSON object, in column order.
+fn json_object<'c, 'a: 'c>(
+    out: &mut Vec<u8>,
+    columns: impl Iterator<Item = &'c EventColumn<'a>>,
+    r: usize,
+) -> std::result::Result<(), String> {
+    out.push(b'{');
+    for (i, c) in columns.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&c.json_name);
+        out.push(b':');
+        Value::from_array(c.values, r)?.write_json(out);
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// Appends the events of every correction in `batch` (a batch of a correction file),
+/// one line of JSON each, rendered from the batch's columns directly: a run can have
+/// hundreds of thousands of corrections. Returns the corrections' ids in row order.
+fn write_events<'b>(
+    parts: &EventParts,
+    entity: &str,
+    key: &[String],
+    batch: &'b RecordBatch,
+    out: &mut Vec<u8>,
+) -> std::result::Result<Vec<&'b str>, String> {
+    let col = |n: &str| {
+        batch
+            .column_by_name(n)
+            .ok_or_else(|| format!("no column `{n}`"))
+    };
+    let ids = col("correction_id")?
+        .as_string_opt::<i32>()
+        .ok_or("column `correction_id` is not text")?;
+    let ops = col("op")?
+        .as_string_opt::<i32>()
+        .ok_or("column `op` is not text")?;
+    let changed = col("changed_fields")?
+        .as_list_opt::<i32>()
+        .ok_or("column `changed_fields` is not a list")?;
+    let expected = col("expected")?
+        .as_struct_opt()
+        .ok_or("column `expected` is not a struct")?;
+    let schema = batch.schema_ref();
+    let payload: Vec<EventColumn> = schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .filter(|(f, _)| {
+            !matches!(
+                f.name().as_str(),
+                "correction_id" | "op" | "changed_fields" | "expected"
+            )
+        })
+        .map(|(f, a)| EventColumn::new(f.name(), a.as_ref()))
+        .collect();
+    let expected_columns: Vec<EventColumn> = expected
+        .fields()
+        .iter()
+        .zip(expected.columns())
+        .map(|(f, a)| EventColumn::new(f.name(), a.as_ref()))
+        .collect();
+    let mut ids_out = Vec::with_capacity(batch.num_rows());
+    let (mut key_json, mut text) = (Vec::new(), String::new());
+    for r in 0..batch.num_rows() {
+        let (id, op) = (ids.value(r), ops.value(r));
+        key_json.clear();
+        json_object(
+            &mut key_json,
+            payload.iter().filter(|c| key.iter().any(|k| k == c.name)),
+            r,
+        )?;
+        let key_json = std::str::from_utf8(&key_json).map_err(|e| e.to_string())?;
+        out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
+        json_text(out, id);
+        out.extend_from_slice(&parts.after_id);
+        text.clear();
+        text.push_str("recon.correction.");
+        text.push_str(op);
+        json_text(out, &text);
+        out.extend_from_slice(b",\"subject\":");
+        text.clear();
+        text.push_str(entity);
+        text.push('/');
+        text.push_str(key_json);
+        json_text(out, &text);
+        out.extend_from_slice(&parts.after_subject);
+        json_text(out, op);
+        out.extend_from_slice(b",\"key\":");
+        out.extend_from_slice(key_json.as_bytes());
+        out.extend_from_slice(b",\"set\":");
+        match op {
+            "insert" => json_object(out, payload.iter(), r)?,
+            "delete" => out.extend_from_slice(b"{}"),
+            _ => {
+                let names = changed.value(r);
+                let names = names
+                    .as_string_opt::<i32>()
+                    .ok_or("column `changed_fields` does not hold text")?;
+                json_object(
+                    out,
+                    payload
+                        .iter()
+                        .filter(|c| names.iter().any(|n| n == Some(c.name))),
+                    r,
+                )?
+            }
+        }
+        out.extend_from_slice(b",\"expected\":");
+        if expected.is_null(r) {
+            out.extend_from_slice(b"{}");
+        } else {
+            json_object(out, expected_columns.iter(), r)?;
+        }
+        out.extend_from_slice(b"}}\n");
+        ids_out.push(id);
+    }
+    Ok(ids_out)
 }
 
 /// Key columns of `entity` in `system`'s names.
@@ -160,10 +277,16 @@ pub async fn process(
         }
         let file = EventsFile {
             key: target_key(&job, &entity, &system),
-            job: Arc::clone(&job),
+            parts: EventParts::new(
+                &job.name,
+                &layout.run_id,
+                layout.run_date,
+                &system,
+                &entity,
+                &time,
+            ),
             layout: Arc::clone(&layout),
             applied: Arc::clone(&applied),
-            time: Arc::clone(&time),
             corrections: f.path.clone(),
             entity,
             system,
@@ -203,10 +326,9 @@ async fn next_file(running: &mut tokio::task::JoinSet<(usize, FileEvents)>) -> R
 
 /// One events file: the events of one committed correction file.
 struct EventsFile {
-    job: Arc<JobConfig>,
+    parts: EventParts,
     layout: Arc<RunLayout>,
     applied: Arc<HashMap<String, (String, NaiveDate)>>,
-    time: Arc<str>,
     /// Key columns in the target system's names.
     key: Vec<String>,
     /// The correction file, relative to the output.
@@ -269,30 +391,22 @@ impl EventsFile {
     }
 
     /// The events of one batch read from the correction file at `url`.
-    fn render(&self, url: &str, batch: &arrow::array::RecordBatch) -> Result<Rendered> {
-        let cx = EventContext {
-            job: &self.job,
-            run_id: &self.layout.run_id,
-            run_date: self.layout.run_date,
-            system: &self.system,
-            entity: &self.entity,
-            key: &self.key,
-            time: &self.time,
-        };
-        let corrections = CorrectionBatches::corrections(url, batch)?;
-        let mut body = Vec::with_capacity(corrections.len() * 512);
-        let mut back = Vec::new();
-        for c in &corrections {
-            write_event(&cx, c, &mut body);
-            if let Some((run_id, date)) = self.applied.get(&c.id) {
-                back.push(Reappeared {
-                    correction_id: c.id.clone(),
+    fn render(&self, url: &str, batch: &RecordBatch) -> Result<Rendered> {
+        let mut body = Vec::with_capacity(batch.num_rows() * 512);
+        let ids = write_events(&self.parts, &self.entity, &self.key, batch, &mut body)
+            .map_err(|m| Error::Internal(format!("{url}: {m}")))?;
+        let back = ids
+            .iter()
+            .filter_map(|id| {
+                let (run_id, date) = self.applied.get(*id)?;
+                Some(Reappeared {
+                    correction_id: id.to_string(),
                     applied_in_run: run_id.clone(),
                     applied_run_date: *date,
-                });
-            }
-        }
-        Ok((body, back, corrections.len() as u64))
+                })
+            })
+            .collect();
+        Ok((body, back, ids.len() as u64))
     }
 }
 
@@ -361,4 +475,96 @@ async fn applied_before(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{
+        ArrayRef, Int64Array, ListBuilder, StringArray, StringBuilder, StructArray,
+    };
+    use arrow::buffer::NullBuffer;
+    use arrow::datatypes::{DataType, Field};
+
+    use super::*;
+
+    #[test]
+    fn events_render_every_op_from_the_batch_columns() {
+        let mut changed = ListBuilder::new(StringBuilder::new());
+        // One list per row: ["name"], [], [].
+        changed.values().append_value("name");
+        changed.append(true);
+        changed.append(true);
+        changed.append(true);
+        let expected = StructArray::new(
+            vec![
+                Field::new("id", DataType::Int64, true),
+                Field::new("name", DataType::Utf8, true),
+            ]
+            .into(),
+            vec![
+                Arc::new(Int64Array::from(vec![Some(1), Some(2), None])) as ArrayRef,
+                Arc::new(StringArray::from(vec![Some("old \"x\""), Some("b"), None])),
+            ],
+            Some(NullBuffer::from(vec![true, true, false])),
+        );
+        let batch = RecordBatch::try_from_iter(vec![
+            ("id", Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef),
+            (
+                "name",
+                Arc::new(StringArray::from(vec![Some("new"), None, Some("c")])),
+            ),
+            (
+                "correction_id",
+                Arc::new(StringArray::from(vec!["u1", "d2", "i3"])),
+            ),
+            (
+                "op",
+                Arc::new(StringArray::from(vec!["update", "delete", "insert"])),
+            ),
+            ("changed_fields", Arc::new(changed.finish())),
+            ("expected", Arc::new(expected)),
+        ])
+        .unwrap();
+        let parts = EventParts::new(
+            "j",
+            "r1",
+            NaiveDate::from_ymd_opt(2024, 6, 1).unwrap(),
+            "crm",
+            "users",
+            "2024-06-02T01:00:00.000000Z",
+        );
+        let mut out = Vec::new();
+        let ids = write_events(&parts, "users", &["id".to_string()], &batch, &mut out).unwrap();
+        assert_eq!(ids, ["u1", "d2", "i3"]);
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let envelope = |id: &str, op: &str, key: &str| {
+            format!(
+                "{{\"specversion\":\"1.0\",\"id\":\"{id}\",\"source\":\"recon/j\",\
+                 \"type\":\"recon.correction.{op}\",\"subject\":\"users/{}\",\
+                 \"time\":\"2024-06-02T01:00:00.000000Z\",\"datacontenttype\":\"application/json\",\
+                 \"reconrunid\":\"r1\",\"reconrundate\":\"2024-06-01\",\"reconsystem\":\"crm\",\
+                 \"data\":{{\"entity\":\"users\",\"op\":\"{op}\",\"key\":{key},",
+                key.replace('"', "\\\"")
+            )
+        };
+        assert_eq!(
+            lines[0],
+            envelope("u1", "update", "{\"id\":1}")
+                + "\"set\":{\"name\":\"new\"},\"expected\":{\"id\":1,\"name\":\"old \\\"x\\\"\"}}}"
+        );
+        assert_eq!(
+            lines[1],
+            envelope("d2", "delete", "{\"id\":2}")
+                + "\"set\":{},\"expected\":{\"id\":2,\"name\":\"b\"}}}"
+        );
+        assert_eq!(
+            lines[2],
+            envelope("i3", "insert", "{\"id\":3}")
+                + "\"set\":{\"id\":3,\"name\":\"c\"},\"expected\":{}}}"
+        );
+        assert_eq!(lines.len(), 3);
+    }
 }
