@@ -33,7 +33,8 @@ fn json_text(out: &mut Vec<u8>, s: &str) {
 struct EventParts {
     /// `,"source":"recon/JOB","type":`
     after_id: Vec<u8>,
-    /// `,"time":…,"datacontenttype":…,"reconrunid":…,"reconrundate":…,"reconsystem":…,"data":{"entity":…,"op":`
+    /// `,"time":…,"datacontenttype":…,"reconrunid":…,"reconrundate":…,"reconsystem":…,`
+    /// then `"data":{"entity":…,"op":`
     after_subject: Vec<u8>,
 }
 
