@@ -18,15 +18,11 @@ use arrow::array::{Array, AsArray, RecordBatch};
 
 use super::CorrectionBatches;
 use super::value::Value;
+use crate::diff::json_string;
 use crate::error::{Error, Result};
 use crate::job::JobConfig;
 use crate::store::Location;
 use crate::write::{ManifestFile, RunLayout};
-
-/// Writes `s` as a JSON string.
-fn json_text(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(&mut *out, s).expect("writing to memory");
-}
 
 /// What every event of one file shares, rendered once: the JSON after an event's id up
 /// to its type, and the JSON after its subject up to its op.
@@ -48,19 +44,19 @@ impl EventParts {
         time: &str,
     ) -> Self {
         let mut after_id = b",\"source\":".to_vec();
-        json_text(&mut after_id, &format!("recon/{job}"));
+        json_string(&mut after_id, &format!("recon/{job}"));
         after_id.extend_from_slice(b",\"type\":");
         let mut after_subject = b",\"time\":".to_vec();
-        json_text(&mut after_subject, time);
+        json_string(&mut after_subject, time);
         after_subject
             .extend_from_slice(b",\"datacontenttype\":\"application/json\",\"reconrunid\":");
-        json_text(&mut after_subject, run_id);
+        json_string(&mut after_subject, run_id);
         after_subject.extend_from_slice(b",\"reconrundate\":");
-        json_text(&mut after_subject, &run_date.to_string());
+        json_string(&mut after_subject, &run_date.to_string());
         after_subject.extend_from_slice(b",\"reconsystem\":");
-        json_text(&mut after_subject, system);
+        json_string(&mut after_subject, system);
         after_subject.extend_from_slice(b",\"data\":{\"entity\":");
-        json_text(&mut after_subject, entity);
+        json_string(&mut after_subject, entity);
         after_subject.extend_from_slice(b",\"op\":");
         EventParts {
             after_id,
@@ -80,7 +76,7 @@ struct EventColumn<'a> {
 impl<'a> EventColumn<'a> {
     fn new(name: &'a str, values: &'a dyn Array) -> Self {
         let mut json_name = Vec::with_capacity(name.len() + 2);
-        json_text(&mut json_name, name);
+        json_string(&mut json_name, name);
         EventColumn {
             name,
             json_name,
@@ -166,20 +162,20 @@ fn write_events<'b>(
         )?;
         let key_json = std::str::from_utf8(&key_json).map_err(|e| e.to_string())?;
         out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
-        json_text(out, id);
+        json_string(out, id);
         out.extend_from_slice(&parts.after_id);
         text.clear();
         text.push_str("recon.correction.");
         text.push_str(op);
-        json_text(out, &text);
+        json_string(out, &text);
         out.extend_from_slice(b",\"subject\":");
         text.clear();
         text.push_str(entity);
         text.push('/');
         text.push_str(key_json);
-        json_text(out, &text);
+        json_string(out, &text);
         out.extend_from_slice(&parts.after_subject);
-        json_text(out, op);
+        json_string(out, op);
         out.extend_from_slice(b",\"key\":");
         out.extend_from_slice(key_json.as_bytes());
         out.extend_from_slice(b",\"set\":");

@@ -594,7 +594,7 @@ impl<'a> Classifier<'a> {
 
     /// Rows of a null-key or duplicate-key query: raw key columns, then `__rows`.
     fn quality(&mut self, batch: &RecordBatch, kind: &str, side: Side) -> Result<()> {
-        let keys = KeyJson::new(self.plan, (0..self.plan.key_len).map(|i| batch.column(i)))?;
+        let keys = KeyJson::for_plan(self.plan, (0..self.plan.key_len).map(|i| batch.column(i)))?;
         let n = batch
             .column(self.plan.key_len)
             .as_primitive::<Int64Type>()
@@ -724,7 +724,7 @@ impl Rules {
             .expect("diff has __class")
             .as_string::<i32>()
             .clone();
-        let keys = KeyJson::new(
+        let keys = KeyJson::for_plan(
             plan,
             (0..plan.key_len).map(|i| column(batch, &format!("k{i}"))),
         )?;
@@ -1172,7 +1172,7 @@ pub fn correction_id(
 }
 
 /// Appends `s` as a JSON string.
-fn json_string(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn json_string(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(out, s).expect("writing to memory");
 }
 
@@ -1230,12 +1230,14 @@ struct KeyJson {
 
 impl KeyJson {
     /// `arrays`: the key columns of a batch, in the plan's key order.
-    fn new<'b>(plan: &EntityPlan, arrays: impl Iterator<Item = &'b ArrayRef>) -> Result<Self> {
-        let mut columns = plan
-            .keys()
-            .iter()
-            .zip(arrays)
-            .map(|(k, a)| Ok((k.source.as_str(), KeyColumn::new(a)?)))
+    fn for_plan<'b>(plan: &EntityPlan, arrays: impl Iterator<Item = &'b ArrayRef>) -> Result<Self> {
+        Self::new(plan.keys().iter().map(|k| k.source.as_str()).zip(arrays))
+    }
+
+    /// `columns`: each key column's name (source names) and values, in any order.
+    fn new<'n, 'b>(columns: impl Iterator<Item = (&'n str, &'b ArrayRef)>) -> Result<Self> {
+        let mut columns = columns
+            .map(|(name, a)| Ok((name, KeyColumn::new(a)?)))
             .collect::<Result<Vec<_>>>()?;
         columns.sort_by(|a, b| a.0.cmp(b.0));
         let columns = columns
@@ -1484,24 +1486,7 @@ mod tests {
             Arc::new(Int32Array::from(vec![Some(-3), Some(5)])),
             Arc::new(BooleanArray::from(vec![Some(true), None])),
         ];
-        let columns: Vec<(&str, KeyColumn)> = names
-            .iter()
-            .zip(&arrays)
-            .map(|(n, a)| (*n, KeyColumn::new(a).unwrap()))
-            .collect();
-        let mut sorted = columns;
-        sorted.sort_by(|a, b| a.0.cmp(b.0));
-        let json = KeyJson {
-            columns: sorted
-                .into_iter()
-                .map(|(n, c)| {
-                    (
-                        format!("{}:", serde_json::to_string(n).unwrap()).into_bytes(),
-                        c,
-                    )
-                })
-                .collect(),
-        };
+        let json = KeyJson::new(names.into_iter().zip(&arrays)).unwrap();
         assert_eq!(json.json(0), r#"{"flag":true,"id":-3,"zone":"n\"orth"}"#);
         assert_eq!(json.json(1), r#"{"flag":null,"id":5,"zone":null}"#);
         // The same text as a JSON tree (a sorted map) gives.
