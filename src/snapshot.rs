@@ -213,7 +213,8 @@ impl Snapshot {
             .collect()
     }
 
-    /// Registers exactly the checked files as table `name` in `ctx`.
+    /// Registers exactly the checked files as table `name` in `ctx`, its strings read as
+    /// views ([`crate::diff::plan::scan_schema`]).
     pub fn register(&self, ctx: &SessionContext, name: &str) -> Result<()> {
         self.location.register(ctx);
         let urls = self
@@ -223,7 +224,7 @@ impl Snapshot {
             ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         let config = ListingTableConfig::new_with_multi_paths(urls)
             .with_listing_options(options)
-            .with_schema(Arc::clone(&self.schema));
+            .with_schema(Arc::new(crate::diff::plan::scan_schema(&self.schema)));
         let table = ListingTable::try_new(config)
             .map_err(|e| Error::query(format!("registering snapshot {}", self.url), e))?;
         ctx.register_table(name, Arc::new(table))

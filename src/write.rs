@@ -11,7 +11,8 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -85,6 +86,13 @@ pub fn discrepancy_schema() -> SchemaRef {
     ]))
 }
 
+/// Snappy, and row groups of at most `row_group_rows`.
+fn properties(row_group_rows: usize) -> WriterPropertiesBuilder {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(row_group_rows))
+}
+
 /// A Parquet file being streamed to the store (multipart upload underneath).
 pub struct ParquetSink {
     rel: String,
@@ -95,8 +103,14 @@ pub struct ParquetSink {
 }
 
 impl ParquetSink {
+    /// A sink for one of the run's discrepancy or correction files. Their `key` and
+    /// `correction_id` columns hold a distinct value on nearly every row, so they are
+    /// written without a dictionary, which would only be built to be dropped.
     pub fn try_new(layout: &RunLayout, rel: String, schema: SchemaRef) -> Result<Self> {
-        Self::create(&layout.output, rel, schema, 128 * 1024)
+        let props = properties(128 * 1024)
+            .set_column_dictionary_enabled(ColumnPath::from("key"), false)
+            .set_column_dictionary_enabled(ColumnPath::from("correction_id"), false);
+        Self::with_properties(&layout.output, rel, schema, props)
     }
 
     /// A sink for `rel` below `base`, with row groups of at most `row_group_rows`.
@@ -106,11 +120,17 @@ impl ParquetSink {
         schema: SchemaRef,
         row_group_rows: usize,
     ) -> Result<Self> {
+        Self::with_properties(base, rel, schema, properties(row_group_rows))
+    }
+
+    fn with_properties(
+        base: &Location,
+        rel: String,
+        schema: SchemaRef,
+        props: WriterPropertiesBuilder,
+    ) -> Result<Self> {
         let path = base.child(&rel).prefix;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(row_group_rows))
-            .build();
+        let props = props.build();
         let object = BufWriter::new(Arc::clone(&base.store), path.clone());
         let writer = AsyncArrowWriter::try_new(object, schema, Some(props))
             .map_err(|e| Error::Internal(format!("creating {rel}: {e}")))?;

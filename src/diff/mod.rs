@@ -237,11 +237,12 @@ pub async fn run_entity(
         stream.map(move |batch| batch.map_err(|e| Error::query(&context, e)))
     };
     let rules = Arc::clone(&out.rules);
+    let aliases = plan.diff_aliases();
     let classified = crate::parallel::map_blocking(
         batches,
         crate::parallel::cores(),
         "classifying the diff",
-        move |batch| rules.classify(&batch),
+        move |batch| rules.classify(&with_aliases(&batch, &aliases)?),
     );
     let mut classified = std::pin::pin!(classified);
     while let Some(batch) = classified.next().await {
@@ -250,6 +251,23 @@ pub async fn run_entity(
     executed(entity, "diff", &context, &physical);
     let diff_ms = started.elapsed().as_millis() as u64;
     out.finish(key_summary_ms, diff_ms).await
+}
+
+/// `batch`, a batch of the diff query, with the columns the query leaves out
+/// ([`EntityPlan::diff_aliases`]) added back, each sharing its twin's array.
+fn with_aliases(batch: &RecordBatch, aliases: &[(String, String)]) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut columns = batch.columns().to_vec();
+    for (name, twin) in aliases {
+        let i = schema
+            .index_of(twin)
+            .map_err(|_| Error::Internal(format!("diff query output has no column {twin}")))?;
+        fields.push(schema.field(i).clone().with_name(name));
+        columns.push(Arc::clone(batch.column(i)));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| Error::Internal(format!("diff query output: {e}")))
 }
 
 /// The key summary of one entity (see queries/keys.sql), by the cheaper of two plans;

@@ -60,6 +60,31 @@ impl MappedColumn {
             Side::Replica => &self.replica_type,
         }
     }
+    /// The type the queries see this column in on `side`: [`scan_type`] of its type.
+    pub fn scan_type(&self, side: Side) -> DataType {
+        scan_type(self.data_type(side))
+    }
+}
+
+/// The type a snapshot column is read in. Strings are read as views (`Utf8View`), which
+/// point into the decoded Parquet pages instead of copying every value into an offset
+/// buffer; what recon writes is cast back to the snapshot's declared types, so the output
+/// contract does not change. Other types are read as declared.
+pub fn scan_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 => DataType::Utf8View,
+        t => t.clone(),
+    }
+}
+
+/// A snapshot schema as the queries see it: each column in its [`scan_type`].
+pub fn scan_schema(schema: &Schema) -> Schema {
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_data_type(scan_type(f.data_type())))
+        .collect();
+    Schema::new_with_metadata(fields, schema.metadata().clone())
 }
 
 /// A compared (non-key) field.
@@ -385,7 +410,7 @@ impl EntityPlan {
                 let common = k.common.as_ref().expect("keys have a common type");
                 format!(
                     "{} AS {}",
-                    cast_to(&format!("\"k{i}\""), common, k.data_type(side)),
+                    cast_to(&format!("\"k{i}\""), &scan_type(common), k.data_type(side)),
                     quote(k.name(side))
                 )
             })
@@ -405,7 +430,8 @@ impl EntityPlan {
         )
     }
 
-    /// `t`'s key columns cast to the common key types, as `k0`, `k1`, …
+    /// `t`'s key columns cast to the common key types as scanned ([`scan_type`]), as
+    /// `k0`, `k1`, …
     fn key_projection(&self, side: Side) -> Vec<String> {
         self.keys()
             .iter()
@@ -413,7 +439,8 @@ impl EntityPlan {
             .map(|(i, k)| {
                 let common = k.common.as_ref().expect("keys have a common type");
                 let col = format!("t.{}", quote(k.name(side)));
-                format!("{} AS \"k{i}\"", cast_to(&col, k.data_type(side), common))
+                let key = cast_to(&col, &k.scan_type(side), &scan_type(common));
+                format!("{key} AS \"k{i}\"")
             })
             .collect()
     }
@@ -431,7 +458,7 @@ impl EntityPlan {
         Fingerprint::new(
             self.fields
                 .iter()
-                .map(|f| (f.rule.compare.clone(), f.common.clone()))
+                .map(|f| (f.rule.compare.clone(), scan_type(&f.common)))
                 .collect(),
         )
         .into_udf()
@@ -455,7 +482,7 @@ impl EntityPlan {
             .map(|f| {
                 let m = self.field_column(f);
                 let col = format!("t.{}", quote(m.name(side)));
-                cast_to(&col, m.data_type(side), &f.common)
+                cast_to(&col, &m.scan_type(side), &scan_type(&f.common))
             })
             .collect::<Vec<_>>()
             .join(", ");
@@ -536,8 +563,15 @@ impl EntityPlan {
     /// The replica's live rows from the table `pairs` of [`Self::key_pairs_sql`], with the
     /// columns of [`Self::payload_sql`] (queries/pairs_payload.sql).
     fn pairs_payload_sql(&self, pairs: &str) -> String {
-        let values = (0..self.mapped.len())
-            .map(|j| format!("\"v{j}\""))
+        let values = self
+            .mapped
+            .iter()
+            .enumerate()
+            .map(|(j, m)| {
+                let v = format!("\"v{j}\"");
+                let value = cast_to(&v, &m.scan_type(Side::Replica), &m.replica_type);
+                format!("{value} AS {v}")
+            })
             .collect::<Vec<_>>()
             .join(", ");
         fill(
@@ -569,12 +603,15 @@ impl EntityPlan {
         }
     }
 
-    /// One side's live rows: the key in the common types and every mapped column raw,
-    /// as `v{j}`.
+    /// One side's live rows: the key in the common types (as scanned) and every mapped
+    /// column in its declared type, as `v{j}`. The cast copies string views out of the
+    /// Parquet pages they point into, so the diff holds only the few rows it reads.
     fn payload_sql(&self, side: Side, table: &str) -> String {
         let mut projection = self.key_projection(side);
         for (j, m) in self.mapped.iter().enumerate() {
-            projection.push(format!("t.{} AS \"v{j}\"", quote(m.name(side))));
+            let col = format!("t.{}", quote(m.name(side)));
+            let value = cast_to(&col, &m.scan_type(side), m.data_type(side));
+            projection.push(format!("{value} AS \"v{j}\""));
         }
         let (_, _, complete) = self.key_lists(side, "t.");
         fill(
@@ -588,12 +625,71 @@ impl EntityPlan {
         )
     }
 
+    /// The diff query's columns that it leaves out because an earlier column has the same
+    /// values: (left-out name, name of the column that has them). The diff's rows are
+    /// sorted, and each column sorted costs a gather, so a value (`sc{i}`, `rset{j}` and
+    /// `scur{j}` are often one expression) is carried once.
+    pub fn diff_aliases(&self) -> Vec<(String, String)> {
+        self.diff_columns().aliases
+    }
+
+    /// The columns the diff query's rows carry, named once per distinct expression
+    /// (see [`Self::diff_sql`]).
+    fn diff_columns(&self) -> DiffColumns {
+        // The raw values after the joins: `sj."sv{j}"` and `rj."rv{j}"`.
+        let raw = |side: Side, j: usize| match side {
+            Side::Source => format!("sj.\"sv{j}\""),
+            Side::Replica => format!("rj.\"rv{j}\""),
+        };
+        let value = |side: Side, j: usize, to: &DataType| {
+            cast_to(&raw(side, j), self.mapped[j].data_type(side), to)
+        };
+        let mut out = DiffColumns::default();
+        for i in 0..self.key_len {
+            out.push(format!("sj.\"k{i}\""), format!("k{i}"));
+        }
+        for (i, f) in self.fields.iter().enumerate() {
+            let s = value(Side::Source, f.column, &f.common);
+            let r = value(Side::Replica, f.column, &f.common);
+            out.push(format!("recon_cmp_{i}({s}, {r})"), format!("reason{i}"));
+            out.push(s, format!("sc{i}"));
+            out.push(r, format!("rc{i}"));
+        }
+        for (i, f) in self.fields.iter().enumerate() {
+            if let Some(n) = f.newest {
+                let (j, common) = &self.newest[n];
+                let (r, s) = (
+                    value(Side::Replica, *j, common),
+                    value(Side::Source, *j, common),
+                );
+                out.push(format!("{r} > {s}"), format!("rnewer{i}"));
+            }
+        }
+        for (j, m) in self.mapped.iter().enumerate() {
+            let rset = value(Side::Source, j, &m.replica_type);
+            let sset = value(Side::Replica, j, &m.source_type);
+            let (rcur, scur) = (raw(Side::Replica, j), raw(Side::Source, j));
+            if m.is_key {
+                // Keys to set come from whichever side has the row.
+                out.push(format!("coalesce({rset}, {rcur})"), format!("rset{j}"));
+                out.push(format!("coalesce({sset}, {scur})"), format!("sset{j}"));
+            } else {
+                out.push(rset, format!("rset{j}"));
+                out.push(sset, format!("sset{j}"));
+            }
+            out.push(rcur, format!("rcur{j}"));
+            out.push(scur, format!("scur{j}"));
+        }
+        out
+    }
+
     /// The diff query over the key summary table `summary` and the raw snapshot tables
     /// `source` and `replica`. Its columns: `__class`, `k{i}` (keys, common types),
     /// `reason{i}`, `sc{i}`/`rc{i}` (both values, common type), `rnewer{i}` (newest
     /// fields: replica is later), and per mapped column `j`: `rset{j}`/`rcur{j}`
     /// (replica types: value to set, current value) and `sset{j}`/`scur{j}` (source
-    /// types).
+    /// types). A column that would repeat an earlier one's values is left out; see
+    /// [`Self::diff_aliases`].
     ///
     /// `carried` is the table of [`Self::key_pairs_sql`] when the key summary was made
     /// from it: the replica's rows are then read from it, not from the snapshot.
@@ -604,49 +700,7 @@ impl EntityPlan {
         replica: &str,
         carried: Option<&str>,
     ) -> String {
-        // The raw values after the joins: `sj."sv{j}"` and `rj."rv{j}"`.
-        let raw = |side: Side, j: usize| match side {
-            Side::Source => format!("sj.\"sv{j}\""),
-            Side::Replica => format!("rj.\"rv{j}\""),
-        };
-        let value = |side: Side, j: usize, to: &DataType| {
-            cast_to(&raw(side, j), self.mapped[j].data_type(side), to)
-        };
-        let mut columns = Vec::new();
-        for i in 0..self.key_len {
-            columns.push(format!("sj.\"k{i}\""));
-        }
-        for (i, f) in self.fields.iter().enumerate() {
-            let s = value(Side::Source, f.column, &f.common);
-            let r = value(Side::Replica, f.column, &f.common);
-            columns.push(format!("recon_cmp_{i}({s}, {r}) AS \"reason{i}\""));
-            columns.push(format!("{s} AS \"sc{i}\", {r} AS \"rc{i}\""));
-        }
-        for (i, f) in self.fields.iter().enumerate() {
-            if let Some(n) = f.newest {
-                let (j, common) = &self.newest[n];
-                columns.push(format!(
-                    "{} > {} AS \"rnewer{i}\"",
-                    value(Side::Replica, *j, common),
-                    value(Side::Source, *j, common)
-                ));
-            }
-        }
-        for (j, m) in self.mapped.iter().enumerate() {
-            let rset = value(Side::Source, j, &m.replica_type);
-            let sset = value(Side::Replica, j, &m.source_type);
-            let (rcur, scur) = (raw(Side::Replica, j), raw(Side::Source, j));
-            if m.is_key {
-                // Keys to set come from whichever side has the row.
-                columns.push(format!("coalesce({rset}, {rcur}) AS \"rset{j}\""));
-                columns.push(format!("coalesce({sset}, {scur}) AS \"sset{j}\""));
-            } else {
-                columns.push(format!("{rset} AS \"rset{j}\""));
-                columns.push(format!("{sset} AS \"sset{j}\""));
-            }
-            columns.push(format!("{rcur} AS \"rcur{j}\""));
-            columns.push(format!("{scur} AS \"scur{j}\""));
-        }
+        let columns = self.diff_columns().columns;
         let payload_on = |alias: &str| {
             (0..self.key_len)
                 .map(|i| format!("{alias}.\"k{i}\" = d.\"k{i}\""))
@@ -698,6 +752,29 @@ impl EntityPlan {
     }
 }
 
+/// The select list of the diff query, each distinct expression once.
+#[derive(Default)]
+struct DiffColumns {
+    /// `expr AS "name"`, in order.
+    columns: Vec<String>,
+    /// (name, name of the earlier column with the same expression).
+    aliases: Vec<(String, String)>,
+    /// Expression → its column's name.
+    seen: std::collections::HashMap<String, String>,
+}
+
+impl DiffColumns {
+    fn push(&mut self, expr: String, name: String) {
+        match self.seen.get(&expr) {
+            Some(first) => self.aliases.push((name, first.clone())),
+            None => {
+                self.columns.push(format!("{expr} AS \"{name}\""));
+                self.seen.insert(expr, name);
+            }
+        }
+    }
+}
+
 fn columns(schema: &Schema) -> String {
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     format!("columns: {}", names.join(", "))
@@ -734,6 +811,7 @@ pub fn is_numeric(t: &DataType) -> bool {
 /// Integers of any width compare as Int64 (UInt64 as Decimal(20,0)); decimals at the
 /// larger scale; any float makes Float64; string layouts unify; timestamps compare at
 /// the finer unit, in UTC when either side has a zone (naive values are taken as UTC).
+/// The key summary sees it as its [`scan_type`].
 pub fn common_type(a: &DataType, b: &DataType) -> Option<DataType> {
     use DataType::*;
     let int_digits = |t: &DataType| -> Option<(u8, i8)> {
@@ -793,6 +871,51 @@ fn finer(a: TimeUnit, b: TimeUnit) -> TimeUnit {
 mod tests {
     use super::*;
     use std::str::FromStr;
+
+    #[test]
+    fn the_diff_carries_each_value_once() {
+        use DataType::*;
+        use arrow::datatypes::Field;
+        let entity = crate::job::parse_entity("name = \"t\"\nkey = [\"id\"]").unwrap();
+        let schema = |b: DataType| {
+            Schema::new(vec![
+                Field::new("id", Int64, false),
+                Field::new("a", Utf8, true),
+                Field::new("b", b, true),
+            ])
+        };
+        let (source, replica) = (schema(Int32), schema(Int64));
+        let plan =
+            EntityPlan::try_new(&entity, &source, &replica, std::path::Path::new("t")).unwrap();
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        // `a` has one type: to set is current is compared. `b` is compared as Int64, the
+        // replica's type, so only the replica's raw value and the source's value cast to
+        // it repeat.
+        assert_eq!(
+            plan.diff_aliases(),
+            pairs(&[
+                ("rset1", "sc0"),
+                ("sset1", "rc0"),
+                ("rcur1", "rc0"),
+                ("scur1", "sc0"),
+                ("rset2", "sc1"),
+                ("rcur2", "rc1"),
+            ])
+        );
+        let sql = plan.diff_sql("summary", "source", "replica", None);
+        for name in [
+            "sc0", "rc0", "sc1", "rc1", "sset2", "scur2", "rset0", "scur0",
+        ] {
+            assert!(sql.contains(&format!("AS \"{name}\"")), "{name} in {sql}");
+        }
+        for (name, _) in plan.diff_aliases() {
+            assert!(!sql.contains(&format!("AS \"{name}\"")), "{name} in {sql}");
+        }
+    }
 
     #[test]
     fn common_types() {
