@@ -94,22 +94,41 @@ fn properties(row_group_rows: usize) -> WriterPropertiesBuilder {
 }
 
 /// A Parquet file being streamed to the store (multipart upload underneath).
+///
+/// The file is encoded and uploaded by a task of its own, so that the files a stage
+/// writes at once (an entity's discrepancies and corrections) are encoded in parallel
+/// with each other and with the work that produces their rows. A sink dropped without
+/// [`Self::finish`] or [`Self::close`] abandons its upload: the file never appears.
 pub struct ParquetSink {
     rel: String,
     path: Path,
     store: Arc<dyn object_store::ObjectStore>,
-    writer: AsyncArrowWriter<BufWriter>,
+    /// To the writing task; `None` once it has failed or been told to close.
+    batches: Option<tokio::sync::mpsc::Sender<SinkMessage>>,
+    writing: tokio::task::JoinHandle<Result<()>>,
     rows: u64,
 }
 
+enum SinkMessage {
+    Batch(RecordBatch),
+    /// Write the footer and complete the upload.
+    Close,
+}
+
+/// Batches a sink may hold queued for its task before the producer waits.
+const SINK_QUEUE: usize = 2;
+
 impl ParquetSink {
-    /// A sink for one of the run's discrepancy or correction files. Their `key` and
-    /// `correction_id` columns hold a distinct value on nearly every row, so they are
-    /// written without a dictionary, which would only be built to be dropped.
+    /// A sink for one of the run's discrepancy or correction files. Their `key`,
+    /// `correction_id`, `source_value` and `replica_value` columns hold a distinct value
+    /// on nearly every row, so they are written without a dictionary, which would only
+    /// be built to be dropped.
     pub fn try_new(layout: &RunLayout, rel: String, schema: SchemaRef) -> Result<Self> {
-        let props = properties(128 * 1024)
-            .set_column_dictionary_enabled(ColumnPath::from("key"), false)
-            .set_column_dictionary_enabled(ColumnPath::from("correction_id"), false);
+        let props = ["key", "correction_id", "source_value", "replica_value"]
+            .into_iter()
+            .fold(properties(128 * 1024), |props, column| {
+                props.set_column_dictionary_enabled(ColumnPath::from(column), false)
+            });
         Self::with_properties(&layout.output, rel, schema, props)
     }
 
@@ -132,15 +151,57 @@ impl ParquetSink {
         let path = base.child(&rel).prefix;
         let props = props.build();
         let object = BufWriter::new(Arc::clone(&base.store), path.clone());
-        let writer = AsyncArrowWriter::try_new(object, schema, Some(props))
+        let mut writer = AsyncArrowWriter::try_new(object, schema, Some(props))
             .map_err(|e| Error::Internal(format!("creating {rel}: {e}")))?;
+        let (batches, mut queue) = tokio::sync::mpsc::channel(SINK_QUEUE);
+        let name = rel.clone();
+        let writing = tokio::spawn(async move {
+            while let Some(message) = queue.recv().await {
+                match message {
+                    SinkMessage::Batch(batch) => writer
+                        .write(&batch)
+                        .await
+                        .map_err(|e| parquet_write_error(&name, e))?,
+                    SinkMessage::Close => {
+                        writer
+                            .close()
+                            .await
+                            .map_err(|e| parquet_write_error(&name, e))?;
+                        return Ok(());
+                    }
+                }
+            }
+            // The sink was dropped unfinished: the writer goes without completing the
+            // upload.
+            Ok(())
+        });
         Ok(ParquetSink {
             rel,
             path,
             store: Arc::clone(&base.store),
-            writer,
+            batches: Some(batches),
+            writing,
             rows: 0,
         })
+    }
+
+    /// Queues `message` for the writing task; if the task has stopped, its error.
+    async fn send(&mut self, message: SinkMessage) -> Result<()> {
+        let sent = match &self.batches {
+            Some(tx) => tx.send(message).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        self.batches = None;
+        (&mut self.writing).await.map_err(|e| {
+            Error::Internal(format!("writing {}: the writer stopped: {e}", self.rel))
+        })??;
+        Err(Error::Internal(format!(
+            "writing {}: the writer stopped",
+            self.rel
+        )))
     }
 
     pub fn rows(&self) -> u64 {
@@ -148,11 +209,12 @@ impl ParquetSink {
     }
 
     /// Completes the upload; returns the rows written and the object's size.
-    pub async fn close(self) -> Result<(u64, u64)> {
-        self.writer
-            .close()
-            .await
-            .map_err(|e| parquet_write_error(&self.rel, e))?;
+    pub async fn close(mut self) -> Result<(u64, u64)> {
+        self.send(SinkMessage::Close).await?;
+        self.batches = None;
+        (&mut self.writing).await.map_err(|e| {
+            Error::Internal(format!("writing {}: the writer stopped: {e}", self.rel))
+        })??;
         let meta = self.store.head(&self.path).await?;
         Ok((self.rows, meta.size))
     }
@@ -162,10 +224,7 @@ impl ParquetSink {
             return Ok(());
         }
         self.rows += batch.num_rows() as u64;
-        self.writer
-            .write(batch)
-            .await
-            .map_err(|e| parquet_write_error(&self.rel, e))
+        self.send(SinkMessage::Batch(batch.clone())).await
     }
 
     /// Completes the upload and returns the file's manifest entry.
