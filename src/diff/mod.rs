@@ -1466,7 +1466,8 @@ mod tests {
     #[test]
     fn correction_ids_match_the_json_tree() {
         let key = r#"{"id":7,"région":"é\"\\\n"}"#;
-        let cases: Vec<Vec<(&str, Option<&str>, Option<&str>)>> = vec![
+        type Changed<'a> = (&'a str, Option<&'a str>, Option<&'a str>);
+        let cases: Vec<Vec<Changed>> = vec![
             vec![],
             vec![("name", Some("Ann"), None)],
             vec![
