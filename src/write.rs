@@ -105,7 +105,8 @@ pub struct ParquetSink {
     store: Arc<dyn object_store::ObjectStore>,
     /// To the writing task; `None` once it has failed or been told to close.
     batches: Option<tokio::sync::mpsc::Sender<SinkMessage>>,
-    writing: tokio::task::JoinHandle<Result<()>>,
+    /// The writing task, until its outcome has been taken.
+    writing: Option<tokio::task::JoinHandle<Result<()>>>,
     rows: u64,
 }
 
@@ -180,28 +181,35 @@ impl ParquetSink {
             path,
             store: Arc::clone(&base.store),
             batches: Some(batches),
-            writing,
+            writing: Some(writing),
             rows: 0,
         })
     }
 
     /// Queues `message` for the writing task; if the task has stopped, its error.
     async fn send(&mut self, message: SinkMessage) -> Result<()> {
-        let sent = match &self.batches {
-            Some(tx) => tx.send(message).await.is_ok(),
-            None => false,
-        };
-        if sent {
+        if let Some(tx) = &self.batches
+            && tx.send(message).await.is_ok()
+        {
             return Ok(());
         }
+        self.stopped().await?;
+        Err(self.gone())
+    }
+
+    /// Waits for the writing task to end and returns its outcome (taken once).
+    async fn stopped(&mut self) -> Result<()> {
         self.batches = None;
-        (&mut self.writing).await.map_err(|e| {
-            Error::Internal(format!("writing {}: the writer stopped: {e}", self.rel))
-        })??;
-        Err(Error::Internal(format!(
-            "writing {}: the writer stopped",
-            self.rel
-        )))
+        match self.writing.take() {
+            Some(task) => task
+                .await
+                .map_err(|e| Error::Internal(format!("writing {}: {e}", self.rel)))?,
+            None => Err(self.gone()),
+        }
+    }
+
+    fn gone(&self) -> Error {
+        Error::Internal(format!("writing {}: the writer has stopped", self.rel))
     }
 
     pub fn rows(&self) -> u64 {
@@ -211,10 +219,7 @@ impl ParquetSink {
     /// Completes the upload; returns the rows written and the object's size.
     pub async fn close(mut self) -> Result<(u64, u64)> {
         self.send(SinkMessage::Close).await?;
-        self.batches = None;
-        (&mut self.writing).await.map_err(|e| {
-            Error::Internal(format!("writing {}: the writer stopped: {e}", self.rel))
-        })??;
+        self.stopped().await?;
         let meta = self.store.head(&self.path).await?;
         Ok((self.rows, meta.size))
     }
@@ -342,5 +347,51 @@ pub async fn remove(layout: &RunLayout, rels: &[String]) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => tracing::warn!(file = %rel, error = %e, "could not remove uncommitted file"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+
+    fn batch() -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_sink_commits_on_finish_only_and_reports_its_writer_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let base = crate::store::open(url.as_str()).unwrap();
+        let b = batch();
+
+        let mut sink = ParquetSink::create(&base, "done.parquet".into(), b.schema(), 2).unwrap();
+        sink.write(&b).await.unwrap();
+        sink.write(&b).await.unwrap();
+        let (rows, size) = sink.close().await.unwrap();
+        assert_eq!(rows, 6);
+        assert_eq!(
+            size,
+            std::fs::metadata(dir.path().join("done.parquet"))
+                .unwrap()
+                .len()
+        );
+
+        let mut sink = ParquetSink::create(&base, "dropped.parquet".into(), b.schema(), 2).unwrap();
+        sink.write(&b).await.unwrap();
+        drop(sink);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!dir.path().join("dropped.parquet").exists());
+
+        // A file where the sink's folder should be: the upload fails when it completes.
+        std::fs::write(dir.path().join("blocked"), b"").unwrap();
+        let mut sink =
+            ParquetSink::create(&base, "blocked/x.parquet".into(), b.schema(), 2).unwrap();
+        sink.write(&b).await.unwrap();
+        let err = sink.close().await.unwrap_err();
+        assert!(matches!(err, Error::Storage { .. }), "{err}");
+        assert!(err.to_string().contains("blocked/x.parquet"), "{err}");
     }
 }

@@ -892,9 +892,10 @@ mod tests {
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect()
         };
-        // `a` has one type: to set is current is compared. `b` is compared as Int64, the
-        // replica's type, so only the replica's raw value and the source's value cast to
-        // it repeat.
+        // `a` has one type on both sides, so each side's compared, current and to-set
+        // values are one column. `b` is compared as Int64, the replica's type: the
+        // source's value cast to it is also the replica's value to set, and the
+        // replica's raw value is also its current one.
         assert_eq!(
             plan.diff_aliases(),
             pairs(&[
