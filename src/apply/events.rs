@@ -8,13 +8,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use arrow::array::{Array, AsArray, RecordBatch};
 use chrono::{NaiveDate, Utc};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
 use tokio::io::AsyncWriteExt;
-
-use arrow::array::{Array, AsArray, RecordBatch};
 
 use super::CorrectionBatches;
 use super::value::Value;
@@ -150,16 +149,16 @@ fn write_events<'b>(
         .zip(expected.columns())
         .map(|(f, a)| EventColumn::new(f.name(), a.as_ref()))
         .collect();
+    let key_columns: Vec<&EventColumn> = payload
+        .iter()
+        .filter(|c| key.iter().any(|k| k == c.name))
+        .collect();
     let mut ids_out = Vec::with_capacity(batch.num_rows());
     let (mut key_json, mut text) = (Vec::new(), String::new());
     for r in 0..batch.num_rows() {
         let (id, op) = (ids.value(r), ops.value(r));
         key_json.clear();
-        json_object(
-            &mut key_json,
-            payload.iter().filter(|c| key.iter().any(|k| k == c.name)),
-            r,
-        )?;
+        json_object(&mut key_json, key_columns.iter().copied(), r)?;
         let key_json = std::str::from_utf8(&key_json).map_err(|e| e.to_string())?;
         out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
         json_string(out, id);
