@@ -3,6 +3,7 @@
 
 pub mod compare;
 pub mod fingerprint;
+pub mod pairs;
 pub mod plan;
 pub mod progress;
 
@@ -23,6 +24,7 @@ use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
@@ -155,11 +157,14 @@ impl EntityResult {
 }
 
 /// Runs one entity: data-quality queries, then the diff, streaming outputs to the run.
-/// `rows` are the source and replica snapshots' row counts (from their footers).
+/// `rows` are the source and replica snapshots' row counts and `source_bytes` the
+/// source's uncompressed size (from their footers).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_entity(
     ctx: &SessionContext,
     plan: &EntityPlan,
     rows: [u64; 2],
+    source_bytes: u64,
     stamp: &RunStamp,
     layout: &RunLayout,
     progress: Option<&progress::Progress>,
@@ -169,15 +174,18 @@ pub async fn run_entity(
         ctx.register_udf(udf);
     }
     let mut out = Classifier::try_new(plan, stamp, layout)?;
-    let query = |stage: &'static str, context: String, sql: String, tuning: Tuning| async move {
-        let physical = physical_plan(ctx, &context, &sql, tuning).await?;
+    let collect = |stage: &'static str, context: String, physical: Arc<dyn ExecutionPlan>| async move {
         let _watch = progress.map(|p| p.watch(stage, Arc::clone(&physical)));
         let schema = physical.schema();
         let batches = datafusion::physical_plan::collect(Arc::clone(&physical), ctx.task_ctx())
             .await
             .map_err(|e| Error::query(&context, e))?;
         executed(entity, stage, &context, &physical);
-        Ok::<_, Error>((schema, batches, physical))
+        Ok::<_, Error>((schema, batches))
+    };
+    let query = |stage: &'static str, context: String, sql: String, tuning: Tuning| async move {
+        let physical = physical_plan(ctx, &context, &sql, tuning).await?;
+        collect(stage, context, physical).await
     };
 
     // Data quality first: keys with a NULL part (a scan of the key columns), then the
@@ -188,13 +196,14 @@ pub async fn run_entity(
         let table = side.as_str();
         let context = format!("entity `{entity}`, {NULL_KEY} query on the {table} snapshot");
         let sql = plan.null_keys_sql(side, table);
-        let (_, batches, _) = query("null keys", context, sql, Tuning::Full).await?;
+        let (_, batches) = query("null keys", context, sql, Tuning::Full).await?;
         for batch in &batches {
             keyed[i] = keyed[i].saturating_sub(sum_u64(batch, "__rows")?);
             out.quality(batch, NULL_KEY, side)?;
         }
     }
-    let (schema, batches, carried) = key_summary(ctx, plan, keyed, &query).await?;
+    let (schema, batches, carried) =
+        key_summary(ctx, plan, keyed, source_bytes, &collect, &query).await?;
     let context = format!("entity `{entity}`, key summary query");
     let candidates: usize = batches.iter().map(|b| b.num_rows()).sum();
     // The summary holds only the keys that need a look: the rows that differ and the
@@ -209,7 +218,7 @@ pub async fn run_entity(
         let table = side.as_str();
         let context = format!("entity `{entity}`, {DUPLICATE_KEY} query on the {table} snapshot");
         let sql = plan.duplicate_keys_sql(side, SUMMARY_TABLE);
-        let (_, batches, _) = query("duplicate keys", context, sql, Tuning::Full).await?;
+        let (_, batches) = query("duplicate keys", context, sql, Tuning::Full).await?;
         for batch in &batches {
             out.quality(batch, DUPLICATE_KEY, side)?;
         }
@@ -224,7 +233,8 @@ pub async fn run_entity(
         SUMMARY_TABLE,
         "source",
         "replica",
-        carried.then_some(PAIRS_TABLE),
+        carried.source.then_some(PAIRS_TABLE),
+        carried.replica.then_some(PAIRS_TABLE),
     );
     // The diff reads each side's rows for the few candidate keys only.
     let physical = physical_plan(ctx, &context, &sql, Tuning::LateScan).await?;
@@ -270,35 +280,45 @@ fn with_aliases(batch: &RecordBatch, aliases: &[(String, String)]) -> Result<Rec
         .map_err(|e| Error::Internal(format!("diff query output: {e}")))
 }
 
-/// The key summary of one entity (see queries/keys.sql), by the cheaper of two plans;
-/// `true` when the table [`PAIRS_TABLE`] holds the replica rows the diff needs.
+/// Which sides' rows the key join's pairs carry to the diff (none when the key summary
+/// was made by aggregation).
+#[derive(Debug, Clone, Copy, Default)]
+struct Carried {
+    source: bool,
+    replica: bool,
+}
+
+/// The key summary of one entity (see queries/keys.sql), by the cheapest plan that fits
+/// in memory, and which sides' rows the table [`PAIRS_TABLE`] then holds for the diff.
 ///
-/// A hash join of the two sides' keys and fingerprints (queries/key_pairs.sql) holds
-/// the source side in memory and never hashes a key twice on the same side, which
-/// makes it several times faster than grouping both sides' rows by key; its pairs
-/// carry the replica's rows, so the diff reads only the source snapshot again. It is
-/// exact only when no key found on both sides is repeated, which holds for snapshots
-/// keyed by a primary key and is checked: a join pairs every row of a repeated key
-/// with every row of the other side, so its output row count, its one-sided rows and
-/// the sides' row counts `keyed` (rows with a complete key) agree only when no such
-/// key exists. When they disagree, when the source side would not fit in half the
-/// memory limit, or when the join runs out of memory, the summary is the hash
-/// aggregation of queries/keys.sql, which spills to disk.
-async fn key_summary<Q, F>(
+/// The key join ([`pairs::KeyPairsExec`] over queries/key_side.sql) holds the source
+/// side in memory, streams the replica past it and keeps only the pairs that need a
+/// look, with the values of both sides, so that the diff reads neither snapshot again.
+/// It never hashes a key twice on the same side, which makes it several times faster
+/// than grouping both sides' rows by key. It is exact only when no key found on both
+/// sides is repeated, which holds for snapshots keyed by a primary key and which the
+/// join checks. Three plans, in order:
+/// 1. the key join holding the source's values: when the source's keys and its
+///    uncompressed size (`source_bytes`, from the footers) fit in half the memory limit;
+/// 2. the key join holding the source's keys only (the diff then reads the source
+///    snapshot again, for the candidate keys only): when the keys fit;
+/// 3. the hash aggregation of queries/keys.sql, which spills to disk.
+///
+/// A join that runs out of memory gives way to the next plan, and a repeated key to
+/// the aggregation.
+async fn key_summary<C, FC, Q, FQ>(
     ctx: &SessionContext,
     plan: &EntityPlan,
     keyed: [u64; 2],
+    source_bytes: u64,
+    collect: &C,
     query: &Q,
-) -> Result<(SchemaRef, Vec<RecordBatch>, bool)>
+) -> Result<(SchemaRef, Vec<RecordBatch>, Carried)>
 where
-    Q: Fn(&'static str, String, String, Tuning) -> F,
-    F: std::future::Future<
-            Output = Result<(
-                SchemaRef,
-                Vec<RecordBatch>,
-                Arc<dyn datafusion::physical_plan::ExecutionPlan>,
-            )>,
-        >,
+    C: Fn(&'static str, String, Arc<dyn ExecutionPlan>) -> FC,
+    FC: std::future::Future<Output = Result<(SchemaRef, Vec<RecordBatch>)>>,
+    Q: Fn(&'static str, String, String, Tuning) -> FQ,
+    FQ: std::future::Future<Output = Result<(SchemaRef, Vec<RecordBatch>)>>,
 {
     let entity = &plan.entity.name;
     let context = format!("entity `{entity}`, key summary query");
@@ -306,111 +326,101 @@ where
         datafusion::execution::memory_pool::MemoryLimit::Finite(n) => n as u64,
         _ => u64::MAX,
     };
-    let held = keyed[0].saturating_mul(PAIR_BYTES_PER_ROW);
-    if held <= limit / 2 {
-        let sql = plan.key_pairs_sql("source", "replica");
-        match query("key summary", context.clone(), sql, Tuning::Pairs).await {
-            Ok((schema, pairs, physical)) => match pairs_are_exact(&pairs, &physical, keyed) {
-                Ok(()) => {
-                    let table = MemTable::try_new(schema, vec![pairs])
-                        .map_err(|e| Error::query(&context, e))?;
-                    ctx.deregister_table(PAIRS_TABLE)
-                        .map_err(|e| Error::query(&context, e))?;
-                    ctx.register_table(PAIRS_TABLE, Arc::new(table))
-                        .map_err(|e| Error::query(&context, e))?;
-                    let sql = plan.key_pairs_summary_sql(PAIRS_TABLE);
-                    let (schema, batches, _) =
-                        query("key summary", context, sql, Tuning::Full).await?;
-                    return Ok((schema, batches, true));
-                }
-                Err(why) => {
-                    tracing::info!(entity = %entity, "{why}: key summary by aggregation instead")
-                }
-            },
-            Err(Error::Query { source, .. })
-                if matches!(source.find_root(), DataFusionError::ResourcesExhausted(_)) =>
-            {
-                tracing::info!(entity = %entity, "the key join ran out of memory: key summary by aggregation instead")
-            }
-            Err(e) => return Err(e),
-        }
-    } else {
+    let keys = keyed[0].saturating_mul(PAIR_BYTES_PER_ROW);
+    let values = keys.saturating_add(source_bytes);
+    let plans: Vec<bool> = [(true, values), (false, keys)]
+        .into_iter()
+        .filter(|(_, held)| *held <= limit / 2)
+        .map(|(carry_source, _)| carry_source)
+        .collect();
+    if plans.is_empty() {
         tracing::info!(
             entity = %entity,
             "key summary by aggregation: the key join would hold about {} MiB, more than \
              half the memory limit",
-            held >> 20
+            keys >> 20
+        );
+    } else if plans == [false] {
+        tracing::info!(
+            entity = %entity,
+            "the key join holds the source's keys only: with its values it would hold about \
+             {} MiB, more than half the memory limit",
+            values >> 20
         );
     }
+    for carry_source in plans {
+        let join = key_join(ctx, plan, "source", "replica", carry_source, keyed[0]).await?;
+        let physical: Arc<dyn ExecutionPlan> = Arc::clone(&join) as _;
+        match collect("key summary", context.clone(), physical).await {
+            Ok((schema, pairs)) => {
+                if !join.exact() {
+                    tracing::info!(entity = %entity, "a key on both sides is repeated: key summary by aggregation instead");
+                    break;
+                }
+                let table = MemTable::try_new(schema, vec![pairs])
+                    .map_err(|e| Error::query(&context, e))?;
+                ctx.deregister_table(PAIRS_TABLE)
+                    .map_err(|e| Error::query(&context, e))?;
+                ctx.register_table(PAIRS_TABLE, Arc::new(table))
+                    .map_err(|e| Error::query(&context, e))?;
+                let sql = plan.key_pairs_summary_sql(PAIRS_TABLE);
+                let (schema, batches) = query("key summary", context, sql, Tuning::Full).await?;
+                let carried = Carried {
+                    source: carry_source,
+                    replica: true,
+                };
+                return Ok((schema, batches, carried));
+            }
+            Err(Error::Query { source, .. })
+                if matches!(source.find_root(), DataFusionError::ResourcesExhausted(_)) =>
+            {
+                tracing::info!(
+                    entity = %entity,
+                    carry_source,
+                    "the key join ran out of memory: the next plan instead"
+                )
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let sql = plan.keys_sql("source", "replica");
-    let (schema, batches, _) = query("key summary", context, sql, Tuning::Full).await?;
-    Ok((schema, batches, false))
+    let (schema, batches) = query("key summary", context, sql, Tuning::Full).await?;
+    Ok((schema, batches, Carried::default()))
 }
 
-/// The table holding the key join's pairs (queries/key_pairs.sql) while the entity is
-/// diffed.
+/// The key join of `plan` over the snapshot tables `source` and `replica`
+/// ([`pairs::KeyPairsExec`]): its pairs carry the replica's columns and, when
+/// `carry_source`, the source's. `source_rows` sizes its hash table.
+pub async fn key_join(
+    ctx: &SessionContext,
+    plan: &EntityPlan,
+    source: &str,
+    replica: &str,
+    carry_source: bool,
+    source_rows: u64,
+) -> Result<Arc<pairs::KeyPairsExec>> {
+    let context = format!("entity `{}`, key summary query", plan.entity.name);
+    let side = |side: Side, table: &str, carry: bool| {
+        let sql = plan.key_side_sql(side, table, carry);
+        let context = &context;
+        async move { physical_plan(ctx, context, &sql, Tuning::Pairs).await }
+    };
+    let join = pairs::KeyPairsExec::try_new(
+        side(Side::Source, source, carry_source).await?,
+        side(Side::Replica, replica, true).await?,
+        plan.key_len,
+        source_rows,
+    )
+    .map_err(|e| Error::query(&context, e))?;
+    Ok(Arc::new(join))
+}
+
+/// The table holding the key join's pairs while the entity is diffed.
 const PAIRS_TABLE: &str = "__key_pairs";
 
-/// Memory the key join holds per source row (key, fingerprint, hash table),
-/// rounded up for wide keys.
+/// Memory the key join holds per source row (key, fingerprint, hash table, the held
+/// key column), rounded up for wide keys.
 const PAIR_BYTES_PER_ROW: u64 = 64;
-
-/// Checks that the key join's pairs are exact: no key found on both sides repeated.
-///
-/// The join yields `max(s_k, 1) * max(r_k, 1)` rows for a key with `s_k` source and
-/// `r_k` replica rows. Over the keys on both sides, the pairs number `Σ s_k r_k`, which
-/// equals both `Σ s_k` and `Σ r_k` exactly when every `s_k` and `r_k` is 1. The
-/// one-sided rows are all kept, so with `J` the join's output rows, `A` the source-only
-/// and `B` the replica-only rows, the check is `J - B = source rows` and
-/// `J - A = replica rows`.
-fn pairs_are_exact(
-    pairs: &[RecordBatch],
-    physical: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
-    keyed: [u64; 2],
-) -> std::result::Result<(), String> {
-    let mut joins = Vec::new();
-    find_joins(physical, &mut joins);
-    let [joined] = joins[..] else {
-        return Err(format!("the key join's plan has {} joins", joins.len()));
-    };
-    // Pair rows whose `other` side is absent.
-    let one_sided = |other: &str| -> std::result::Result<u64, String> {
-        let mut n = 0u64;
-        for b in pairs {
-            let Some(other) = column(b, other).as_primitive_opt::<Int64Type>() else {
-                return Err("the key join's pairs have unexpected column types".into());
-            };
-            n += other.values().iter().filter(|v| **v == 0).count() as u64;
-        }
-        Ok(n)
-    };
-    let source_only = one_sided("__rr")?;
-    let replica_only = one_sided("__sr")?;
-    if joined.checked_sub(replica_only) == Some(keyed[0])
-        && joined.checked_sub(source_only) == Some(keyed[1])
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "a key on both sides is repeated ({joined} joined rows, {source_only} source-only, \
-             {replica_only} replica-only, {} and {} rows)",
-            keyed[0], keyed[1]
-        ))
-    }
-}
-
-/// Output rows of every join in `plan`.
-fn find_joins(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>, out: &mut Vec<u64>) {
-    for_each_operator(plan, &mut |op| {
-        if op.name().contains("Join") {
-            out.push(
-                op.metrics()
-                    .and_then(|m| m.output_rows())
-                    .unwrap_or_default() as u64,
-            );
-        }
-    });
-}
 
 /// Calls `f` on every operator of `plan`, parents before children.
 fn for_each_operator(
@@ -436,8 +446,8 @@ fn sum_u64(batch: &RecordBatch, name: &str) -> Result<u64> {
 enum Tuning {
     /// Every projected column of every row is decoded; the query reads most rows.
     Full,
-    /// As `Full`, with every hash join holding its left side once (a single
-    /// partition), for the key join of [`key_summary`], sized beforehand.
+    /// As `Full`, with two partitions per thread: the two sides of the key join of
+    /// [`key_summary`].
     Pairs,
     /// Filters pushed into the scan, the join's dynamic filter of candidate keys among
     /// them, are applied while decoding: the key column is decoded first and the other
@@ -465,13 +475,7 @@ async fn physical_plan(
     }
     match tuning {
         Tuning::Full => {}
-        Tuning::Pairs => {
-            options.optimizer.hash_join_single_partition_threshold = usize::MAX;
-            options.optimizer.hash_join_single_partition_threshold_rows = usize::MAX;
-            // The source is held, as sized beforehand; the replica, whose columns the
-            // pairs carry, streams past it.
-            options.optimizer.join_reordering = false;
-        }
+        Tuning::Pairs => {}
         Tuning::LateScan => options.execution.parquet.pushdown_filters = true,
     }
     let logical = state
