@@ -1524,4 +1524,104 @@ mod tests {
         let tree = serde_json::json!({"zone": "n\"orth", "id": -3, "flag": true});
         assert_eq!(json.json(0), tree.to_string());
     }
+
+    /// A session holding tables `s` and `r`, and the plan of an entity keyed by `id`
+    /// over them.
+    async fn join_tables(memory_limit: usize) -> (SessionContext, EntityPlan) {
+        let ctx = session_context(&SessionOptions {
+            target_partitions: 2,
+            memory_limit,
+        })
+        .unwrap();
+        for sql in [
+            "CREATE TABLE s (id BIGINT, v VARCHAR) AS VALUES (1, 'a'), (2, 'b'), (3, 'c'), (5, 'e'), (5, 'E')",
+            "CREATE TABLE r (id BIGINT, v VARCHAR) AS VALUES (1, 'a'), (2, 'x'), (4, 'd'), (6, 'f'), (6, 'f')",
+        ] {
+            ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        }
+        let entity = crate::job::parse_entity("name = \"t\"\nkey = [\"id\"]").unwrap();
+        let schema = |t: &'static str| {
+            let ctx = ctx.clone();
+            async move { ctx.table_provider(t).await.unwrap().schema() }
+        };
+        let (source, replica) = (schema("s").await, schema("r").await);
+        let plan =
+            EntityPlan::try_new(&entity, &source, &replica, std::path::Path::new("t.toml")).unwrap();
+        for udf in plan.functions() {
+            ctx.register_udf(udf);
+        }
+        (ctx, plan)
+    }
+
+    /// The key join keeps the pairs that need a look, each side's values with them, and
+    /// every row of a key repeated on one side only; it holds the source under the
+    /// memory limit, and says when a key on both sides is repeated.
+    #[tokio::test]
+    async fn the_key_join_keeps_what_needs_a_look_within_the_memory_limit() {
+        let (ctx, plan) = join_tables(64 << 20).await;
+        let join = key_join(&ctx, &plan, "s", "r", true, 5).await.unwrap();
+        let pairs = datafusion::physical_plan::collect(
+            Arc::clone(&join) as Arc<dyn ExecutionPlan>,
+            ctx.task_ctx(),
+        )
+        .await
+        .unwrap();
+        assert!(join.exact());
+        let table = MemTable::try_new(join.schema(), vec![pairs]).unwrap();
+        ctx.register_table("pairs", Arc::new(table)).unwrap();
+        let sorted = ctx
+            .sql(
+                "SELECT k0, __sr, __sl, __rr, __rl, __x IS NOT NULL AS x, sv1, rv1 FROM pairs \
+                 ORDER BY k0, sv1, rv1",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let shown = arrow::util::pretty::pretty_format_batches(&sorted)
+            .unwrap()
+            .to_string();
+        let expected = "\
++----+------+------+------+------+------+-----+-----+
+| k0 | __sr | __sl | __rr | __rl | x    | sv1 | rv1 |
++----+------+------+------+------+------+-----+-----+
+| 2  | 1    | 1    | 1    | 1    | true | b   | x   |
+| 3  | 1    | 1    | 0    | 0    | true | c   |     |
+| 4  | 0    | 0    | 1    | 1    | true |     | d   |
+| 5  | 1    | 1    | 0    | 0    | true | E   |     |
+| 5  | 1    | 1    | 0    | 0    | true | e   |     |
+| 6  | 0    | 0    | 1    | 1    | true |     | f   |
+| 6  | 0    | 0    | 1    | 1    | true |     | f   |
++----+------+------+------+------+------+-----+-----+";
+        assert_eq!(shown, expected);
+
+        // A key repeated on one side and found on the other makes the pairs inexact.
+        ctx.sql("INSERT INTO r VALUES (5, 'e')")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let join = key_join(&ctx, &plan, "s", "r", true, 5).await.unwrap();
+        datafusion::physical_plan::collect(
+            Arc::clone(&join) as Arc<dyn ExecutionPlan>,
+            ctx.task_ctx(),
+        )
+        .await
+        .unwrap();
+        assert!(!join.exact());
+
+        // A source that does not fit in the pool is an out-of-memory error, which
+        // key_summary answers with the next plan.
+        let (ctx, plan) = join_tables(1024).await;
+        let join = key_join(&ctx, &plan, "s", "r", true, 5).await.unwrap();
+        let err = datafusion::physical_plan::collect(join as Arc<dyn ExecutionPlan>, ctx.task_ctx())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err.find_root(), DataFusionError::ResourcesExhausted(_)),
+            "{err}"
+        );
+    }
 }
