@@ -475,7 +475,6 @@ async fn diff_all(
             &ctx,
             &p.plan,
             [p.source.rows, p.replica.rows],
-            p.source.bytes,
             stamp,
             layout,
             progress.as_ref(),

@@ -157,14 +157,11 @@ impl EntityResult {
 }
 
 /// Runs one entity: data-quality queries, then the diff, streaming outputs to the run.
-/// `rows` are the source and replica snapshots' row counts and `source_bytes` the
-/// source's uncompressed size (from their footers).
-#[allow(clippy::too_many_arguments)]
+/// `rows` are the source and replica snapshots' row counts (from their footers).
 pub async fn run_entity(
     ctx: &SessionContext,
     plan: &EntityPlan,
     rows: [u64; 2],
-    source_bytes: u64,
     stamp: &RunStamp,
     layout: &RunLayout,
     progress: Option<&progress::Progress>,
@@ -202,8 +199,7 @@ pub async fn run_entity(
             out.quality(batch, NULL_KEY, side)?;
         }
     }
-    let (schema, batches, carried) =
-        key_summary(ctx, plan, keyed, source_bytes, &collect, &query).await?;
+    let (schema, batches, carried) = key_summary(ctx, plan, keyed, &collect, &query).await?;
     let context = format!("entity `{entity}`, key summary query");
     let candidates: usize = batches.iter().map(|b| b.num_rows()).sum();
     // The summary holds only the keys that need a look: the rows that differ and the
@@ -233,8 +229,8 @@ pub async fn run_entity(
         SUMMARY_TABLE,
         "source",
         "replica",
-        carried.source.then_some(PAIRS_TABLE),
-        carried.replica.then_some(PAIRS_TABLE),
+        None,
+        carried.then_some(PAIRS_TABLE),
     );
     // The diff reads each side's rows for the few candidate keys only.
     let physical = physical_plan(ctx, &context, &sql, Tuning::LateScan).await?;
@@ -280,40 +276,30 @@ fn with_aliases(batch: &RecordBatch, aliases: &[(String, String)]) -> Result<Rec
         .map_err(|e| Error::Internal(format!("diff query output: {e}")))
 }
 
-/// Which sides' rows the key join's pairs carry to the diff (none when the key summary
-/// was made by aggregation).
-#[derive(Debug, Clone, Copy, Default)]
-struct Carried {
-    source: bool,
-    replica: bool,
-}
-
-/// The key summary of one entity (see queries/keys.sql), by the cheapest plan that fits
-/// in memory, and which sides' rows the table [`PAIRS_TABLE`] then holds for the diff.
+/// The key summary of one entity (see queries/keys.sql), by the cheaper of two plans;
+/// `true` when the table [`PAIRS_TABLE`] holds the replica rows the diff needs.
 ///
-/// The key join ([`pairs::KeyPairsExec`] over queries/key_side.sql) holds the source
-/// side in memory, streams the replica past it and keeps only the pairs that need a
-/// look, with the values of both sides, so that the diff reads neither snapshot again.
-/// It never hashes a key twice on the same side, which makes it several times faster
-/// than grouping both sides' rows by key. It is exact only when no key found on both
-/// sides is repeated, which holds for snapshots keyed by a primary key and which the
-/// join checks. Three plans, in order:
-/// 1. the key join holding the source's values: when the source's keys and its
-///    uncompressed size (`source_bytes`, from the footers) fit in half the memory limit;
-/// 2. the key join holding the source's keys only (the diff then reads the source
-///    snapshot again, for the candidate keys only): when the keys fit;
-/// 3. the hash aggregation of queries/keys.sql, which spills to disk.
+/// The key join ([`pairs::KeyPairsExec`] over queries/key_side.sql) holds the source's
+/// keys and fingerprints in memory, streams the replica past them and keeps only the
+/// pairs that need a look, with the replica's values, so that the diff reads only the
+/// source snapshot again. It never hashes a key twice on the same side, which makes it
+/// several times faster than grouping both sides' rows by key. It is exact only when no
+/// key found on both sides is repeated, which holds for snapshots keyed by a primary
+/// key and which the join checks. When such a key exists, when the source's keys would
+/// not fit in half the memory limit, or when the join runs out of memory, the summary
+/// is the hash aggregation of queries/keys.sql, which spills to disk.
 ///
-/// A join that runs out of memory gives way to the next plan, and a repeated key to
-/// the aggregation.
+/// The join can carry the source's values too, so that the diff reads neither snapshot
+/// again; it does not, because holding them costs more than reading the source again:
+/// on the 20M-row benchmark pair the run held 4.6 GB (against 1.0) and the key summary
+/// spent its time zeroing fresh pages for them.
 async fn key_summary<C, FC, Q, FQ>(
     ctx: &SessionContext,
     plan: &EntityPlan,
     keyed: [u64; 2],
-    source_bytes: u64,
     collect: &C,
     query: &Q,
-) -> Result<(SchemaRef, Vec<RecordBatch>, Carried)>
+) -> Result<(SchemaRef, Vec<RecordBatch>, bool)>
 where
     C: Fn(&'static str, String, Arc<dyn ExecutionPlan>) -> FC,
     FC: std::future::Future<Output = Result<(SchemaRef, Vec<RecordBatch>)>>,
@@ -326,37 +312,12 @@ where
         datafusion::execution::memory_pool::MemoryLimit::Finite(n) => n as u64,
         _ => u64::MAX,
     };
-    let keys = keyed[0].saturating_mul(PAIR_BYTES_PER_ROW);
-    let values = keys.saturating_add(source_bytes);
-    let plans: Vec<bool> = [(true, values), (false, keys)]
-        .into_iter()
-        .filter(|(_, held)| *held <= limit / 2)
-        .map(|(carry_source, _)| carry_source)
-        .collect();
-    if plans.is_empty() {
-        tracing::info!(
-            entity = %entity,
-            "key summary by aggregation: the key join would hold about {} MiB, more than \
-             half the memory limit",
-            keys >> 20
-        );
-    } else if plans == [false] {
-        tracing::info!(
-            entity = %entity,
-            "the key join holds the source's keys only: with its values it would hold about \
-             {} MiB, more than half the memory limit",
-            values >> 20
-        );
-    }
-    for carry_source in plans {
-        let join = key_join(ctx, plan, "source", "replica", carry_source, keyed[0]).await?;
+    let held = keyed[0].saturating_mul(PAIR_BYTES_PER_ROW);
+    if held <= limit / 2 {
+        let join = key_join(ctx, plan, "source", "replica", false, keyed[0]).await?;
         let physical: Arc<dyn ExecutionPlan> = Arc::clone(&join) as _;
         match collect("key summary", context.clone(), physical).await {
-            Ok((schema, pairs)) => {
-                if !join.exact() {
-                    tracing::info!(entity = %entity, "a key on both sides is repeated: key summary by aggregation instead");
-                    break;
-                }
+            Ok((schema, pairs)) if join.exact() => {
                 let table = MemTable::try_new(schema, vec![pairs])
                     .map_err(|e| Error::query(&context, e))?;
                 ctx.deregister_table(PAIRS_TABLE)
@@ -365,27 +326,30 @@ where
                     .map_err(|e| Error::query(&context, e))?;
                 let sql = plan.key_pairs_summary_sql(PAIRS_TABLE);
                 let (schema, batches) = query("key summary", context, sql, Tuning::Full).await?;
-                let carried = Carried {
-                    source: carry_source,
-                    replica: true,
-                };
-                return Ok((schema, batches, carried));
+                return Ok((schema, batches, true));
             }
+            Ok(_) => tracing::info!(
+                entity = %entity,
+                "a key on both sides is repeated: key summary by aggregation instead"
+            ),
             Err(Error::Query { source, .. })
                 if matches!(source.find_root(), DataFusionError::ResourcesExhausted(_)) =>
             {
-                tracing::info!(
-                    entity = %entity,
-                    carry_source,
-                    "the key join ran out of memory: the next plan instead"
-                )
+                tracing::info!(entity = %entity, "the key join ran out of memory: key summary by aggregation instead")
             }
             Err(e) => return Err(e),
         }
+    } else {
+        tracing::info!(
+            entity = %entity,
+            "key summary by aggregation: the key join would hold about {} MiB, more than \
+             half the memory limit",
+            held >> 20
+        );
     }
     let sql = plan.keys_sql("source", "replica");
     let (schema, batches) = query("key summary", context, sql, Tuning::Full).await?;
-    Ok((schema, batches, Carried::default()))
+    Ok((schema, batches, false))
 }
 
 /// The key join of `plan` over the snapshot tables `source` and `replica`
@@ -1545,8 +1509,8 @@ mod tests {
             async move { ctx.table_provider(t).await.unwrap().schema() }
         };
         let (source, replica) = (schema("s").await, schema("r").await);
-        let plan =
-            EntityPlan::try_new(&entity, &source, &replica, std::path::Path::new("t.toml")).unwrap();
+        let plan = EntityPlan::try_new(&entity, &source, &replica, std::path::Path::new("t.toml"))
+            .unwrap();
         for udf in plan.functions() {
             ctx.register_udf(udf);
         }
@@ -1616,9 +1580,10 @@ mod tests {
         // key_summary answers with the next plan.
         let (ctx, plan) = join_tables(1024).await;
         let join = key_join(&ctx, &plan, "s", "r", true, 5).await.unwrap();
-        let err = datafusion::physical_plan::collect(join as Arc<dyn ExecutionPlan>, ctx.task_ctx())
-            .await
-            .unwrap_err();
+        let err =
+            datafusion::physical_plan::collect(join as Arc<dyn ExecutionPlan>, ctx.task_ctx())
+                .await
+                .unwrap_err();
         assert!(
             matches!(err.find_root(), DataFusionError::ResourcesExhausted(_)),
             "{err}"

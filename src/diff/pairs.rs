@@ -24,7 +24,7 @@
 
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{
@@ -84,8 +84,31 @@ struct State {
     build: Mutex<Option<SharedBuild>>,
     /// Replica partitions still probing; the last one to finish emits the source-only rows.
     probing: AtomicUsize,
+    /// The source rows the finished partitions matched, one bit each.
+    matched: Mutex<Vec<u64>>,
     /// A key found on both sides is repeated.
     inexact: AtomicBool,
+}
+
+impl State {
+    /// Adds a finished partition's bitmap of matched source rows; a row two partitions
+    /// matched has a repeated key. Returns every partition's matches to the last one.
+    fn merge(&self, mine: Vec<u64>) -> Option<Vec<u64>> {
+        let mut all = self.matched.lock().unwrap_or_else(|e| e.into_inner());
+        if all.is_empty() {
+            *all = mine;
+        } else {
+            let mut twice = false;
+            for (a, m) in all.iter_mut().zip(mine) {
+                twice |= *a & m != 0;
+                *a |= m;
+            }
+            if twice {
+                self.inexact.store(true, Ordering::Relaxed);
+            }
+        }
+        (self.probing.fetch_sub(1, Ordering::AcqRel) == 1).then(|| std::mem::take(&mut *all))
+    }
 }
 
 impl fmt::Debug for State {
@@ -161,6 +184,7 @@ impl KeyPairsExec {
             state: Arc::new(State {
                 build: Mutex::new(None),
                 probing: AtomicUsize::new(partitions),
+                matched: Mutex::new(Vec::new()),
                 inexact: AtomicBool::new(false),
             }),
         })
@@ -251,22 +275,31 @@ impl ExecutionPlan for KeyPairsExec {
         let stream = async move {
             let build = build.await.map_err(DataFusionError::Shared)?;
             let input = replica.execute(partition, context)?;
+            // The source rows this partition matched, one bit each: a plain bitmap of
+            // its own, so that probing takes no atomic operation per row.
+            let matched = Arc::new(Mutex::new(vec![0u64; build.rows().div_ceil(64)]));
             let probe = {
                 let (build, schema, state) =
                     (Arc::clone(&build), Arc::clone(&schema), Arc::clone(&state));
-                input.map(move |batch| build.probe(&batch?, keys, &schema, &state))
+                let matched = Arc::clone(&matched);
+                input.map(move |batch| {
+                    let mut matched = matched.lock().unwrap_or_else(|e| e.into_inner());
+                    build.probe(&batch?, keys, &schema, &state, &mut matched)
+                })
             };
-            // Once this partition has probed all its rows, the last one to finish
-            // emits the source rows no replica row matched.
+            // Once this partition has probed all its rows, it adds its bitmap to the
+            // shared one, and the last one to finish emits the source rows no replica
+            // row matched.
             let tail = futures::stream::once(async move {
-                let last = state.probing.fetch_sub(1, Ordering::AcqRel) == 1;
-                let chunks = if last { build.rows() } else { 0 };
-                futures::stream::iter((0..chunks).step_by(TAIL_CHUNK.max(batch_size))).map(
-                    move |start| {
-                        let end = (start + TAIL_CHUNK.max(batch_size)).min(build.rows());
-                        build.unmatched(start..end, &schema)
-                    },
-                )
+                let mine = std::mem::take(&mut *matched.lock().unwrap_or_else(|e| e.into_inner()));
+                let all = state.merge(mine);
+                let chunk = TAIL_CHUNK.max(batch_size);
+                let rows = if all.is_some() { build.rows() } else { 0 };
+                let all = Arc::new(all.unwrap_or_default());
+                futures::stream::iter((0..rows).step_by(chunk)).map(move |start| {
+                    let end = (start + chunk).min(build.rows());
+                    build.unmatched(start..end, &all, &schema)
+                })
             })
             .flatten();
             Ok::<_, DataFusionError>(probe.chain(tail))
@@ -286,32 +319,41 @@ struct Build {
     keys: Keys,
     /// Number of key columns.
     key_count: usize,
-    /// Per row: the fingerprint, and whether the row is live (the fingerprint is set).
-    fingerprints: Vec<u64>,
-    flags: Vec<u8>,
-    /// The first row of each key, by the key's hash.
+    /// Per row: the key on the integer path, and the fingerprint, side by side so that
+    /// a probe that finds the key has the fingerprint in the same cache line.
+    slots: Vec<Slot>,
+    /// Per row: the row is live (it has a fingerprint).
+    live: Vec<bool>,
+    /// The first row of each key by the key's hash, with [`LIVE`] and [`REPEATED`].
     table: HashTable<u32>,
     /// The held rows: the key columns, then the carried columns.
     batches: Vec<RecordBatch>,
     /// The first row of each batch, and the row count at the end.
     starts: Vec<usize>,
-    /// Rows a replica row has matched, one bit each.
-    matched: Vec<AtomicU64>,
     /// One NULL of each held column's type, for rows the source lacks.
     nulls: Vec<ArrayRef>,
     random: RandomState,
     _reservation: MemoryReservation,
 }
 
-/// Row flag: the row is live.
-const LIVE: u8 = 1;
-/// Row flag: the row is the first of a key that the source repeats.
-const REPEATED: u8 = 2;
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    /// The key widened to i64 on the integer path ([`Keys::Int`]), else 0.
+    key: i64,
+    fingerprint: u64,
+}
 
-/// The keys of the held rows, by row.
+/// Table entry bits: the row's index, and two flags.
+const INDEX: u32 = (1 << 30) - 1;
+/// The row is live.
+const LIVE: u32 = 1 << 31;
+/// The row is the first of a key that the source repeats.
+const REPEATED: u32 = 1 << 30;
+
+/// How the held rows' keys are compared.
 enum Keys {
-    /// One integer-like key column, widened to i64 (exact).
-    Int(Vec<i64>),
+    /// One integer-like key column, widened to i64 (exact), held in [`Slot::key`].
+    Int,
     /// Any other key: each row's key in the row format, which compares by bytes.
     Rows {
         converter: RowConverter,
@@ -333,6 +375,14 @@ impl BatchKeys {
             BatchKeys::Rows(r) => random.hash_one(r.row(row).data()),
         }
     }
+
+    /// The widened key of `row` on the integer path, else 0.
+    fn int(&self, row: usize) -> i64 {
+        match self {
+            BatchKeys::Int(k) => k[row],
+            BatchKeys::Rows(_) => 0,
+        }
+    }
 }
 
 impl Keys {
@@ -340,7 +390,7 @@ impl Keys {
         if let [t] = types
             && int_like(t)
         {
-            return Ok(Keys::Int(Vec::new()));
+            return Ok(Keys::Int);
         }
         let converter = RowConverter::new(types.iter().cloned().map(SortField::new).collect())?;
         Ok(Keys::Rows {
@@ -353,16 +403,15 @@ impl Keys {
     /// `columns`' keys, prepared for hashing and comparing with the held ones.
     fn prepare(&self, columns: &[ArrayRef]) -> Result<BatchKeys> {
         Ok(match self {
-            Keys::Int(_) => BatchKeys::Int(widen(&columns[0])?),
+            Keys::Int => BatchKeys::Int(widen(&columns[0])?),
             Keys::Rows { converter, .. } => BatchKeys::Rows(converter.convert_columns(columns)?),
         })
     }
 
-    /// The held row `i`'s key equals row `row` of `batch`.
-    fn eq(&self, i: u32, batch: &BatchKeys, row: usize) -> bool {
-        let i = i as usize;
+    /// The held row `i` (with `slot`) has the key of row `row` of `batch`.
+    fn eq(&self, i: usize, slot: &Slot, batch: &BatchKeys, row: usize) -> bool {
         match (self, batch) {
-            (Keys::Int(k), BatchKeys::Int(b)) => k[i] == b[row],
+            (Keys::Int, BatchKeys::Int(b)) => slot.key == b[row],
             (Keys::Rows { data, offsets, .. }, BatchKeys::Rows(b)) => {
                 &data[offsets[i]..offsets[i + 1]] == b.row(row).data()
             }
@@ -370,30 +419,26 @@ impl Keys {
         }
     }
 
-    fn hash(&self, random: &RandomState, i: u32) -> u64 {
-        let i = i as usize;
+    /// The hash of the held row `i`'s key.
+    fn hash(&self, random: &RandomState, i: usize, slot: &Slot) -> u64 {
         match self {
-            Keys::Int(k) => random.hash_one(k[i]),
+            Keys::Int => random.hash_one(slot.key),
             Keys::Rows { data, offsets, .. } => random.hash_one(&data[offsets[i]..offsets[i + 1]]),
         }
     }
 
     fn push(&mut self, batch: &BatchKeys) {
-        match (self, batch) {
-            (Keys::Int(k), BatchKeys::Int(b)) => k.extend_from_slice(b),
-            (Keys::Rows { data, offsets, .. }, BatchKeys::Rows(b)) => {
-                for row in b.iter() {
-                    data.extend_from_slice(row.data());
-                    offsets.push(data.len());
-                }
+        if let (Keys::Rows { data, offsets, .. }, BatchKeys::Rows(b)) = (self, batch) {
+            for row in b.iter() {
+                data.extend_from_slice(row.data());
+                offsets.push(data.len());
             }
-            _ => unreachable!("keys of one build are prepared alike"),
         }
     }
 
     fn allocated(&self) -> usize {
         match self {
-            Keys::Int(k) => k.capacity() * 8,
+            Keys::Int => 0,
             Keys::Rows { data, offsets, .. } => data.capacity() + offsets.capacity() * 8,
         }
     }
@@ -455,8 +500,8 @@ fn widen(a: &ArrayRef) -> Result<Vec<i64>> {
 struct Builder {
     keys: Keys,
     key_count: usize,
-    fingerprints: Vec<u64>,
-    flags: Vec<u8>,
+    slots: Vec<Slot>,
+    live: Vec<bool>,
     table: HashTable<u32>,
     batches: Vec<RecordBatch>,
     starts: Vec<usize>,
@@ -469,48 +514,56 @@ struct Builder {
 impl Builder {
     fn index_bytes(&self) -> usize {
         self.keys.allocated()
-            + self.fingerprints.capacity() * 8
-            + self.flags.capacity()
+            + self.slots.capacity() * size_of::<Slot>()
+            + self.live.capacity()
             + self.table.allocation_size()
     }
 
-    /// Adds one source batch: `keys` prepared from its key columns, `held` the columns
-    /// kept.
+    /// Adds one source batch, whose keys are prepared and hashed.
     fn push(&mut self, keys: BatchKeys, hashes: Vec<u64>, batch: &RecordBatch) -> Result<()> {
         let n = batch.num_rows();
-        let start = self.fingerprints.len();
-        if start + n > u32::MAX as usize {
-            return Err(DataFusionError::ResourcesExhausted(
-                "the key join holds at most 4294967295 source rows".into(),
-            ));
+        let start = self.slots.len();
+        if start + n > INDEX as usize {
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "the key join holds at most {INDEX} source rows"
+            )));
         }
         let held = held_columns(batch, self.key_count)?;
         self.reservation.try_grow(held.get_array_memory_size())?;
         let fingerprint = batch
             .column(self.key_count)
             .as_primitive::<arrow::datatypes::UInt64Type>();
-        self.fingerprints.extend_from_slice(fingerprint.values());
-        match fingerprint.nulls() {
-            Some(nulls) => self
-                .flags
-                .extend(nulls.iter().map(|valid| if valid { LIVE } else { 0 })),
-            None => self.flags.extend(std::iter::repeat_n(LIVE, n)),
-        }
+        self.slots.extend(
+            fingerprint
+                .values()
+                .iter()
+                .enumerate()
+                .map(|(row, f)| Slot {
+                    key: keys.int(row),
+                    fingerprint: *f,
+                }),
+        );
+        self.live
+            .extend((0..n).map(|row| fingerprint.is_valid(row)));
         self.keys.push(&keys);
         for (row, hash) in hashes.into_iter().enumerate() {
-            let i = (start + row) as u32;
-            let (table_keys, random) = (&self.keys, &self.random);
+            let i = start + row;
+            let (table_keys, slots, random) = (&self.keys, &self.slots, &self.random);
             match self.table.entry(
                 hash,
-                |&j| table_keys.eq(j, &keys, row),
-                |&j| table_keys.hash(random, j),
+                |&e| {
+                    let j = (e & INDEX) as usize;
+                    table_keys.eq(j, &slots[j], &keys, row)
+                },
+                |&e| {
+                    let j = (e & INDEX) as usize;
+                    table_keys.hash(random, j, &slots[j])
+                },
             ) {
-                Entry::Occupied(first) => {
-                    let first = *first.get() as usize;
-                    self.flags[first] |= REPEATED;
-                }
+                Entry::Occupied(mut first) => *first.get_mut() |= REPEATED,
                 Entry::Vacant(slot) => {
-                    slot.insert(i);
+                    let live = if self.live[i] { LIVE } else { 0 };
+                    slot.insert(i as u32 | live);
                 }
             }
         }
@@ -546,15 +599,15 @@ impl Build {
         let reservation = MemoryConsumer::new("KeyPairsExec build").register(context.memory_pool());
         // The hint is the source's rows with a complete key, exact unless the snapshot
         // changed since its footers were read, so the per-row vectors and the table are
-        // sized once: reserved first (about 8 + 8 + 1 bytes a row, and 5 per bucket
-        // of a table at most 7/8 full), then allocated.
-        let estimate = rows_hint.saturating_mul(24);
+        // sized once: reserved first (16 + 1 bytes a row, and 5 per bucket of a table
+        // at most 7/8 full, rounded up to a power of two), then allocated.
+        let estimate = rows_hint.saturating_mul(32);
         reservation.try_grow(estimate)?;
         let builder = Arc::new(Mutex::new(Builder {
             keys: Keys::new(&types)?,
             key_count: keys,
-            fingerprints: Vec::with_capacity(rows_hint),
-            flags: Vec::with_capacity(rows_hint),
+            slots: Vec::with_capacity(rows_hint),
+            live: Vec::with_capacity(rows_hint),
             table: HashTable::with_capacity(rows_hint),
             batches: Vec::new(),
             starts: Vec::new(),
@@ -593,7 +646,7 @@ impl Build {
             .expect("the build's tasks have ended")
             .into_inner()
             .unwrap_or_else(|e| e.into_inner());
-        let rows = b.fingerprints.len();
+        let rows = b.slots.len();
         // Batches are numbered in the order they were added, so their first rows ascend.
         let batches = b.batches;
         let mut starts = b.starts;
@@ -613,12 +666,11 @@ impl Build {
         Ok(Build {
             keys: b.keys,
             key_count: keys,
-            fingerprints: b.fingerprints,
-            flags: b.flags,
+            slots: b.slots,
+            live: b.live,
             table: b.table,
             batches,
             starts,
-            matched: (0..rows.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             nulls,
             random: b.random,
             _reservation: b.reservation,
@@ -626,7 +678,7 @@ impl Build {
     }
 
     fn rows(&self) -> usize {
-        self.fingerprints.len()
+        self.slots.len()
     }
 
     /// The batch holding row `i` and the row's index in it.
@@ -643,6 +695,7 @@ impl Build {
         keys: usize,
         schema: &SchemaRef,
         state: &State,
+        matched_rows: &mut [u64],
     ) -> Result<Option<RecordBatch>> {
         let prepared = self.keys.prepare(&batch.columns()[..keys])?;
         let fingerprint = batch
@@ -656,25 +709,26 @@ impl Build {
             let hash = prepared.hash(&self.random, row);
             let found = self
                 .table
-                .find(hash, |&j| self.keys.eq(j, &prepared, row))
+                .find(hash, |&e| {
+                    let j = (e & INDEX) as usize;
+                    self.keys.eq(j, &self.slots[j], &prepared, row)
+                })
                 .copied();
             match found {
                 None => {
                     rows.push(row as u32);
                     matched.push(None);
                 }
-                Some(j) => {
-                    let i = j as usize;
-                    let bit = 1u64 << (i % 64);
-                    let before = self.matched[i / 64].fetch_or(bit, Ordering::Relaxed);
-                    if before & bit != 0 || self.flags[i] & REPEATED != 0 {
-                        repeated = true;
-                    }
-                    let source = (self.flags[i] & LIVE != 0).then_some(self.fingerprints[i]);
+                Some(e) => {
+                    let i = (e & INDEX) as usize;
+                    let (word, bit) = (i / 64, 1u64 << (i % 64));
+                    repeated |= matched_rows[word] & bit != 0 || e & REPEATED != 0;
+                    matched_rows[word] |= bit;
+                    let source = (e & LIVE != 0).then(|| self.slots[i].fingerprint);
                     let replica = fingerprint.is_valid(row).then(|| fingerprint.value(row));
                     if source != replica {
                         rows.push(row as u32);
-                        matched.push(Some(j));
+                        matched.push(Some(i as u32));
                     }
                 }
             }
@@ -691,7 +745,7 @@ impl Build {
         for c in 0..keys {
             columns.push(take(batch.column(c), &indices, None)?);
         }
-        let live = |j: &Option<u32>| j.is_some_and(|j| self.flags[j as usize] & LIVE != 0);
+        let live = |j: &Option<u32>| j.is_some_and(|j| self.live[j as usize]);
         columns.push(Arc::new(Int64Array::from_iter_values(
             matched.iter().map(|j| j.is_some() as i64),
         )));
@@ -713,7 +767,7 @@ impl Build {
                 .iter()
                 .zip(&matched)
                 .map(|(&r, j)| {
-                    let source = live(j).then(|| self.fingerprints[j.expect("live") as usize]);
+                    let source = live(j).then(|| self.slots[j.expect("live") as usize].fingerprint);
                     let replica = fingerprint
                         .is_valid(r as usize)
                         .then(|| fingerprint.value(r as usize));
@@ -761,21 +815,23 @@ impl Build {
             .collect()
     }
 
-    /// The held rows in `range` that no replica row matched, as source-only pairs.
+    /// The held rows in `range` that no replica row matched (per `matched`, one bit a
+    /// row), as source-only pairs.
     fn unmatched(
         &self,
         range: std::ops::Range<usize>,
+        matched: &[u64],
         schema: &SchemaRef,
     ) -> Result<Option<RecordBatch>> {
         let rows: Vec<Option<u32>> = range
-            .filter(|&i| self.matched[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) == 0)
+            .filter(|&i| matched[i / 64] & (1 << (i % 64)) == 0)
             .map(|i| Some(i as u32))
             .collect();
         if rows.is_empty() {
             return Ok(None);
         }
         let n = rows.len();
-        let live = |j: &Option<u32>| j.is_some_and(|j| self.flags[j as usize] & LIVE != 0);
+        let live = |j: &Option<u32>| j.is_some_and(|j| self.live[j as usize]);
         let held = self.gather(&rows)?;
         let keys = self.key_count;
         let mut columns: Vec<ArrayRef> = held[..keys].to_vec();
@@ -793,7 +849,7 @@ impl Build {
         ))));
         columns.push(Arc::new(
             rows.iter()
-                .map(|j| live(j).then(|| self.fingerprints[j.expect("live") as usize]))
+                .map(|j| live(j).then(|| self.slots[j.expect("live") as usize].fingerprint))
                 .collect::<UInt64Array>(),
         ));
         columns.extend(held.into_iter().skip(keys));
