@@ -324,8 +324,8 @@ struct Build {
     slots: Vec<Slot>,
     /// Per row: the row is live (it has a fingerprint).
     live: Vec<bool>,
-    /// The first row of each key by the key's hash, with [`LIVE`] and [`REPEATED`].
-    table: HashTable<u32>,
+    /// The first row of each key.
+    index: Index,
     /// The held rows: the key columns, then the carried columns.
     batches: Vec<RecordBatch>,
     /// The first row of each batch, and the row count at the end.
@@ -343,12 +343,98 @@ struct Slot {
     fingerprint: u64,
 }
 
-/// Table entry bits: the row's index, and two flags.
-const INDEX: u32 = (1 << 30) - 1;
+/// Where the first row of each key is found.
+enum Index {
+    /// Integer keys that are dense (most primary keys): the entry of key `k` is at
+    /// `k - min`, 0 when no row has that key, else the row's index plus one with
+    /// [`DENSE_LIVE`] and [`DENSE_REPEATED`]. Neighbouring keys are neighbours here, so
+    /// rows read in key order read the index and the held rows in order.
+    Dense { min: i64, entries: Vec<u32> },
+    /// Any other key, by its hash: each entry an [`entry`].
+    Hashed(HashTable<u64>),
+}
+
+const DENSE_LIVE: u32 = 1 << 31;
+const DENSE_REPEATED: u32 = 1 << 30;
+
+/// A dense index may have this many entries per held row (4 bytes each).
+const DENSE_SPREAD: u64 = 4;
+
+impl Index {
+    /// Indexes the held rows, once all are held.
+    fn new(
+        keys: &Keys,
+        slots: &[Slot],
+        live: &[bool],
+        random: &RandomState,
+        reservation: &MemoryReservation,
+    ) -> Result<Self> {
+        if let Keys::Int = keys
+            && let Some(min) = slots.iter().map(|s| s.key).min()
+        {
+            let max = slots.iter().map(|s| s.key).max().unwrap_or(min);
+            let span = (max as i128 - min as i128 + 1) as u64;
+            if span <= (slots.len() as u64).saturating_mul(DENSE_SPREAD) {
+                reservation.try_grow(span as usize * 4)?;
+                let mut entries = vec![0u32; span as usize];
+                for (i, s) in slots.iter().enumerate() {
+                    let e = &mut entries[(s.key - min) as usize];
+                    if *e == 0 {
+                        *e = (i as u32 + 1) | if live[i] { DENSE_LIVE } else { 0 };
+                    } else {
+                        *e |= DENSE_REPEATED;
+                    }
+                }
+                return Ok(Index::Dense { min, entries });
+            }
+        }
+        let mut table = HashTable::with_capacity(slots.len());
+        reservation.try_grow(table.allocation_size())?;
+        for (i, slot) in slots.iter().enumerate() {
+            let hash = keys.hash(random, i, slot);
+            match table.entry(
+                hash,
+                |&e| {
+                    let j = index(e);
+                    same_hash(e, hash) && keys.same(j, &slots[j], i, slot)
+                },
+                |&e| {
+                    let j = index(e);
+                    keys.hash(random, j, &slots[j])
+                },
+            ) {
+                Entry::Occupied(mut first) => *first.get_mut() |= REPEATED,
+                Entry::Vacant(v) => {
+                    v.insert(entry(hash, i, live[i]));
+                }
+            }
+        }
+        Ok(Index::Hashed(table))
+    }
+}
+
+/// A table entry: the upper 32 bits of the key's hash, then the row's index (30 bits)
+/// and two flags, [`LIVE`] and [`REPEATED`]. With the hash in the entry, finding a key
+/// reads the table alone; the held key is read once, to confirm the match.
+fn entry(hash: u64, row: usize, live: bool) -> u64 {
+    (hash & !0xffff_ffff) | row as u64 | if live { LIVE } else { 0 }
+}
+
+/// The entry's upper hash bits equal `hash`'s.
+fn same_hash(entry: u64, hash: u64) -> bool {
+    (entry ^ hash) >> 32 == 0
+}
+
+/// The entry's row index.
+fn index(entry: u64) -> usize {
+    (entry & INDEX) as usize
+}
+
+const INDEX: u64 = (1 << 30) - 1;
 /// The row is live.
-const LIVE: u32 = 1 << 31;
+const LIVE: u64 = 1 << 31;
 /// The row is the first of a key that the source repeats.
-const REPEATED: u32 = 1 << 30;
+const REPEATED: u64 = 1 << 30;
 
 /// How the held rows' keys are compared.
 enum Keys {
@@ -416,6 +502,16 @@ impl Keys {
                 &data[offsets[i]..offsets[i + 1]] == b.row(row).data()
             }
             _ => false,
+        }
+    }
+
+    /// The held rows `i` and `j` have the same key.
+    fn same(&self, i: usize, si: &Slot, j: usize, sj: &Slot) -> bool {
+        match self {
+            Keys::Int => si.key == sj.key,
+            Keys::Rows { data, offsets, .. } => {
+                data[offsets[i]..offsets[i + 1]] == data[offsets[j]..offsets[j + 1]]
+            }
         }
     }
 
@@ -502,7 +598,6 @@ struct Builder {
     key_count: usize,
     slots: Vec<Slot>,
     live: Vec<bool>,
-    table: HashTable<u32>,
     batches: Vec<RecordBatch>,
     starts: Vec<usize>,
     random: RandomState,
@@ -513,14 +608,11 @@ struct Builder {
 
 impl Builder {
     fn index_bytes(&self) -> usize {
-        self.keys.allocated()
-            + self.slots.capacity() * size_of::<Slot>()
-            + self.live.capacity()
-            + self.table.allocation_size()
+        self.keys.allocated() + self.slots.capacity() * size_of::<Slot>() + self.live.capacity()
     }
 
-    /// Adds one source batch, whose keys are prepared and hashed.
-    fn push(&mut self, keys: BatchKeys, hashes: Vec<u64>, batch: &RecordBatch) -> Result<()> {
+    /// Adds one source batch, whose keys are prepared.
+    fn push(&mut self, keys: BatchKeys, batch: &RecordBatch) -> Result<()> {
         let n = batch.num_rows();
         let start = self.slots.len();
         if start + n > INDEX as usize {
@@ -546,27 +638,6 @@ impl Builder {
         self.live
             .extend((0..n).map(|row| fingerprint.is_valid(row)));
         self.keys.push(&keys);
-        for (row, hash) in hashes.into_iter().enumerate() {
-            let i = start + row;
-            let (table_keys, slots, random) = (&self.keys, &self.slots, &self.random);
-            match self.table.entry(
-                hash,
-                |&e| {
-                    let j = (e & INDEX) as usize;
-                    table_keys.eq(j, &slots[j], &keys, row)
-                },
-                |&e| {
-                    let j = (e & INDEX) as usize;
-                    table_keys.hash(random, j, &slots[j])
-                },
-            ) {
-                Entry::Occupied(mut first) => *first.get_mut() |= REPEATED,
-                Entry::Vacant(slot) => {
-                    let live = if self.live[i] { LIVE } else { 0 };
-                    slot.insert(i as u32 | live);
-                }
-            }
-        }
         self.starts.push(start);
         self.batches.push(held);
         let index = self.index_bytes();
@@ -599,16 +670,15 @@ impl Build {
         let reservation = MemoryConsumer::new("KeyPairsExec build").register(context.memory_pool());
         // The hint is the source's rows with a complete key, exact unless the snapshot
         // changed since its footers were read, so the per-row vectors and the table are
-        // sized once: reserved first (16 + 1 bytes a row, and 5 per bucket of a table
+        // sized once: reserved first (16 + 1 bytes a row, and 9 per bucket of a table
         // at most 7/8 full, rounded up to a power of two), then allocated.
-        let estimate = rows_hint.saturating_mul(32);
+        let estimate = rows_hint.saturating_mul(40);
         reservation.try_grow(estimate)?;
         let builder = Arc::new(Mutex::new(Builder {
             keys: Keys::new(&types)?,
             key_count: keys,
             slots: Vec::with_capacity(rows_hint),
             live: Vec::with_capacity(rows_hint),
-            table: HashTable::with_capacity(rows_hint),
             batches: Vec::new(),
             starts: Vec::new(),
             random: RandomState::with_seed(SEED),
@@ -622,18 +692,14 @@ impl Build {
             let types = types.clone();
             tasks.spawn(async move {
                 let prepare = Keys::new(&types)?;
-                let random = RandomState::with_seed(SEED);
                 while let Some(batch) = stream.next().await {
                     let batch = batch?;
-                    // Keys are prepared and hashed before taking the lock.
+                    // Keys are prepared before taking the lock.
                     let prepared = prepare.prepare(&batch.columns()[..keys])?;
-                    let hashes = (0..batch.num_rows())
-                        .map(|row| prepared.hash(&random, row))
-                        .collect();
                     builder
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .push(prepared, hashes, &batch)?;
+                        .push(prepared, &batch)?;
                 }
                 Ok::<_, DataFusionError>(())
             });
@@ -647,6 +713,7 @@ impl Build {
             .into_inner()
             .unwrap_or_else(|e| e.into_inner());
         let rows = b.slots.len();
+        let index = Index::new(&b.keys, &b.slots, &b.live, &b.random, &b.reservation)?;
         // Batches are numbered in the order they were added, so their first rows ascend.
         let batches = b.batches;
         let mut starts = b.starts;
@@ -668,7 +735,7 @@ impl Build {
             key_count: keys,
             slots: b.slots,
             live: b.live,
-            table: b.table,
+            index,
             batches,
             starts,
             nulls,
@@ -701,30 +768,75 @@ impl Build {
         let fingerprint = batch
             .column(keys)
             .as_primitive::<arrow::datatypes::UInt64Type>();
+        let n = batch.num_rows();
+        // Each row's entry as (row index, live, repeated). For a hashed index in three
+        // passes, each a loop whose rows do not wait on one another, so that the
+        // processor fetches many rows' table entries and held rows at once: hash, find
+        // the entry with the same hash, confirm the key.
+        let found: Vec<Option<(usize, bool, bool)>> = match &self.index {
+            Index::Dense { min, entries } => {
+                let BatchKeys::Int(k) = &prepared else {
+                    unreachable!("a dense index has integer keys")
+                };
+                k.iter()
+                    .map(|&k| {
+                        let e = *entries.get(usize::try_from(k.wrapping_sub(*min)).ok()?)?;
+                        (e != 0).then(|| {
+                            let row = (e & !(DENSE_LIVE | DENSE_REPEATED)) as usize - 1;
+                            (row, e & DENSE_LIVE != 0, e & DENSE_REPEATED != 0)
+                        })
+                    })
+                    .collect()
+            }
+            Index::Hashed(table) => {
+                let hashes: Vec<u64> = (0..n).map(|row| prepared.hash(&self.random, row)).collect();
+                let entries: Vec<Option<u64>> = hashes
+                    .iter()
+                    .map(|&hash| table.find(hash, |&e| same_hash(e, hash)).copied())
+                    .collect();
+                entries
+                    .into_iter()
+                    .enumerate()
+                    .map(|(row, found)| {
+                        let e = match found {
+                            Some(e)
+                                if self.keys.eq(
+                                    index(e),
+                                    &self.slots[index(e)],
+                                    &prepared,
+                                    row,
+                                ) =>
+                            {
+                                e
+                            }
+                            // Another key with the same 32 hash bits: look again, by the key.
+                            Some(_) => *table.find(hashes[row], |&e| {
+                                let j = index(e);
+                                same_hash(e, hashes[row])
+                                    && self.keys.eq(j, &self.slots[j], &prepared, row)
+                            })?,
+                            None => return None,
+                        };
+                        Some((index(e), e & LIVE != 0, e & REPEATED != 0))
+                    })
+                    .collect()
+            }
+        };
         // (replica row, matched source row) for the rows that need a look.
         let mut rows: Vec<u32> = Vec::new();
         let mut matched: Vec<Option<u32>> = Vec::new();
         let mut repeated = false;
-        for row in 0..batch.num_rows() {
-            let hash = prepared.hash(&self.random, row);
-            let found = self
-                .table
-                .find(hash, |&e| {
-                    let j = (e & INDEX) as usize;
-                    self.keys.eq(j, &self.slots[j], &prepared, row)
-                })
-                .copied();
+        for (row, found) in found.into_iter().enumerate() {
             match found {
                 None => {
                     rows.push(row as u32);
                     matched.push(None);
                 }
-                Some(e) => {
-                    let i = (e & INDEX) as usize;
+                Some((i, live, repeated_key)) => {
                     let (word, bit) = (i / 64, 1u64 << (i % 64));
-                    repeated |= matched_rows[word] & bit != 0 || e & REPEATED != 0;
+                    repeated |= matched_rows[word] & bit != 0 || repeated_key;
                     matched_rows[word] |= bit;
-                    let source = (e & LIVE != 0).then(|| self.slots[i].fingerprint);
+                    let source = live.then(|| self.slots[i].fingerprint);
                     let replica = fingerprint.is_valid(row).then(|| fingerprint.value(row));
                     if source != replica {
                         rows.push(row as u32);
