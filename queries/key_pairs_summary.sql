@@ -1,6 +1,6 @@
--- The key summary (the output of queries/keys.sql) from the pairs of the key join
--- (src/diff/pairs.rs, over queries/key_side.sql): one row per key, with each side's
--- row and live row counts and the XOR of the live rows' fingerprints.
+-- The key summary (the output of queries/keys.sql) from the pairs of
+-- queries/key_pairs.sql: one row per key, with each side's row and live row counts and
+-- the XOR of the live rows' fingerprints.
 SELECT {keys},
        sum("__sr") AS "__source_rows",
        sum("__sl") AS "__source_live",

@@ -4,8 +4,8 @@
 -- that need a look are kept: duplicated on a side, live on one side only, or live on
 -- both with different fingerprints. A key whose fingerprints agree is equal on every
 -- field and is never read again.
--- This is the exact summary, which spills to disk; the key join (src/diff/pairs.rs)
--- computes the same when no key on both sides is repeated and one side fits in memory.
+-- This is the exact summary, which spills to disk; queries/key_pairs.sql computes the
+-- same by a join when no key on both sides is repeated and one side fits in memory.
 -- __s/__r pack a side's row count (low 32 bits) and live row count (high 32 bits); the
 -- fingerprints of the two sides cancel out in the XOR when they agree.
 WITH u AS (

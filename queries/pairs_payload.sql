@@ -1,6 +1,6 @@
--- One side's live rows as the diff joins them in, when the key summary was a join
--- whose pairs carry that side's columns (queries/key_side.sql): read from the pairs
--- instead of the snapshot. The same columns as queries/payload.sql.
+-- The replica's live rows as the diff joins them in, when the key summary was a join:
+-- read from the pairs of queries/key_pairs.sql, which carry them, instead of the
+-- replica snapshot. The same columns as queries/payload.sql.
 SELECT {keys}, {values}
 FROM {pairs}
-WHERE {live} = 1
+WHERE "__rl" = 1

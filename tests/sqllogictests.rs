@@ -3,24 +3,18 @@
 //! Besides plain SQL, a statement `RECON PLAN <name>` followed by an entity's TOML (as in
 //! a job file, without `name`) plans that entity over tables `<name>_source` and
 //! `<name>_replica`, registers its functions, and creates the views `<name>_keys` (the
-//! key summary), `<name>_diff` (over the summary), `<name>_pairs_summary` (the key
-//! summary from the key join's pairs), `<name>_pairs_diff` (the diff over that summary,
-//! both sides read from the pairs), `<name>_pairs_replica_diff` (the same, the source
-//! read from its snapshot), `<name>_null_keys_source|replica` and
+//! key summary), `<name>_diff` (over the summary), `<name>_key_pairs` (the pairs of the
+//! key join, exact when no key on both sides is repeated), `<name>_pairs_summary` (the
+//! key summary from them), `<name>_pairs_diff` (the diff over that summary, the
+//! replica read from the pairs), `<name>_null_keys_source|replica` and
 //! `<name>_duplicate_keys_source|replica` from the production templates in `queries/`.
-//! The key join (`KeyPairsExec`) is an operator, not SQL: it runs once, when the entity
-//! is planned, and its pairs are the table `<name>_key_pairs`, with a row
-//! `<name>_key_pairs_exact` (one column `exact`) saying whether they are exact (no key
-//! on both sides repeated). Production collects the key summary into a table instead
-//! of a view; the SQL is the same.
+//! Production collects the key summary into a table instead of a view; the SQL is the
+//! same.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
-use datafusion::datasource::MemTable;
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use recon::diff::plan::{EntityPlan, Side};
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
@@ -59,40 +53,17 @@ impl ReconDb {
         let (s, r) = (format!("{name}_source"), format!("{name}_replica"));
         let keys = format!("{name}_keys");
         let pairs = format!("{name}_key_pairs");
-        let join = recon::diff::key_join(&self.ctx, &plan, &s, &r, true, 0)
-            .await
-            .map_err(|e| SltError(e.to_string()))?;
-        let batches = datafusion::physical_plan::collect(
-            Arc::clone(&join) as Arc<dyn ExecutionPlan>,
-            self.ctx.task_ctx(),
-        )
-        .await
-        .map_err(|e| SltError(format!("{pairs}: {e}")))?;
-        let table = MemTable::try_new(join.schema(), vec![batches])
-            .map_err(|e| SltError(format!("{pairs}: {e}")))?;
-        self.ctx.deregister_table(pairs.as_str()).ok();
-        self.ctx
-            .register_table(pairs.as_str(), Arc::new(table))
-            .map_err(|e| SltError(format!("{pairs}: {e}")))?;
-        let summary = format!("{name}_pairs_summary");
         let views = [
             (keys.clone(), plan.keys_sql(&s, &r)),
+            (format!("{name}_key_pairs"), plan.key_pairs_sql(&s, &r)),
             (
-                format!("{pairs}_exact"),
-                format!("SELECT {} AS exact", join.exact()),
+                format!("{name}_pairs_summary"),
+                plan.key_pairs_summary_sql(&pairs),
             ),
-            (summary.clone(), plan.key_pairs_summary_sql(&pairs)),
-            (
-                format!("{name}_diff"),
-                plan.diff_sql(&keys, &s, &r, None, None),
-            ),
+            (format!("{name}_diff"), plan.diff_sql(&keys, &s, &r, None)),
             (
                 format!("{name}_pairs_diff"),
-                plan.diff_sql(&summary, &s, &r, Some(&pairs), Some(&pairs)),
-            ),
-            (
-                format!("{name}_pairs_replica_diff"),
-                plan.diff_sql(&summary, &s, &r, None, Some(&pairs)),
+                plan.diff_sql(&format!("{name}_pairs_summary"), &s, &r, Some(&pairs)),
             ),
             (
                 format!("{name}_null_keys_source"),

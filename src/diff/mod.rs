@@ -3,7 +3,6 @@
 
 pub mod compare;
 pub mod fingerprint;
-pub mod pairs;
 pub mod plan;
 pub mod progress;
 
@@ -24,7 +23,6 @@ use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
@@ -171,18 +169,15 @@ pub async fn run_entity(
         ctx.register_udf(udf);
     }
     let mut out = Classifier::try_new(plan, stamp, layout)?;
-    let collect = |stage: &'static str, context: String, physical: Arc<dyn ExecutionPlan>| async move {
+    let query = |stage: &'static str, context: String, sql: String, tuning: Tuning| async move {
+        let physical = physical_plan(ctx, &context, &sql, tuning).await?;
         let _watch = progress.map(|p| p.watch(stage, Arc::clone(&physical)));
         let schema = physical.schema();
         let batches = datafusion::physical_plan::collect(Arc::clone(&physical), ctx.task_ctx())
             .await
             .map_err(|e| Error::query(&context, e))?;
         executed(entity, stage, &context, &physical);
-        Ok::<_, Error>((schema, batches))
-    };
-    let query = |stage: &'static str, context: String, sql: String, tuning: Tuning| async move {
-        let physical = physical_plan(ctx, &context, &sql, tuning).await?;
-        collect(stage, context, physical).await
+        Ok::<_, Error>((schema, batches, physical))
     };
 
     // Data quality first: keys with a NULL part (a scan of the key columns), then the
@@ -193,13 +188,13 @@ pub async fn run_entity(
         let table = side.as_str();
         let context = format!("entity `{entity}`, {NULL_KEY} query on the {table} snapshot");
         let sql = plan.null_keys_sql(side, table);
-        let (_, batches) = query("null keys", context, sql, Tuning::Full).await?;
+        let (_, batches, _) = query("null keys", context, sql, Tuning::Full).await?;
         for batch in &batches {
             keyed[i] = keyed[i].saturating_sub(sum_u64(batch, "__rows")?);
             out.quality(batch, NULL_KEY, side)?;
         }
     }
-    let (schema, batches, carried) = key_summary(ctx, plan, keyed, &collect, &query).await?;
+    let (schema, batches, carried) = key_summary(ctx, plan, keyed, &query).await?;
     let context = format!("entity `{entity}`, key summary query");
     let candidates: usize = batches.iter().map(|b| b.num_rows()).sum();
     // The summary holds only the keys that need a look: the rows that differ and the
@@ -214,7 +209,7 @@ pub async fn run_entity(
         let table = side.as_str();
         let context = format!("entity `{entity}`, {DUPLICATE_KEY} query on the {table} snapshot");
         let sql = plan.duplicate_keys_sql(side, SUMMARY_TABLE);
-        let (_, batches) = query("duplicate keys", context, sql, Tuning::Full).await?;
+        let (_, batches, _) = query("duplicate keys", context, sql, Tuning::Full).await?;
         for batch in &batches {
             out.quality(batch, DUPLICATE_KEY, side)?;
         }
@@ -229,7 +224,6 @@ pub async fn run_entity(
         SUMMARY_TABLE,
         "source",
         "replica",
-        None,
         carried.then_some(PAIRS_TABLE),
     );
     // The diff reads each side's rows for the few candidate keys only.
@@ -279,32 +273,32 @@ fn with_aliases(batch: &RecordBatch, aliases: &[(String, String)]) -> Result<Rec
 /// The key summary of one entity (see queries/keys.sql), by the cheaper of two plans;
 /// `true` when the table [`PAIRS_TABLE`] holds the replica rows the diff needs.
 ///
-/// The key join ([`pairs::KeyPairsExec`] over queries/key_side.sql) holds the source's
-/// keys and fingerprints in memory, streams the replica past them and keeps only the
-/// pairs that need a look, with the replica's values, so that the diff reads only the
-/// source snapshot again. It never hashes a key twice on the same side, which makes it
-/// several times faster than grouping both sides' rows by key. It is exact only when no
-/// key found on both sides is repeated, which holds for snapshots keyed by a primary
-/// key and which the join checks. When such a key exists, when the source's keys would
-/// not fit in half the memory limit, or when the join runs out of memory, the summary
-/// is the hash aggregation of queries/keys.sql, which spills to disk.
-///
-/// The join can carry the source's values too, so that the diff reads neither snapshot
-/// again; it does not, because holding them costs more than reading the source again:
-/// on the 20M-row benchmark pair the run held 4.6 GB (against 1.0) and the key summary
-/// spent its time zeroing fresh pages for them.
-async fn key_summary<C, FC, Q, FQ>(
+/// A hash join of the two sides' keys and fingerprints (queries/key_pairs.sql) holds
+/// the source side in memory and never hashes a key twice on the same side, which
+/// makes it several times faster than grouping both sides' rows by key; its pairs
+/// carry the replica's rows, so the diff reads only the source snapshot again. It is
+/// exact only when no key found on both sides is repeated, which holds for snapshots
+/// keyed by a primary key and is checked: a join pairs every row of a repeated key
+/// with every row of the other side, so its output row count, its one-sided rows and
+/// the sides' row counts `keyed` (rows with a complete key) agree only when no such
+/// key exists. When they disagree, when the source side would not fit in half the
+/// memory limit, or when the join runs out of memory, the summary is the hash
+/// aggregation of queries/keys.sql, which spills to disk.
+async fn key_summary<Q, F>(
     ctx: &SessionContext,
     plan: &EntityPlan,
     keyed: [u64; 2],
-    collect: &C,
     query: &Q,
 ) -> Result<(SchemaRef, Vec<RecordBatch>, bool)>
 where
-    C: Fn(&'static str, String, Arc<dyn ExecutionPlan>) -> FC,
-    FC: std::future::Future<Output = Result<(SchemaRef, Vec<RecordBatch>)>>,
-    Q: Fn(&'static str, String, String, Tuning) -> FQ,
-    FQ: std::future::Future<Output = Result<(SchemaRef, Vec<RecordBatch>)>>,
+    Q: Fn(&'static str, String, String, Tuning) -> F,
+    F: std::future::Future<
+            Output = Result<(
+                SchemaRef,
+                Vec<RecordBatch>,
+                Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+            )>,
+        >,
 {
     let entity = &plan.entity.name;
     let context = format!("entity `{entity}`, key summary query");
@@ -314,24 +308,25 @@ where
     };
     let held = keyed[0].saturating_mul(PAIR_BYTES_PER_ROW);
     if held <= limit / 2 {
-        let join = key_join(ctx, plan, "source", "replica", false, keyed[0]).await?;
-        let physical: Arc<dyn ExecutionPlan> = Arc::clone(&join) as _;
-        match collect("key summary", context.clone(), physical).await {
-            Ok((schema, pairs)) if join.exact() => {
-                let table = MemTable::try_new(schema, vec![pairs])
-                    .map_err(|e| Error::query(&context, e))?;
-                ctx.deregister_table(PAIRS_TABLE)
-                    .map_err(|e| Error::query(&context, e))?;
-                ctx.register_table(PAIRS_TABLE, Arc::new(table))
-                    .map_err(|e| Error::query(&context, e))?;
-                let sql = plan.key_pairs_summary_sql(PAIRS_TABLE);
-                let (schema, batches) = query("key summary", context, sql, Tuning::Full).await?;
-                return Ok((schema, batches, true));
-            }
-            Ok(_) => tracing::info!(
-                entity = %entity,
-                "a key on both sides is repeated: key summary by aggregation instead"
-            ),
+        let sql = plan.key_pairs_sql("source", "replica");
+        match query("key summary", context.clone(), sql, Tuning::Pairs).await {
+            Ok((schema, pairs, physical)) => match pairs_are_exact(&pairs, &physical, keyed) {
+                Ok(()) => {
+                    let table = MemTable::try_new(schema, vec![pairs])
+                        .map_err(|e| Error::query(&context, e))?;
+                    ctx.deregister_table(PAIRS_TABLE)
+                        .map_err(|e| Error::query(&context, e))?;
+                    ctx.register_table(PAIRS_TABLE, Arc::new(table))
+                        .map_err(|e| Error::query(&context, e))?;
+                    let sql = plan.key_pairs_summary_sql(PAIRS_TABLE);
+                    let (schema, batches, _) =
+                        query("key summary", context, sql, Tuning::Full).await?;
+                    return Ok((schema, batches, true));
+                }
+                Err(why) => {
+                    tracing::info!(entity = %entity, "{why}: key summary by aggregation instead")
+                }
+            },
             Err(Error::Query { source, .. })
                 if matches!(source.find_root(), DataFusionError::ResourcesExhausted(_)) =>
             {
@@ -348,43 +343,74 @@ where
         );
     }
     let sql = plan.keys_sql("source", "replica");
-    let (schema, batches) = query("key summary", context, sql, Tuning::Full).await?;
+    let (schema, batches, _) = query("key summary", context, sql, Tuning::Full).await?;
     Ok((schema, batches, false))
 }
 
-/// The key join of `plan` over the snapshot tables `source` and `replica`
-/// ([`pairs::KeyPairsExec`]): its pairs carry the replica's columns and, when
-/// `carry_source`, the source's. `source_rows` sizes its hash table.
-pub async fn key_join(
-    ctx: &SessionContext,
-    plan: &EntityPlan,
-    source: &str,
-    replica: &str,
-    carry_source: bool,
-    source_rows: u64,
-) -> Result<Arc<pairs::KeyPairsExec>> {
-    let context = format!("entity `{}`, key summary query", plan.entity.name);
-    let side = |side: Side, table: &str, carry: bool| {
-        let sql = plan.key_side_sql(side, table, carry);
-        let context = &context;
-        async move { physical_plan(ctx, context, &sql, Tuning::Pairs).await }
-    };
-    let join = pairs::KeyPairsExec::try_new(
-        side(Side::Source, source, carry_source).await?,
-        side(Side::Replica, replica, true).await?,
-        plan.key_len,
-        source_rows,
-    )
-    .map_err(|e| Error::query(&context, e))?;
-    Ok(Arc::new(join))
-}
-
-/// The table holding the key join's pairs while the entity is diffed.
+/// The table holding the key join's pairs (queries/key_pairs.sql) while the entity is
+/// diffed.
 const PAIRS_TABLE: &str = "__key_pairs";
 
-/// Memory the key join holds per source row (key, fingerprint, hash table, the held
-/// key column), rounded up for wide keys.
+/// Memory the key join holds per source row (key, fingerprint, hash table),
+/// rounded up for wide keys.
 const PAIR_BYTES_PER_ROW: u64 = 64;
+
+/// Checks that the key join's pairs are exact: no key found on both sides repeated.
+///
+/// The join yields `max(s_k, 1) * max(r_k, 1)` rows for a key with `s_k` source and
+/// `r_k` replica rows. Over the keys on both sides, the pairs number `Σ s_k r_k`, which
+/// equals both `Σ s_k` and `Σ r_k` exactly when every `s_k` and `r_k` is 1. The
+/// one-sided rows are all kept, so with `J` the join's output rows, `A` the source-only
+/// and `B` the replica-only rows, the check is `J - B = source rows` and
+/// `J - A = replica rows`.
+fn pairs_are_exact(
+    pairs: &[RecordBatch],
+    physical: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    keyed: [u64; 2],
+) -> std::result::Result<(), String> {
+    let mut joins = Vec::new();
+    find_joins(physical, &mut joins);
+    let [joined] = joins[..] else {
+        return Err(format!("the key join's plan has {} joins", joins.len()));
+    };
+    // Pair rows whose `other` side is absent.
+    let one_sided = |other: &str| -> std::result::Result<u64, String> {
+        let mut n = 0u64;
+        for b in pairs {
+            let Some(other) = column(b, other).as_primitive_opt::<Int64Type>() else {
+                return Err("the key join's pairs have unexpected column types".into());
+            };
+            n += other.values().iter().filter(|v| **v == 0).count() as u64;
+        }
+        Ok(n)
+    };
+    let source_only = one_sided("__rr")?;
+    let replica_only = one_sided("__sr")?;
+    if joined.checked_sub(replica_only) == Some(keyed[0])
+        && joined.checked_sub(source_only) == Some(keyed[1])
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "a key on both sides is repeated ({joined} joined rows, {source_only} source-only, \
+             {replica_only} replica-only, {} and {} rows)",
+            keyed[0], keyed[1]
+        ))
+    }
+}
+
+/// Output rows of every join in `plan`.
+fn find_joins(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>, out: &mut Vec<u64>) {
+    for_each_operator(plan, &mut |op| {
+        if op.name().contains("Join") {
+            out.push(
+                op.metrics()
+                    .and_then(|m| m.output_rows())
+                    .unwrap_or_default() as u64,
+            );
+        }
+    });
+}
 
 /// Calls `f` on every operator of `plan`, parents before children.
 fn for_each_operator(
@@ -410,8 +436,8 @@ fn sum_u64(batch: &RecordBatch, name: &str) -> Result<u64> {
 enum Tuning {
     /// Every projected column of every row is decoded; the query reads most rows.
     Full,
-    /// As `Full`, with two partitions per thread: the two sides of the key join of
-    /// [`key_summary`].
+    /// As `Full`, with every hash join holding its left side once (a single
+    /// partition), for the key join of [`key_summary`], sized beforehand.
     Pairs,
     /// Filters pushed into the scan, the join's dynamic filter of candidate keys among
     /// them, are applied while decoding: the key column is decoded first and the other
@@ -439,7 +465,13 @@ async fn physical_plan(
     }
     match tuning {
         Tuning::Full => {}
-        Tuning::Pairs => {}
+        Tuning::Pairs => {
+            options.optimizer.hash_join_single_partition_threshold = usize::MAX;
+            options.optimizer.hash_join_single_partition_threshold_rows = usize::MAX;
+            // The source is held, as sized beforehand; the replica, whose columns the
+            // pairs carry, streams past it.
+            options.optimizer.join_reordering = false;
+        }
         Tuning::LateScan => options.execution.parquet.pushdown_filters = true,
     }
     let logical = state
@@ -1487,106 +1519,5 @@ mod tests {
         // The same text as a JSON tree (a sorted map) gives.
         let tree = serde_json::json!({"zone": "n\"orth", "id": -3, "flag": true});
         assert_eq!(json.json(0), tree.to_string());
-    }
-
-    /// A session holding tables `s` and `r`, and the plan of an entity keyed by `id`
-    /// over them.
-    async fn join_tables(memory_limit: usize) -> (SessionContext, EntityPlan) {
-        let ctx = session_context(&SessionOptions {
-            target_partitions: 2,
-            memory_limit,
-        })
-        .unwrap();
-        for sql in [
-            "CREATE TABLE s (id BIGINT, v VARCHAR) AS VALUES (1, 'a'), (2, 'b'), (3, 'c'), (5, 'e'), (5, 'E')",
-            "CREATE TABLE r (id BIGINT, v VARCHAR) AS VALUES (1, 'a'), (2, 'x'), (4, 'd'), (6, 'f'), (6, 'f')",
-        ] {
-            ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        }
-        let entity = crate::job::parse_entity("name = \"t\"\nkey = [\"id\"]").unwrap();
-        let schema = |t: &'static str| {
-            let ctx = ctx.clone();
-            async move { ctx.table_provider(t).await.unwrap().schema() }
-        };
-        let (source, replica) = (schema("s").await, schema("r").await);
-        let plan = EntityPlan::try_new(&entity, &source, &replica, std::path::Path::new("t.toml"))
-            .unwrap();
-        for udf in plan.functions() {
-            ctx.register_udf(udf);
-        }
-        (ctx, plan)
-    }
-
-    /// The key join keeps the pairs that need a look, each side's values with them, and
-    /// every row of a key repeated on one side only; it holds the source under the
-    /// memory limit, and says when a key on both sides is repeated.
-    #[tokio::test]
-    async fn the_key_join_keeps_what_needs_a_look_within_the_memory_limit() {
-        let (ctx, plan) = join_tables(64 << 20).await;
-        let join = key_join(&ctx, &plan, "s", "r", true, 5).await.unwrap();
-        let pairs = datafusion::physical_plan::collect(
-            Arc::clone(&join) as Arc<dyn ExecutionPlan>,
-            ctx.task_ctx(),
-        )
-        .await
-        .unwrap();
-        assert!(join.exact());
-        let table = MemTable::try_new(join.schema(), vec![pairs]).unwrap();
-        ctx.register_table("pairs", Arc::new(table)).unwrap();
-        let sorted = ctx
-            .sql(
-                "SELECT k0, __sr, __sl, __rr, __rl, __x IS NOT NULL AS x, sv1, rv1 FROM pairs \
-                 ORDER BY k0, sv1, rv1",
-            )
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let shown = arrow::util::pretty::pretty_format_batches(&sorted)
-            .unwrap()
-            .to_string();
-        let expected = "\
-+----+------+------+------+------+------+-----+-----+
-| k0 | __sr | __sl | __rr | __rl | x    | sv1 | rv1 |
-+----+------+------+------+------+------+-----+-----+
-| 2  | 1    | 1    | 1    | 1    | true | b   | x   |
-| 3  | 1    | 1    | 0    | 0    | true | c   |     |
-| 4  | 0    | 0    | 1    | 1    | true |     | d   |
-| 5  | 1    | 1    | 0    | 0    | true | E   |     |
-| 5  | 1    | 1    | 0    | 0    | true | e   |     |
-| 6  | 0    | 0    | 1    | 1    | true |     | f   |
-| 6  | 0    | 0    | 1    | 1    | true |     | f   |
-+----+------+------+------+------+------+-----+-----+";
-        assert_eq!(shown, expected);
-
-        // A key repeated on one side and found on the other makes the pairs inexact.
-        ctx.sql("INSERT INTO r VALUES (5, 'e')")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let join = key_join(&ctx, &plan, "s", "r", true, 5).await.unwrap();
-        datafusion::physical_plan::collect(
-            Arc::clone(&join) as Arc<dyn ExecutionPlan>,
-            ctx.task_ctx(),
-        )
-        .await
-        .unwrap();
-        assert!(!join.exact());
-
-        // A source that does not fit in the pool is an out-of-memory error, which
-        // key_summary answers with the next plan.
-        let (ctx, plan) = join_tables(1024).await;
-        let join = key_join(&ctx, &plan, "s", "r", true, 5).await.unwrap();
-        let err =
-            datafusion::physical_plan::collect(join as Arc<dyn ExecutionPlan>, ctx.task_ctx())
-                .await
-                .unwrap_err();
-        assert!(
-            matches!(err.find_root(), DataFusionError::ResourcesExhausted(_)),
-            "{err}"
-        );
     }
 }

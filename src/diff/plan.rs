@@ -13,7 +13,7 @@ use crate::job::{DeletePolicy, EntityConfig, FieldRule, Owner};
 const NULL_KEYS_SQL: &str = include_str!("../../queries/null_keys.sql");
 const DUPLICATE_KEYS_SQL: &str = include_str!("../../queries/duplicate_keys.sql");
 const KEYS_SQL: &str = include_str!("../../queries/keys.sql");
-const KEY_SIDE_SQL: &str = include_str!("../../queries/key_side.sql");
+const KEY_PAIRS_SQL: &str = include_str!("../../queries/key_pairs.sql");
 const KEY_PAIRS_SUMMARY_SQL: &str = include_str!("../../queries/key_pairs_summary.sql");
 const PAIRS_PAYLOAD_SQL: &str = include_str!("../../queries/pairs_payload.sql");
 const DIFF_SQL: &str = include_str!("../../queries/diff.sql");
@@ -496,39 +496,15 @@ impl EntityPlan {
         self.summary_sql(KEYS_SQL, source, replica)
     }
 
-    /// One side of the key join ([`super::pairs::KeyPairsExec`], queries/key_side.sql):
-    /// `k{i}`, `__h` and, when `carry`, the side's raw mapped columns as `sv{j}` (source)
-    /// or `rv{j}` (replica).
-    pub fn key_side_sql(&self, side: Side, table: &str, carry: bool) -> String {
-        let (_, _, complete) = self.key_lists(side, "t.");
-        let prefix = match side {
-            Side::Source => "sv",
-            Side::Replica => "rv",
-        };
-        let values: String = if carry {
-            self.mapped
-                .iter()
-                .enumerate()
-                .map(|(j, m)| format!(",\n       t.{} AS \"{prefix}{j}\"", quote(m.name(side))))
-                .collect()
-        } else {
-            String::new()
-        };
-        fill(
-            KEY_SIDE_SQL,
-            &[
-                ("keys", &self.key_projection(side).join(", ")),
-                ("live", &self.live(side)),
-                ("fingerprint", &self.fingerprint_expr(side)),
-                ("values", &values),
-                ("table", &quote(table)),
-                ("key_is_complete", &complete),
-            ],
-        )
+    /// The pairs of source and replica rows that need a look, by a join of the two sides
+    /// on the key (queries/key_pairs.sql), each carrying the replica row's raw mapped
+    /// columns; exact when no key found on both sides is repeated.
+    pub fn key_pairs_sql(&self, source: &str, replica: &str) -> String {
+        self.summary_sql(KEY_PAIRS_SQL, source, replica)
     }
 
-    /// The key summary (the output of [`Self::keys_sql`]) from the table `pairs` of the
-    /// key join (queries/key_pairs_summary.sql).
+    /// The key summary (the output of [`Self::keys_sql`]) from the table `pairs` of
+    /// [`Self::key_pairs_sql`] (queries/key_pairs_summary.sql).
     pub fn key_pairs_summary_sql(&self, pairs: &str) -> String {
         fill(
             KEY_PAIRS_SUMMARY_SQL,
@@ -539,6 +515,26 @@ impl EntityPlan {
     fn summary_sql(&self, template: &str, source: &str, replica: &str) -> String {
         let (_, _, source_complete) = self.key_lists(Side::Source, "t.");
         let (_, _, replica_complete) = self.key_lists(Side::Replica, "t.");
+        let paired_keys = (0..self.key_len)
+            .map(|i| format!("coalesce(s.\"k{i}\", r.\"k{i}\") AS \"k{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // The replica's raw mapped columns, as the pairs carry them.
+        let replica_values = self
+            .mapped
+            .iter()
+            .enumerate()
+            .map(|(j, m)| format!("t.{} AS \"v{j}\"", quote(m.name(Side::Replica))))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let carried_values = (0..self.mapped.len())
+            .map(|j| format!("r.\"v{j}\" AS \"v{j}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let pairs_on = (0..self.key_len)
+            .map(|i| format!("s.\"k{i}\" = r.\"k{i}\""))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         fill(
             template,
             &[
@@ -556,26 +552,25 @@ impl EntityPlan {
                 ("source_key_is_complete", &source_complete),
                 ("replica_key_is_complete", &replica_complete),
                 ("keys", &self.key_names("")),
+                ("paired_keys", &paired_keys),
+                ("replica_values", &replica_values),
+                ("carried_values", &carried_values),
+                ("pairs_on", &pairs_on),
             ],
         )
     }
 
-    /// One side's live rows from the table `pairs` of the key join, whose pairs carry
-    /// that side's columns ([`Self::key_side_sql`]), with the columns of
-    /// [`Self::payload_sql`] (queries/pairs_payload.sql).
-    fn pairs_payload_sql(&self, side: Side, pairs: &str) -> String {
-        let (prefix, live) = match side {
-            Side::Source => ("sv", "\"__sl\""),
-            Side::Replica => ("rv", "\"__rl\""),
-        };
+    /// The replica's live rows from the table `pairs` of [`Self::key_pairs_sql`], with the
+    /// columns of [`Self::payload_sql`] (queries/pairs_payload.sql).
+    fn pairs_payload_sql(&self, pairs: &str) -> String {
         let values = self
             .mapped
             .iter()
             .enumerate()
             .map(|(j, m)| {
-                let v = format!("\"{prefix}{j}\"");
-                let value = cast_to(&v, &m.scan_type(side), m.data_type(side));
-                format!("{value} AS \"v{j}\"")
+                let v = format!("\"v{j}\"");
+                let value = cast_to(&v, &m.scan_type(Side::Replica), &m.replica_type);
+                format!("{value} AS {v}")
             })
             .collect::<Vec<_>>()
             .join(", ");
@@ -585,7 +580,6 @@ impl EntityPlan {
                 ("keys", &self.key_names("")),
                 ("values", &values),
                 ("pairs", &quote(pairs)),
-                ("live", live),
             ],
         )
     }
@@ -697,16 +691,14 @@ impl EntityPlan {
     /// types). A column that would repeat an earlier one's values is left out; see
     /// [`Self::diff_aliases`].
     ///
-    /// `source_pairs` and `replica_pairs` name the key join's pairs table when the key
-    /// summary was made from it and its pairs carry that side's columns: the side's
-    /// rows are then read from it, not from the snapshot.
+    /// `carried` is the table of [`Self::key_pairs_sql`] when the key summary was made
+    /// from it: the replica's rows are then read from it, not from the snapshot.
     pub fn diff_sql(
         &self,
         summary: &str,
         source: &str,
         replica: &str,
-        source_pairs: Option<&str>,
-        replica_pairs: Option<&str>,
+        carried: Option<&str>,
     ) -> String {
         let columns = self.diff_columns().columns;
         let payload_on = |alias: &str| {
@@ -738,17 +730,11 @@ impl EntityPlan {
             &[
                 ("keys", &self.key_names("")),
                 ("summary", &quote(summary)),
-                (
-                    "source_payload",
-                    &match source_pairs {
-                        Some(pairs) => self.pairs_payload_sql(Side::Source, pairs),
-                        None => self.payload_sql(Side::Source, source),
-                    },
-                ),
+                ("source_payload", &self.payload_sql(Side::Source, source)),
                 (
                     "replica_payload",
-                    &match replica_pairs {
-                        Some(pairs) => self.pairs_payload_sql(Side::Replica, pairs),
+                    &match carried {
+                        Some(pairs) => self.pairs_payload_sql(pairs),
                         None => self.payload_sql(Side::Replica, replica),
                     },
                 ),
@@ -921,7 +907,7 @@ mod tests {
                 ("rcur2", "rc1"),
             ])
         );
-        let sql = plan.diff_sql("summary", "source", "replica", None, None);
+        let sql = plan.diff_sql("summary", "source", "replica", None);
         for name in [
             "sc0", "rc0", "sc1", "rc1", "sset2", "scur2", "rset0", "scur0",
         ] {
