@@ -2,7 +2,8 @@
 """The diff benchmark: recon against DuckDB and Polars on the same snapshot pairs.
 
 For each size, generates a pair with recon's own generator (12 columns, 1% changed,
-0.5% missing each way; deterministic), then runs, several times each:
+0.5% missing each way; deterministic), then runs, several times each, in rounds (every
+tool once per round, so that the machine's drift in speed falls on all of them alike):
   - recon:  `recon diff` (full outer join, per-field null-safe comparison, long-format
             discrepancies and typed corrections written to Parquet),
   - duckdb: the same diff in SQL, long-format discrepancies written to Parquet,
@@ -185,13 +186,16 @@ def main():
             "polars": lambda i: [args.python, str(scripts["polars"]), left, right, str(work / f"polars-{size}-{i}.parquet")],
             "floor": lambda i: [args.python, str(scripts["floor"]), left, right],
         }
-        results = {}
-        for tool, cmd in tools.items():
-            times, rss = [], []
-            for i in range(args.runs):
+        # Round by round, each tool once per round: the machine's speed drifts by tens of
+        # percent over minutes, and interleaving spreads the drift over every tool alike
+        # instead of favouring whichever ran in a fast stretch.
+        times = {tool: [] for tool in tools}
+        rss = {tool: [] for tool in tools}
+        for i in range(args.runs):
+            for tool, cmd in tools.items():
                 t, m, out = run_tool(cmd(i), work)
-                times.append(t)
-                rss.append(m)
+                times[tool].append(t)
+                rss[tool].append(m)
                 if tool == "recon":
                     got = recon_counts(out)
                 elif tool == "floor":
@@ -201,8 +205,12 @@ def main():
                 got = {k: got.get(k, 0) for k in want}
                 if got != want:
                     sys.exit(f"{tool} at {size} rows found {got}, expected {want}")
-            results[tool] = (statistics.median(times), statistics.median(rss))
-            print(f"{size:>10} {tool:<7} {results[tool][0]:8.2f} s {results[tool][1]:9.0f} MiB", flush=True)
+        results = {}
+        for tool in tools:
+            results[tool] = (statistics.median(times[tool]), statistics.median(rss[tool]))
+            runs = " ".join(f"{t:.2f}" for t in times[tool])
+            print(f"{size:>10} {tool:<7} {results[tool][0]:8.2f} s {results[tool][1]:9.0f} MiB   (runs: {runs})",
+                  flush=True)
         r = results["recon"]
         rows_out.append({
             "rows": size,
