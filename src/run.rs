@@ -92,6 +92,8 @@ pub struct EntitySummary {
     pub corrections: BTreeMap<String, BTreeMap<Op, u64>>,
     pub guardrail: GuardrailVerdict,
     pub inputs: Inputs,
+    /// How the key summary matched the sides: `merge`, `join` or `aggregation`.
+    pub key_summary_plan: &'static str,
     pub durations_ms: BTreeMap<String, u64>,
     /// Corrections that an apply of an earlier run date already applied and that are
     /// back tonight: the fix did not stick (replication overwrote it, or a writer).
@@ -540,6 +542,7 @@ async fn diff_all(
                 source: p.source.clone(),
                 replica: p.replica.clone(),
             },
+            key_summary_plan: result.key_summary_plan,
             durations_ms,
             reappeared: vec![],
         });

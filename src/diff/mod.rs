@@ -3,6 +3,7 @@
 
 pub mod compare;
 pub mod fingerprint;
+pub mod merge;
 pub mod plan;
 pub mod progress;
 
@@ -23,6 +24,7 @@ use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
@@ -146,6 +148,9 @@ pub struct EntityResult {
     pub key_summary_ms: u64,
     /// The diff query and the classification of its rows.
     pub diff_ms: u64,
+    /// How the sides were matched: `merge`, `join` or `aggregation` (see
+    /// [`key_summary`]).
+    pub key_summary_plan: &'static str,
 }
 
 impl EntityResult {
@@ -169,8 +174,7 @@ pub async fn run_entity(
         ctx.register_udf(udf);
     }
     let mut out = Classifier::try_new(plan, stamp, layout)?;
-    let query = |stage: &'static str, context: String, sql: String, tuning: Tuning| async move {
-        let physical = physical_plan(ctx, &context, &sql, tuning).await?;
+    let collect = |stage: &'static str, context: String, physical: Arc<dyn ExecutionPlan>| async move {
         let _watch = progress.map(|p| p.watch(stage, Arc::clone(&physical)));
         let schema = physical.schema();
         let batches = datafusion::physical_plan::collect(Arc::clone(&physical), ctx.task_ctx())
@@ -178,6 +182,10 @@ pub async fn run_entity(
             .map_err(|e| Error::query(&context, e))?;
         executed(entity, stage, &context, &physical);
         Ok::<_, Error>((schema, batches, physical))
+    };
+    let query = |stage: &'static str, context: String, sql: String, tuning: Tuning| async move {
+        let physical = physical_plan(ctx, &context, &sql, tuning).await?;
+        collect(stage, context, physical).await
     };
 
     // Data quality first: keys with a NULL part (a scan of the key columns), then the
@@ -194,7 +202,7 @@ pub async fn run_entity(
             out.quality(batch, NULL_KEY, side)?;
         }
     }
-    let (schema, batches, carried) = key_summary(ctx, plan, keyed, &query).await?;
+    let (schema, batches, carried) = key_summary(ctx, plan, keyed, &collect, &query).await?;
     let context = format!("entity `{entity}`, key summary query");
     let candidates: usize = batches.iter().map(|b| b.num_rows()).sum();
     // The summary holds only the keys that need a look: the rows that differ and the
@@ -220,14 +228,21 @@ pub async fn run_entity(
 
     let started = Instant::now();
     let context = format!("entity `{entity}`, diff query");
-    let sql = plan.diff_sql(
-        SUMMARY_TABLE,
-        "source",
-        "replica",
-        carried.then_some(PAIRS_TABLE),
-    );
-    // The diff reads each side's rows for the few candidate keys only.
-    let physical = physical_plan(ctx, &context, &sql, Tuning::LateScan).await?;
+    // The diff reads each side's rows for the few candidate keys only: from the pairs
+    // when they carry them, else from the snapshot.
+    let (sql, tuning) = match carried {
+        // In key order already, as the merge made them: one partition keeps it so.
+        Carried::Both => (plan.pairs_diff_sql(PAIRS_TABLE), Tuning::Ordered),
+        Carried::Replica => (
+            plan.diff_sql(SUMMARY_TABLE, "source", "replica", Some(PAIRS_TABLE)),
+            Tuning::LateScan,
+        ),
+        Carried::None => (
+            plan.diff_sql(SUMMARY_TABLE, "source", "replica", None),
+            Tuning::LateScan,
+        ),
+    };
+    let physical = physical_plan(ctx, &context, &sql, tuning).await?;
     let _watch = progress.map(|p| p.watch("diff", Arc::clone(&physical)));
     let stream = datafusion::physical_plan::execute_stream(Arc::clone(&physical), ctx.task_ctx())
         .map_err(|e| Error::query(&context, e))?;
@@ -250,7 +265,7 @@ pub async fn run_entity(
     }
     executed(entity, "diff", &context, &physical);
     let diff_ms = started.elapsed().as_millis() as u64;
-    out.finish(key_summary_ms, diff_ms).await
+    out.finish(key_summary_ms, diff_ms, carried.plan()).await
 }
 
 /// `batch`, a batch of the diff query, with the columns the query leaves out
@@ -270,36 +285,105 @@ fn with_aliases(batch: &RecordBatch, aliases: &[(String, String)]) -> Result<Rec
         .map_err(|e| Error::Internal(format!("diff query output: {e}")))
 }
 
-/// The key summary of one entity (see queries/keys.sql), by the cheaper of two plans;
-/// `true` when the table [`PAIRS_TABLE`] holds the replica rows the diff needs.
+/// Which sides' rows the pairs table [`PAIRS_TABLE`] carries for the diff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carried {
+    /// There is no pairs table: the key summary was an aggregation.
+    None,
+    /// The replica's (the key join).
+    Replica,
+    /// Both sides' (the key merge).
+    Both,
+}
+
+impl Carried {
+    /// The name of the key summary's plan that leaves these pairs.
+    fn plan(self) -> &'static str {
+        match self {
+            Carried::Both => "merge",
+            Carried::Replica => "join",
+            Carried::None => "aggregation",
+        }
+    }
+}
+
+/// The key summary of one entity (see queries/keys.sql), by the cheapest of three
+/// plans, and which sides' rows the table [`PAIRS_TABLE`] then holds for the diff.
 ///
-/// A hash join of the two sides' keys and fingerprints (queries/key_pairs.sql) holds
-/// the source side in memory and never hashes a key twice on the same side, which
-/// makes it several times faster than grouping both sides' rows by key; its pairs
-/// carry the replica's rows, so the diff reads only the source snapshot again. It is
-/// exact only when no key found on both sides is repeated, which holds for snapshots
-/// keyed by a primary key and is checked: a join pairs every row of a repeated key
-/// with every row of the other side, so its output row count, its one-sided rows and
-/// the sides' row counts `keyed` (rows with a complete key) agree only when no such
-/// key exists. When they disagree, when the source side would not fit in half the
-/// memory limit, or when the join runs out of memory, the summary is the hash
-/// aggregation of queries/keys.sql, which spills to disk.
-async fn key_summary<Q, F>(
+/// When both snapshots are sorted by the key and no key repeats, the key merge
+/// ([`merge::MergePairsExec`] over queries/key_side.sql) walks them in key order, one
+/// pass over each and a few batches held, and its pairs carry both sides' rows, so the
+/// diff reads neither snapshot again. The merge checks the order as it goes and stops
+/// at the first key out of order (usually in the first batch of an unsorted snapshot).
+///
+/// Otherwise, a hash join of the two sides' keys and fingerprints
+/// (queries/key_pairs.sql) holds the source side in memory and never hashes a key
+/// twice on the same side, which makes it several times faster than grouping both
+/// sides' rows by key; its pairs carry the replica's rows, so the diff reads only the
+/// source snapshot again. It is exact only when no key found on both sides is
+/// repeated, which holds for snapshots keyed by a primary key and is checked: a join
+/// pairs every row of a repeated key with every row of the other side, so its output
+/// row count, its one-sided rows and the sides' row counts `keyed` (rows with a
+/// complete key) agree only when no such key exists. When they disagree, when the
+/// source side would not fit in half the memory limit, or when the join runs out of
+/// memory, the summary is the hash aggregation of queries/keys.sql, which spills to
+/// disk.
+async fn key_summary<C, FC, Q, FQ>(
     ctx: &SessionContext,
     plan: &EntityPlan,
     keyed: [u64; 2],
+    collect: &C,
     query: &Q,
-) -> Result<(SchemaRef, Vec<RecordBatch>, bool)>
+) -> Result<(SchemaRef, Vec<RecordBatch>, Carried)>
 where
-    Q: Fn(&'static str, String, String, Tuning) -> F,
-    F: std::future::Future<
-            Output = Result<(
-                SchemaRef,
-                Vec<RecordBatch>,
-                Arc<dyn datafusion::physical_plan::ExecutionPlan>,
-            )>,
-        >,
+    C: Fn(&'static str, String, Arc<dyn ExecutionPlan>) -> FC,
+    FC: std::future::Future<Output = Result<(SchemaRef, Vec<RecordBatch>, Arc<dyn ExecutionPlan>)>>,
+    Q: Fn(&'static str, String, String, Tuning) -> FQ,
+    FQ: std::future::Future<Output = Result<(SchemaRef, Vec<RecordBatch>, Arc<dyn ExecutionPlan>)>>,
 {
+    let entity = &plan.entity.name;
+    let context = format!("entity `{entity}`, key summary query");
+    // `sorted`: the pairs are in ascending key order.
+    let pairs_summary = |schema: SchemaRef, pairs: Vec<RecordBatch>, sorted: bool| {
+        let context = context.clone();
+        async move {
+            let mut table =
+                MemTable::try_new(schema, vec![pairs]).map_err(|e| Error::query(&context, e))?;
+            if sorted {
+                let keys = (0..plan.key_len)
+                    .map(|i| datafusion::prelude::col(format!("k{i}")).sort(true, false))
+                    .collect();
+                table = table.with_sort_order(vec![keys]);
+            }
+            ctx.deregister_table(PAIRS_TABLE)
+                .map_err(|e| Error::query(&context, e))?;
+            ctx.register_table(PAIRS_TABLE, Arc::new(table))
+                .map_err(|e| Error::query(&context, e))?;
+            let sql = plan.key_pairs_summary_sql(PAIRS_TABLE);
+            let (schema, batches, _) = query("key summary", context, sql, Tuning::Full).await?;
+            Ok::<_, Error>((schema, batches))
+        }
+    };
+    let merge = key_merge(ctx, plan, "source", "replica").await?;
+    match collect("key summary", context.clone(), merge).await {
+        Ok((schema, pairs, _)) => {
+            tracing::debug!(entity = %entity, "key summary by merge");
+            let (schema, batches) = pairs_summary(schema, pairs, true).await?;
+            return Ok((schema, batches, Carried::Both));
+        }
+        Err(e) => {
+            let Error::Query { source, .. } = &e else {
+                return Err(e);
+            };
+            if let Some(why) = merge::NotMergeable::find(source) {
+                tracing::info!(entity = %entity, "{why}: key summary by join instead of merge");
+            } else if matches!(source.find_root(), DataFusionError::ResourcesExhausted(_)) {
+                tracing::info!(entity = %entity, "the key merge ran out of memory: key summary by join instead");
+            } else {
+                return Err(e);
+            }
+        }
+    }
     let entity = &plan.entity.name;
     let context = format!("entity `{entity}`, key summary query");
     let limit = match ctx.runtime_env().memory_pool.memory_limit() {
@@ -312,16 +396,8 @@ where
         match query("key summary", context.clone(), sql, Tuning::Pairs).await {
             Ok((schema, pairs, physical)) => match pairs_are_exact(&pairs, &physical, keyed) {
                 Ok(()) => {
-                    let table = MemTable::try_new(schema, vec![pairs])
-                        .map_err(|e| Error::query(&context, e))?;
-                    ctx.deregister_table(PAIRS_TABLE)
-                        .map_err(|e| Error::query(&context, e))?;
-                    ctx.register_table(PAIRS_TABLE, Arc::new(table))
-                        .map_err(|e| Error::query(&context, e))?;
-                    let sql = plan.key_pairs_summary_sql(PAIRS_TABLE);
-                    let (schema, batches, _) =
-                        query("key summary", context, sql, Tuning::Full).await?;
-                    return Ok((schema, batches, true));
+                    let (schema, batches) = pairs_summary(schema, pairs, false).await?;
+                    return Ok((schema, batches, Carried::Replica));
                 }
                 Err(why) => {
                     tracing::info!(entity = %entity, "{why}: key summary by aggregation instead")
@@ -344,7 +420,31 @@ where
     }
     let sql = plan.keys_sql("source", "replica");
     let (schema, batches, _) = query("key summary", context, sql, Tuning::Full).await?;
-    Ok((schema, batches, false))
+    Ok((schema, batches, Carried::None))
+}
+
+/// The key merge of `plan` over the snapshot tables `source` and `replica`
+/// ([`merge::MergePairsExec`]): each side's query (queries/key_side.sql) planned as
+/// one partition, so that its rows come in file order.
+pub async fn key_merge(
+    ctx: &SessionContext,
+    plan: &EntityPlan,
+    source: &str,
+    replica: &str,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let context = format!("entity `{}`, key summary query", plan.entity.name);
+    let side = |side: Side, table: &str| {
+        let sql = plan.key_side_sql(side, table);
+        let context = &context;
+        async move { physical_plan(ctx, context, &sql, Tuning::Ordered).await }
+    };
+    let merge = merge::MergePairsExec::try_new(
+        side(Side::Source, source).await?,
+        side(Side::Replica, replica).await?,
+        plan.key_len,
+    )
+    .map_err(|e| Error::query(&context, e))?;
+    Ok(Arc::new(merge))
 }
 
 /// The table holding the key join's pairs (queries/key_pairs.sql) while the entity is
@@ -439,6 +539,9 @@ enum Tuning {
     /// As `Full`, with every hash join holding its left side once (a single
     /// partition), for the key join of [`key_summary`], sized beforehand.
     Pairs,
+    /// One partition, so that the rows come in the order they are stored: each side of
+    /// the key merge, and the diff over its pairs.
+    Ordered,
     /// Filters pushed into the scan, the join's dynamic filter of candidate keys among
     /// them, are applied while decoding: the key column is decoded first and the other
     /// columns only for the rows that pass. For a query that needs few of the rows.
@@ -465,6 +568,7 @@ async fn physical_plan(
     }
     match tuning {
         Tuning::Full => {}
+        Tuning::Ordered => options.execution.target_partitions = 1,
         Tuning::Pairs => {
             options.optimizer.hash_join_single_partition_threshold = usize::MAX;
             options.optimizer.hash_join_single_partition_threshold_rows = usize::MAX;
@@ -695,7 +799,12 @@ impl<'a> Classifier<'a> {
         Ok(())
     }
 
-    async fn finish(mut self, key_summary_ms: u64, diff_ms: u64) -> Result<EntityResult> {
+    async fn finish(
+        mut self,
+        key_summary_ms: u64,
+        diff_ms: u64,
+        key_summary_plan: &'static str,
+    ) -> Result<EntityResult> {
         self.flush_discrepancies().await?;
         let entity = self.plan.entity.name.clone();
         let discrepancy_file = self
@@ -736,6 +845,7 @@ impl<'a> Classifier<'a> {
             correction_files,
             key_summary_ms,
             diff_ms,
+            key_summary_plan,
         })
     }
 }

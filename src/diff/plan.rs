@@ -14,9 +14,11 @@ const NULL_KEYS_SQL: &str = include_str!("../../queries/null_keys.sql");
 const DUPLICATE_KEYS_SQL: &str = include_str!("../../queries/duplicate_keys.sql");
 const KEYS_SQL: &str = include_str!("../../queries/keys.sql");
 const KEY_PAIRS_SQL: &str = include_str!("../../queries/key_pairs.sql");
+const KEY_SIDE_SQL: &str = include_str!("../../queries/key_side.sql");
 const KEY_PAIRS_SUMMARY_SQL: &str = include_str!("../../queries/key_pairs_summary.sql");
 const PAIRS_PAYLOAD_SQL: &str = include_str!("../../queries/pairs_payload.sql");
 const DIFF_SQL: &str = include_str!("../../queries/diff.sql");
+const PAIRS_DIFF_SQL: &str = include_str!("../../queries/pairs_diff.sql");
 const PAYLOAD_SQL: &str = include_str!("../../queries/payload.sql");
 
 /// Which side of the comparison.
@@ -560,6 +562,36 @@ impl EntityPlan {
         )
     }
 
+    /// One side of the key merge ([`super::merge::MergePairsExec`], queries/key_side.sql):
+    /// `k{i}`, `__h` and the side's raw mapped columns, as `sv{j}` (source) or `v{j}`
+    /// (replica, the names the pairs of [`Self::key_pairs_sql`] give them).
+    pub fn key_side_sql(&self, side: Side, table: &str) -> String {
+        let (_, _, complete) = self.key_lists(side, "t.");
+        let values: String = self
+            .mapped
+            .iter()
+            .enumerate()
+            .map(|(j, m)| {
+                format!(
+                    ",\n       t.{} AS \"{}{j}\"",
+                    quote(m.name(side)),
+                    carried_prefix(side)
+                )
+            })
+            .collect();
+        fill(
+            KEY_SIDE_SQL,
+            &[
+                ("keys", &self.key_projection(side).join(", ")),
+                ("live", &self.live(side)),
+                ("fingerprint", &self.fingerprint_expr(side)),
+                ("values", &values),
+                ("table", &quote(table)),
+                ("key_is_complete", &complete),
+            ],
+        )
+    }
+
     /// The replica's live rows from the table `pairs` of [`Self::key_pairs_sql`], with the
     /// columns of [`Self::payload_sql`] (queries/pairs_payload.sql).
     fn pairs_payload_sql(&self, pairs: &str) -> String {
@@ -636,17 +668,22 @@ impl EntityPlan {
     /// The columns the diff query's rows carry, named once per distinct expression
     /// (see [`Self::diff_sql`]).
     fn diff_columns(&self) -> DiffColumns {
-        // The raw values after the joins: `sj."sv{j}"` and `rj."rv{j}"`.
+        self.diff_columns_from("sj", "rj")
+    }
+
+    /// [`Self::diff_columns`] over the raw values `{s}."sv{j}"` and `{r}."rv{j}"`, and
+    /// the keys `{s}."k{i}"`.
+    fn diff_columns_from(&self, s: &str, r: &str) -> DiffColumns {
         let raw = |side: Side, j: usize| match side {
-            Side::Source => format!("sj.\"sv{j}\""),
-            Side::Replica => format!("rj.\"rv{j}\""),
+            Side::Source => format!("{s}.\"sv{j}\""),
+            Side::Replica => format!("{r}.\"rv{j}\""),
         };
         let value = |side: Side, j: usize, to: &DataType| {
             cast_to(&raw(side, j), self.mapped[j].data_type(side), to)
         };
         let mut out = DiffColumns::default();
         for i in 0..self.key_len {
-            out.push(format!("sj.\"k{i}\""), format!("k{i}"));
+            out.push(format!("{s}.\"k{i}\""), format!("k{i}"));
         }
         for (i, f) in self.fields.iter().enumerate() {
             let s = value(Side::Source, f.column, &f.common);
@@ -683,6 +720,53 @@ impl EntityPlan {
         out
     }
 
+    /// The diff query over the table `pairs` of the key merge, whose pairs carry both
+    /// sides' raw columns (queries/pairs_diff.sql): the columns of [`Self::diff_sql`],
+    /// in key order, without a join, since each pair holds both sides' rows.
+    pub fn pairs_diff_sql(&self, pairs: &str) -> String {
+        let columns = self.diff_columns_from("p", "p").columns;
+        let values = |side: Side| {
+            let (live, prefix, alias) = match side {
+                Side::Source => ("\"__sl\"", "sv", "sv"),
+                Side::Replica => ("\"__rl\"", "v", "rv"),
+            };
+            self.mapped
+                .iter()
+                .enumerate()
+                .map(|(j, m)| {
+                    let v = format!("\"{prefix}{j}\"");
+                    let value = cast_to(&v, &m.scan_type(side), m.data_type(side));
+                    format!("CASE WHEN {live} = 1 THEN {value} END AS \"{alias}{j}\"")
+                })
+                .collect::<Vec<_>>()
+                .join(",\n         ")
+        };
+        fill(
+            PAIRS_DIFF_SQL,
+            &[
+                ("keys", &self.key_names("")),
+                ("pairs", &quote(pairs)),
+                ("source_values", &values(Side::Source)),
+                ("replica_values", &values(Side::Replica)),
+                ("columns", &columns.join(",\n         ")),
+                ("any_reason", &self.any_reason()),
+                ("order_by", &self.key_names("j.")),
+            ],
+        )
+    }
+
+    /// Some compared field of the diff's row `j` differs.
+    fn any_reason(&self) -> String {
+        if self.fields.is_empty() {
+            "FALSE".to_string()
+        } else {
+            (0..self.fields.len())
+                .map(|i| format!("j.\"reason{i}\" IS NOT NULL"))
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        }
+    }
+
     /// The diff query over the key summary table `summary` and the raw snapshot tables
     /// `source` and `replica`. Its columns: `__class`, `k{i}` (keys, common types),
     /// `reason{i}`, `sc{i}`/`rc{i}` (both values, common type), `rnewer{i}` (newest
@@ -692,7 +776,8 @@ impl EntityPlan {
     /// [`Self::diff_aliases`].
     ///
     /// `carried` is the table of [`Self::key_pairs_sql`] when the key summary was made
-    /// from it: the replica's rows are then read from it, not from the snapshot.
+    /// from it: the replica's rows are then read from it, not from the snapshot. (After
+    /// the key merge, [`Self::pairs_diff_sql`] reads both sides' rows from its pairs.)
     pub fn diff_sql(
         &self,
         summary: &str,
@@ -717,14 +802,7 @@ impl EntityPlan {
             .map(|i| format!("sj.\"k{i}\" = rj.\"k{i}\""))
             .collect::<Vec<_>>()
             .join(" AND ");
-        let any_reason = if self.fields.is_empty() {
-            "FALSE".to_string()
-        } else {
-            (0..self.fields.len())
-                .map(|i| format!("j.\"reason{i}\" IS NOT NULL"))
-                .collect::<Vec<_>>()
-                .join(" OR ")
-        };
+        let any_reason = self.any_reason();
         fill(
             DIFF_SQL,
             &[
@@ -749,6 +827,15 @@ impl EntityPlan {
                 ("order_by", &self.key_names("j.")),
             ],
         )
+    }
+}
+
+/// The prefix of the raw mapped columns a side's pairs carry: `sv{j}` for the source,
+/// `v{j}` for the replica.
+fn carried_prefix(side: Side) -> &'static str {
+    match side {
+        Side::Source => "sv",
+        Side::Replica => "v",
     }
 }
 

@@ -156,6 +156,98 @@ async fn rerun_gives_identical_discrepancies_and_correction_ids() {
 }
 
 #[tokio::test]
+async fn snapshots_sorted_by_key_are_merged_with_the_same_outputs() {
+    let fx = Fixture::new();
+    let job = JobConfig::load(&fx.job()).unwrap();
+    let plans = |summary: &recon::run::RunSummary| -> Vec<(String, &'static str)> {
+        summary
+            .entities
+            .iter()
+            .map(|e| (e.entity.clone(), e.key_summary_plan))
+            .collect()
+    };
+    let first = run(&job, &opts("as-written")).await.unwrap();
+    // The sample lake is not in key order (users, memberships) or repeats a key on
+    // both sides (groups, memberships).
+    assert_eq!(
+        plans(&first.summary),
+        [
+            ("tenants".to_string(), "merge"),
+            ("users".to_string(), "join"),
+            ("groups".to_string(), "aggregation"),
+            ("memberships".to_string(), "aggregation"),
+        ]
+    );
+    // Every snapshot rewritten in key order (text by its bytes).
+    for system in ["monolith", "service"] {
+        for entity in ["tenants", "users", "groups", "memberships"] {
+            let path = snapshot_part(&fx.snapshot(system, entity));
+            let batches = read_parquet(&path);
+            let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+            let keys: Vec<arrow::compute::SortColumn> = key_columns(&job)(entity)
+                .iter()
+                .map(|k| arrow::compute::SortColumn {
+                    values: batch.column_by_name(k).unwrap().clone(),
+                    options: None,
+                })
+                .collect();
+            let order = arrow::compute::lexsort_to_indices(&keys, None).unwrap();
+            let sorted = arrow::compute::take_record_batch(&batch, &order).unwrap();
+            let mut w = parquet::arrow::ArrowWriter::try_new(
+                std::fs::File::create(&path).unwrap(),
+                sorted.schema(),
+                None,
+            )
+            .unwrap();
+            w.write(&sorted).unwrap();
+            w.close().unwrap();
+        }
+    }
+    let second = run(&job, &opts("sorted")).await.unwrap();
+    assert_eq!(
+        plans(&second.summary),
+        [
+            ("tenants".to_string(), "merge"),
+            ("users".to_string(), "merge"),
+            ("groups".to_string(), "aggregation"),
+            ("memberships".to_string(), "aggregation"),
+        ]
+    );
+    assert_eq!(first.exit, second.exit);
+    let m = manifests(&fx.out());
+    assert_eq!(m.len(), 2);
+    // Whole rows, every column but run_id, in file order.
+    let rows = |m: &recon::write::Manifest| -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        let mut files: Vec<_> = m
+            .files
+            .iter()
+            .filter(|f| f.kind == "discrepancies" || f.kind == "corrections")
+            .collect();
+        files.sort_by(|a, b| (&a.kind, &a.entity, &a.system).cmp(&(&b.kind, &b.entity, &b.system)));
+        for f in files {
+            for mut b in read_parquet(&fx.out().join(&f.path)) {
+                b.remove_column(0);
+                for r in 0..b.num_rows() {
+                    out.push(
+                        b.columns()
+                            .iter()
+                            .map(|c| arrow::util::display::array_value_to_string(c, r).unwrap())
+                            .collect(),
+                    );
+                }
+            }
+        }
+        out
+    };
+    let (a, b) = (rows(&m[0]), rows(&m[1]));
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+    let ids = |m| corrections(&fx.out(), m, &key_columns(&job));
+    assert_eq!(ids(&m[0]), ids(&m[1]));
+}
+
+#[tokio::test]
 async fn corrections_carry_typed_values_and_expected_values() {
     let fx = Fixture::new();
     run_fixture(&fx, "typed").await;
@@ -390,26 +482,46 @@ async fn a_collapsed_snapshot_trips_the_guardrail_the_next_night() {
 fn benchmark_pair_diff_finds_exactly_the_expected_counts() {
     let dir = tempfile::tempdir().unwrap();
     let expected = recon::generate::bench::write_pair(&dir.path().join("pair"), 1_000_000).unwrap();
-    // Plenty of memory, then the smallest limit, under which the key summary's
-    // aggregation spills to disk: the same answer.
-    for (limit, spills) in [("1GiB", false), ("64MiB", true)] {
+    // The right snapshot again, out of key order: its last batch first.
+    unsorted_copy(
+        &dir.path().join("pair/right.parquet"),
+        &dir.path().join("pair/right-unsorted.parquet"),
+    );
+    // The generator writes in key order, so the key summary is the merge; out of order,
+    // the join; under the smallest limit, the aggregation, which spills to disk. The
+    // same answer, to the byte, every time.
+    let mut outputs = Vec::new();
+    for (run, right, limit, path) in [
+        ("merge", "pair/right.parquet", "1GiB", "merge"),
+        ("join", "pair/right-unsorted.parquet", "1GiB", "join"),
+        (
+            "aggregation",
+            "pair/right-unsorted.parquet",
+            "64MiB",
+            "aggregation",
+        ),
+    ] {
         let (stderr, summary) = diff_pair(
             dir.path(),
             "pair/left.parquet",
-            "pair/right.parquet",
-            limit,
+            right,
+            "r1",
             &["--memory-limit", limit],
+            run,
         );
         assert_eq!(
             stderr.contains("spilled to disk under the memory limit"),
-            spills,
+            path == "aggregation",
             "{stderr}"
         );
-        // With room, the key summary is the join; under the smallest limit, the
-        // aggregation, which spills.
+        assert_eq!(
+            stderr.contains("the replica snapshot is not sorted by its key"),
+            path != "merge",
+            "{stderr}"
+        );
         assert_eq!(
             stderr.contains("key summary by aggregation"),
-            spills,
+            path == "aggregation",
             "{stderr}"
         );
         let counts = &summary["entities"][0]["counts"];
@@ -434,18 +546,76 @@ fn benchmark_pair_diff_finds_exactly_the_expected_counts() {
             .map(|c| c["field"].as_str().unwrap().to_string())
             .collect();
         assert_eq!(fields.len(), recon::generate::bench::FIELDS.len());
+        outputs.push(parquet_tree(&dir.path().join(run)));
     }
+    assert!(outputs[0].len() >= 2, "discrepancies and corrections");
+    assert_eq!(outputs[0], outputs[1], "merge and join");
+    assert_eq!(outputs[0], outputs[2], "merge and aggregation");
+}
+
+/// Copies the Parquet file `from` to `to` with its last batch moved to the front.
+fn unsorted_copy(from: &std::path::Path, to: &std::path::Path) {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(from).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut batches: Vec<_> = reader.map(Result::unwrap).collect();
+    let last = batches.pop().unwrap();
+    batches.insert(0, last);
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(to).unwrap(),
+        batches[0].schema(),
+        None,
+    )
+    .unwrap();
+    for b in &batches {
+        w.write(b).unwrap();
+    }
+    w.close().unwrap();
+}
+
+/// Every Parquet file below `dir`, by relative path, as one batch.
+fn parquet_tree(
+    dir: &std::path::Path,
+) -> std::collections::BTreeMap<String, arrow::array::RecordBatch> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                let reader =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                        std::fs::File::open(&path).unwrap(),
+                    )
+                    .unwrap()
+                    .build()
+                    .unwrap();
+                let schema = arrow::array::RecordBatchReader::schema(&reader);
+                let batches: Vec<_> = reader.map(Result::unwrap).collect();
+                let batch = arrow::compute::concat_batches(&schema, &batches).unwrap();
+                let name = path.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(name, batch);
+            }
+        }
+    }
+    out
 }
 
 /// Runs `recon diff` keyed by `id` on two Parquet files below `dir` as run `run_id`,
-/// with `options` before the subcommand and info logging; asserts success and returns
-/// the log and the JSON summary.
+/// with `options` before the subcommand and info logging, writing to `output` below
+/// `dir`; asserts success and returns the log and the JSON summary.
 fn diff_pair(
     dir: &std::path::Path,
     left: &str,
     right: &str,
     run_id: &str,
     options: &[&str],
+    output: &str,
 ) -> (String, serde_json::Value) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_recon"))
         .current_dir(dir)
@@ -464,7 +634,7 @@ fn diff_pair(
             "--run-id",
             run_id,
             "--output",
-            "out",
+            output,
             "--format",
             "json",
         ])
@@ -520,7 +690,14 @@ fn a_key_repeated_on_both_sides_is_summarised_by_the_aggregation() {
         let dir = tempfile::tempdir().unwrap();
         id_name_file(&dir.path().join("left.parquet"), left);
         id_name_file(&dir.path().join("right.parquet"), right);
-        let (stderr, summary) = diff_pair(dir.path(), "left.parquet", "right.parquet", "r1", &[]);
+        let (stderr, summary) = diff_pair(
+            dir.path(),
+            "left.parquet",
+            "right.parquet",
+            "r1",
+            &[],
+            "out",
+        );
         assert_eq!(
             stderr.contains("a key on both sides is repeated"),
             fallback,

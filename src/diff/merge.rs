@@ -1,0 +1,709 @@
+//! The key merge of the key summary: [`MergePairsExec`], a DataFusion operator that
+//! pairs the rows of two snapshots sorted by their key, in one pass over each, and
+//! emits only the pairs that need a look.
+//!
+//! Snapshots are often written in key order: a table read in primary-key order (an
+//! InnoDB table scan, a query ending in `ORDER BY` the key) gives them so, and so does
+//! `recon generate`. When both are, the two sides can be merged like sorted lists, with
+//! no hash table and no second read: each side streams past once, holding a batch or
+//! two, and the pairs carry both sides' values to the diff. The hash join of queries/key_pairs.sql instead holds the source side's keys in
+//! memory, and the diff then reads the source snapshot again for the keys that differ.
+//!
+//! Its inputs are two SQL queries, one per side (queries/key_side.sql), each planned
+//! as one partition so that its rows come in file order: the key columns `k0`, `k1`,
+//! …, the fingerprint `__h` of the live row's compared fields (NULL when the row is
+//! soft-deleted) and the side's raw mapped columns. Each input runs on a task of its
+//! own, so the two sides are decoded on two cores while the merge walks them.
+//!
+//! The output is what queries/key_pairs.sql gives and queries/key_pairs_summary.sql
+//! reads: the keys, `__sr`, `__sl`, `__rr`, `__rl` (the source and replica have the
+//! row, and have it live: 0 or 1), `__x` (the XOR of the live rows' fingerprints), the
+//! source's values `sv0`, `sv1`, … and the replica's `v0`, `v1`, …, NULL for a side
+//! that lacks the row. A pair needs a look when a side lacks the row or when the
+//! fingerprints differ (a NULL differs from a value).
+//!
+//! The merge is exact only when each side's keys strictly ascend (in the order of
+//! arrow's row format, which for integers, dates, timestamps and strings is the
+//! natural order, strings by bytes). The operator checks that as it goes and stops at
+//! the first key that does not: the query then fails with [`NotMergeable`], and the
+//! caller uses the hash join instead. Unsorted snapshots are usually caught in their
+//! first batch.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, ArrowPrimitiveType, AsArray, Int64Array, RecordBatch, UInt32Array,
+    UInt64Array, new_null_array,
+};
+use arrow::compute::{concat_batches, interleave, take};
+use arrow::datatypes::{
+    DataType, Date32Type, Date64Type, Field, Int8Type, Int16Type, Int32Type, Int64Type, Schema,
+    SchemaRef, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type,
+};
+use arrow::row::{OwnedRow, RowConverter, Rows, SortField};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::{
+    RecordBatchReceiverStreamBuilder, RecordBatchStreamAdapter,
+};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties,
+};
+use futures::StreamExt;
+
+/// Batches each input may run ahead of the merge.
+const AHEAD: usize = 2;
+
+/// Why the merge stopped: a side's keys do not strictly ascend.
+#[derive(Debug, Clone)]
+pub struct NotMergeable {
+    /// `source` or `replica`.
+    pub side: &'static str,
+    /// A key repeats (the rows are sorted but a key is not unique); otherwise a key is
+    /// smaller than the one before it.
+    pub repeated: bool,
+}
+
+impl fmt::Display for NotMergeable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.repeated {
+            write!(f, "the {} snapshot repeats a key", self.side)
+        } else {
+            write!(f, "the {} snapshot is not sorted by its key", self.side)
+        }
+    }
+}
+
+impl std::error::Error for NotMergeable {}
+
+impl NotMergeable {
+    /// The reason `e` stopped a merge, if it is this one.
+    pub fn find(e: &DataFusionError) -> Option<&NotMergeable> {
+        match e.find_root() {
+            DataFusionError::External(e) => e.downcast_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// Merges two inputs sorted by key and emits the pairs that need a look; see the
+/// module documentation.
+#[derive(Debug)]
+pub struct MergePairsExec {
+    source: Arc<dyn ExecutionPlan>,
+    replica: Arc<dyn ExecutionPlan>,
+    /// Number of leading key columns in both inputs.
+    keys: usize,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+}
+
+impl MergePairsExec {
+    /// `source` and `replica` each have one partition and yield the key columns, `__h`
+    /// (UInt64) and the carried columns, in that order; the key columns must have the
+    /// same types on both sides.
+    pub fn try_new(
+        source: Arc<dyn ExecutionPlan>,
+        replica: Arc<dyn ExecutionPlan>,
+        keys: usize,
+    ) -> Result<Self> {
+        let (s, r) = (source.schema(), replica.schema());
+        for (plan, schema, side) in [(&source, &s, "source"), (&replica, &r, "replica")] {
+            let partitions = plan.output_partitioning().partition_count();
+            if partitions != 1 {
+                return Err(DataFusionError::Internal(format!(
+                    "the {side} side of the key merge has {partitions} partitions, not 1"
+                )));
+            }
+            match schema.fields().get(keys) {
+                Some(f) if f.name() == "__h" && f.data_type() == &DataType::UInt64 => {}
+                _ => {
+                    return Err(DataFusionError::Internal(format!(
+                        "the {side} side of the key merge has no UInt64 column __h after its {keys} keys"
+                    )));
+                }
+            }
+        }
+        for i in 0..keys {
+            if s.field(i).data_type() != r.field(i).data_type() {
+                return Err(DataFusionError::Internal(format!(
+                    "key column {i} of the key merge is {} on the source side and {} on the replica side",
+                    s.field(i).data_type(),
+                    r.field(i).data_type()
+                )));
+            }
+        }
+        let flag = |name: &str| Field::new(name, DataType::Int64, false);
+        let mut fields: Vec<Field> = (0..keys)
+            .map(|i| s.field(i).clone().with_nullable(true))
+            .collect();
+        fields.extend([
+            flag("__sr"),
+            flag("__sl"),
+            flag("__rr"),
+            flag("__rl"),
+            Field::new("__x", DataType::UInt64, true),
+        ]);
+        for side in [&s, &r] {
+            fields.extend(
+                side.fields()[keys + 1..]
+                    .iter()
+                    .map(|f| f.as_ref().clone().with_nullable(true)),
+            );
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            source,
+            replica,
+            keys,
+            schema,
+            properties: Arc::new(properties),
+        })
+    }
+}
+
+impl DisplayAs for MergePairsExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "MergePairsExec: keys={}", self.keys)
+    }
+}
+
+impl ExecutionPlan for MergePairsExec {
+    fn name(&self) -> &str {
+        "MergePairsExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.source, &self.replica]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 2 {
+            return Err(DataFusionError::Internal(
+                "MergePairsExec has two children".into(),
+            ));
+        }
+        let replica = children.pop().expect("two children");
+        let source = children.pop().expect("two children");
+        Ok(Arc::new(Self::try_new(source, replica, self.keys)?))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "MergePairsExec has one partition, not {}",
+                partition + 1
+            )));
+        }
+        let types: Vec<DataType> = (0..self.keys)
+            .map(|i| self.schema.field(i).data_type().clone())
+            .collect();
+        let keys = KeyKind::new(&types)?;
+        let merge = Merge {
+            source: Cursor::new(spawned(&self.source, &context)?, Side::Source),
+            replica: Cursor::new(spawned(&self.replica, &context)?, Side::Replica),
+            keys,
+            key_count: self.keys,
+            schema: Arc::clone(&self.schema),
+            pending: Vec::new(),
+            pending_rows: 0,
+            batch_size: context.session_config().batch_size(),
+            reservation: MemoryConsumer::new("MergePairsExec").register(context.memory_pool()),
+        };
+        let stream = futures::stream::try_unfold(merge, |mut merge| async move {
+            Ok(merge.next_batch().await?.map(|batch| (batch, merge)))
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            stream,
+        )))
+    }
+}
+
+/// Runs `plan`'s one partition on a task of its own, up to [`AHEAD`] batches ahead.
+fn spawned(
+    plan: &Arc<dyn ExecutionPlan>,
+    context: &Arc<TaskContext>,
+) -> Result<SendableRecordBatchStream> {
+    let mut input = plan.execute(0, Arc::clone(context))?;
+    let mut builder = RecordBatchReceiverStreamBuilder::new(plan.schema(), AHEAD);
+    let tx = builder.tx();
+    builder.spawn(async move {
+        while let Some(batch) = input.next().await {
+            let failed = batch.is_err();
+            if tx.send(batch).await.is_err() || failed {
+                break;
+            }
+        }
+        Ok(())
+    });
+    Ok(builder.build())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Replica,
+}
+
+impl Side {
+    fn as_str(self) -> &'static str {
+        match self {
+            Side::Source => "source",
+            Side::Replica => "replica",
+        }
+    }
+}
+
+/// How keys are compared.
+enum KeyKind {
+    /// One integer-like key column, widened to i64 (exact, and ordered alike).
+    Int,
+    /// Any other key: the row format, which compares by bytes in the columns' order.
+    Rows(RowConverter),
+}
+
+impl KeyKind {
+    fn new(types: &[DataType]) -> Result<Self> {
+        if let [t] = types
+            && int_like(t)
+        {
+            return Ok(KeyKind::Int);
+        }
+        let fields = types.iter().cloned().map(SortField::new).collect();
+        Ok(KeyKind::Rows(RowConverter::new(fields)?))
+    }
+
+    fn prepare(&self, columns: &[ArrayRef]) -> Result<Keys> {
+        Ok(match self {
+            KeyKind::Int => Keys::Int(widen(&columns[0])?),
+            KeyKind::Rows(converter) => Keys::Rows(converter.convert_columns(columns)?),
+        })
+    }
+}
+
+/// One batch's keys, prepared for comparing.
+enum Keys {
+    Int(Vec<i64>),
+    Rows(Rows),
+}
+
+impl Keys {
+    /// The first row `i > 0` whose key is not greater than the key before it.
+    fn first_unordered(&self) -> Option<(usize, bool)> {
+        match self {
+            Keys::Int(k) => k
+                .windows(2)
+                .position(|w| w[0] >= w[1])
+                .map(|i| (i + 1, k[i] == k[i + 1])),
+            Keys::Rows(r) => (1..r.num_rows())
+                .find(|&i| r.row(i - 1) >= r.row(i))
+                .map(|i| (i, r.row(i - 1) == r.row(i))),
+        }
+    }
+
+    /// The key of the batch's last row.
+    fn last(&self) -> Option<LastKey> {
+        match self {
+            Keys::Int(k) => k.last().map(|v| LastKey::Int(*v)),
+            Keys::Rows(r) => {
+                (r.num_rows() > 0).then(|| LastKey::Row(r.row(r.num_rows() - 1).owned()))
+            }
+        }
+    }
+
+    /// How the batch's first key compares with `last`, the key before it.
+    fn first_after(&self, last: &LastKey) -> Ordering {
+        match (self, last) {
+            (Keys::Int(k), LastKey::Int(l)) => k[0].cmp(l),
+            (Keys::Rows(r), LastKey::Row(l)) => r.row(0).cmp(&l.row()),
+            _ => Ordering::Greater,
+        }
+    }
+}
+
+/// The last key of a side's previous batch.
+enum LastKey {
+    Int(i64),
+    Row(OwnedRow),
+}
+
+/// One side's input and its current batch.
+struct Cursor {
+    input: SendableRecordBatchStream,
+    side: Side,
+    batch: Option<Current>,
+    last: Option<LastKey>,
+    done: bool,
+}
+
+/// A side's current batch, its keys and fingerprints, and the next row to merge.
+struct Current {
+    batch: RecordBatch,
+    keys: Keys,
+    fingerprints: UInt64Array,
+    pos: usize,
+}
+
+impl Current {
+    fn rows(&self) -> usize {
+        self.batch.num_rows()
+    }
+
+    /// Row `i`'s fingerprint, `None` when the row is not live.
+    fn fingerprint(&self, i: usize) -> Option<u64> {
+        self.fingerprints
+            .is_valid(i)
+            .then(|| self.fingerprints.value(i))
+    }
+}
+
+impl Cursor {
+    fn new(input: SendableRecordBatchStream, side: Side) -> Self {
+        Cursor {
+            input,
+            side,
+            batch: None,
+            last: None,
+            done: false,
+        }
+    }
+
+    /// Has a row to merge, or has none left at all.
+    fn ready(&self) -> bool {
+        self.done || self.batch.as_ref().is_some_and(|c| c.pos < c.rows())
+    }
+
+    /// Loads the next batch with rows, checking that its keys ascend strictly from the
+    /// previous batch's; marks the side done at its end.
+    async fn load(&mut self, kind: &KeyKind, key_count: usize) -> Result<()> {
+        self.batch = None;
+        loop {
+            let Some(batch) = self.input.next().await.transpose()? else {
+                self.done = true;
+                return Ok(());
+            };
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let keys = kind.prepare(&batch.columns()[..key_count])?;
+            let unordered = match (&self.last, keys.first_unordered()) {
+                (_, Some((_, repeated))) => Some(repeated),
+                (Some(last), None) => match keys.first_after(last) {
+                    Ordering::Greater => None,
+                    Ordering::Equal => Some(true),
+                    Ordering::Less => Some(false),
+                },
+                (None, None) => None,
+            };
+            if let Some(repeated) = unordered {
+                return Err(DataFusionError::External(Box::new(NotMergeable {
+                    side: self.side.as_str(),
+                    repeated,
+                })));
+            }
+            self.last = keys.last();
+            let fingerprints = batch
+                .column(key_count)
+                .as_primitive_opt::<arrow::datatypes::UInt64Type>()
+                .ok_or_else(|| {
+                    DataFusionError::Internal("the key merge's __h is not UInt64".into())
+                })?
+                .clone();
+            self.batch = Some(Current {
+                batch,
+                keys,
+                fingerprints,
+                pos: 0,
+            });
+            return Ok(());
+        }
+    }
+}
+
+/// The state of one execution.
+struct Merge {
+    source: Cursor,
+    replica: Cursor,
+    keys: KeyKind,
+    key_count: usize,
+    schema: SchemaRef,
+    /// Pairs gathered and not yet emitted.
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    batch_size: usize,
+    /// The memory of the pairs gathered, held while the merge runs; running out of it
+    /// fails the query with `ResourcesExhausted`, and recon then uses the join.
+    reservation: MemoryReservation,
+}
+
+impl Merge {
+    /// The next batch of pairs, or `None` at the end of both sides.
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        loop {
+            if !self.source.ready() {
+                self.source.load(&self.keys, self.key_count).await?;
+            }
+            if !self.replica.ready() {
+                self.replica.load(&self.keys, self.key_count).await?;
+            }
+            if self.source.done && self.replica.done {
+                return self.flush();
+            }
+            let pairs = self.step();
+            if !pairs.is_empty() {
+                let batch = self.gather(&pairs)?;
+                self.reservation.try_grow(batch.get_array_memory_size())?;
+                self.pending_rows += batch.num_rows();
+                self.pending.push(batch);
+            }
+            if self.pending_rows >= self.batch_size {
+                return self.flush();
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<Option<RecordBatch>> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        let batch = concat_batches(&self.schema, &self.pending)?;
+        self.pending.clear();
+        self.pending_rows = 0;
+        Ok(Some(batch))
+    }
+
+    /// Merges the current batches until one of them runs out (or, when a side has no
+    /// rows left, takes the other side's whole batch): the pairs that need a look, as
+    /// row indices into the current batches.
+    fn step(&mut self) -> Vec<(Option<u32>, Option<u32>)> {
+        let mut pairs = Vec::new();
+        match (self.source.batch.as_mut(), self.replica.batch.as_mut()) {
+            (Some(s), Some(r)) => {
+                let (i, j) = match (&s.keys, &r.keys) {
+                    (Keys::Int(a), Keys::Int(b)) => walk(s, r, |i, j| a[i].cmp(&b[j]), &mut pairs),
+                    (Keys::Rows(a), Keys::Rows(b)) => {
+                        walk(s, r, |i, j| a.row(i).cmp(&b.row(j)), &mut pairs)
+                    }
+                    _ => unreachable!("both sides' keys are prepared alike"),
+                };
+                s.pos = i;
+                r.pos = j;
+            }
+            (Some(s), _) if self.replica.done => {
+                pairs.extend((s.pos..s.rows()).map(|i| (Some(i as u32), None)));
+                s.pos = s.rows();
+            }
+            (_, Some(r)) if self.source.done => {
+                pairs.extend((r.pos..r.rows()).map(|j| (None, Some(j as u32))));
+                r.pos = r.rows();
+            }
+            _ => {}
+        }
+        pairs
+    }
+
+    /// The output rows of `pairs` (row indices into the current batches).
+    fn gather(&self, pairs: &[(Option<u32>, Option<u32>)]) -> Result<RecordBatch> {
+        let s = self.source.batch.as_ref();
+        let r = self.replica.batch.as_ref();
+        let k = self.key_count;
+        let s_idx: UInt32Array = pairs.iter().map(|p| p.0).collect();
+        let r_idx: UInt32Array = pairs.iter().map(|p| p.1).collect();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+        // The key: each pair's from the side that has the row.
+        for c in 0..k {
+            let key = match (s, r) {
+                (Some(s), Some(r)) => {
+                    let from: Vec<(usize, usize)> = pairs
+                        .iter()
+                        .map(|p| match p {
+                            (Some(i), _) => (0, *i as usize),
+                            (None, Some(j)) => (1, *j as usize),
+                            (None, None) => unreachable!("a pair has a side"),
+                        })
+                        .collect();
+                    interleave(
+                        &[s.batch.column(c).as_ref(), r.batch.column(c).as_ref()],
+                        &from,
+                    )?
+                }
+                (Some(s), None) => take(s.batch.column(c), &s_idx, None)?,
+                (None, Some(r)) => take(r.batch.column(c), &r_idx, None)?,
+                (None, None) => unreachable!("pairs come from a batch"),
+            };
+            columns.push(compact(key));
+        }
+        let has = |p: Option<u32>| i64::from(p.is_some());
+        let live = |c: Option<&Current>, p: Option<u32>| {
+            p.and_then(|i| c.and_then(|c| c.fingerprint(i as usize)))
+        };
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            pairs.iter().map(|p| has(p.0)),
+        )));
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            pairs.iter().map(|p| i64::from(live(s, p.0).is_some())),
+        )));
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            pairs.iter().map(|p| has(p.1)),
+        )));
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            pairs.iter().map(|p| i64::from(live(r, p.1).is_some())),
+        )));
+        let xor: UInt64Array = pairs
+            .iter()
+            .map(|p| match (live(s, p.0), live(r, p.1)) {
+                (Some(a), Some(b)) => Some(a ^ b),
+                (a, b) => a.or(b),
+            })
+            .collect();
+        columns.push(Arc::new(xor));
+        // Each side's carried columns, NULL where the side lacks the row.
+        let carried = self.schema.fields().len() - k - 5;
+        let (s_cols, r_cols) = (
+            self.source.input.schema().fields().len() - k - 1,
+            self.replica.input.schema().fields().len() - k - 1,
+        );
+        debug_assert_eq!(s_cols + r_cols, carried);
+        for (current, count, idx, offset) in [(s, s_cols, &s_idx, 0), (r, r_cols, &r_idx, s_cols)] {
+            for c in 0..count {
+                let column = match current {
+                    Some(cur) => take(cur.batch.column(k + 1 + c), idx, None)?,
+                    None => new_null_array(
+                        self.schema.field(k + 5 + offset + c).data_type(),
+                        pairs.len(),
+                    ),
+                };
+                columns.push(compact(column));
+            }
+        }
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+    }
+}
+
+/// Walks the current batches `s` and `r` from their positions in key order (`cmp`
+/// compares their rows) until one runs out, pushing the pairs that need a look; the
+/// positions it stopped at.
+fn walk(
+    s: &Current,
+    r: &Current,
+    cmp: impl Fn(usize, usize) -> Ordering,
+    pairs: &mut Vec<(Option<u32>, Option<u32>)>,
+) -> (usize, usize) {
+    let (mut i, mut j) = (s.pos, r.pos);
+    let (ns, nr) = (s.rows(), r.rows());
+    while i < ns && j < nr {
+        match cmp(i, j) {
+            Ordering::Less => {
+                pairs.push((Some(i as u32), None));
+                i += 1;
+            }
+            Ordering::Greater => {
+                pairs.push((None, Some(j as u32)));
+                j += 1;
+            }
+            Ordering::Equal => {
+                if s.fingerprint(i) != r.fingerprint(j) {
+                    pairs.push((Some(i as u32), Some(j as u32)));
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    (i, j)
+}
+
+/// `a` with string and binary views copied out of the buffers they share with the
+/// decoded Parquet pages, so that holding a few pairs does not hold whole pages.
+fn compact(a: ArrayRef) -> ArrayRef {
+    match a.data_type() {
+        DataType::Utf8View => Arc::new(a.as_string_view().gc()),
+        DataType::BinaryView => Arc::new(a.as_binary_view().gc()),
+        _ => a,
+    }
+}
+
+/// Key types compared as one i64: integers that fit, dates and timestamps.
+fn int_like(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Timestamp(..)
+    )
+}
+
+/// The values of an [`int_like`] key column as i64 (the column has no NULLs: the
+/// queries keep complete keys only).
+fn widen(a: &ArrayRef) -> Result<Vec<i64>> {
+    fn values<T: ArrowPrimitiveType>(a: &ArrayRef) -> Vec<i64>
+    where
+        T::Native: Into<i64>,
+    {
+        a.as_primitive::<T>()
+            .values()
+            .iter()
+            .map(|v| (*v).into())
+            .collect()
+    }
+    Ok(match a.data_type() {
+        DataType::Int8 => values::<Int8Type>(a),
+        DataType::Int16 => values::<Int16Type>(a),
+        DataType::Int32 => values::<Int32Type>(a),
+        DataType::Int64 => values::<Int64Type>(a),
+        DataType::UInt8 => values::<UInt8Type>(a),
+        DataType::UInt16 => values::<UInt16Type>(a),
+        DataType::UInt32 => values::<UInt32Type>(a),
+        DataType::Date32 => values::<Date32Type>(a),
+        DataType::Date64 => values::<Date64Type>(a),
+        DataType::Timestamp(TimeUnit::Second, _) => values::<TimestampSecondType>(a),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => values::<TimestampMillisecondType>(a),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => values::<TimestampMicrosecondType>(a),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => values::<TimestampNanosecondType>(a),
+        t => {
+            return Err(DataFusionError::Internal(format!(
+                "key type {t} is not compared as an integer"
+            )));
+        }
+    })
+}
