@@ -132,6 +132,9 @@ impl MergePairsExec {
                 }
             }
         }
+        let types: Vec<DataType> = (0..keys).map(|i| s.field(i).data_type().clone()).collect();
+        // Keys of a type the row format cannot compare fail here, at planning.
+        KeyKind::new(&types)?;
         for i in 0..keys {
             if s.field(i).data_type() != r.field(i).data_type() {
                 return Err(DataFusionError::Internal(format!(
@@ -706,4 +709,178 @@ fn widen(a: &ArrayRef) -> Result<Vec<i64>> {
             )));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use datafusion::datasource::MemTable;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+
+    /// A side of (k0 Int64, k1 Utf8, __h UInt64 with NULL for not live, v0 Utf8), in
+    /// batches of `per_batch` rows.
+    fn side(rows: &[(i64, &str, Option<u64>, &str)], prefix: &str, per_batch: usize) -> MemTable {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k0", DataType::Int64, false),
+            Field::new("k1", DataType::Utf8, false),
+            Field::new("__h", DataType::UInt64, true),
+            Field::new(format!("{prefix}0"), DataType::Utf8, true),
+        ]));
+        let batches = rows
+            .chunks(per_batch)
+            .map(|c| {
+                RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![
+                        Arc::new(Int64Array::from_iter_values(c.iter().map(|r| r.0))),
+                        Arc::new(StringArray::from_iter_values(c.iter().map(|r| r.1))),
+                        Arc::new(c.iter().map(|r| r.2).collect::<UInt64Array>()),
+                        Arc::new(StringArray::from_iter_values(c.iter().map(|r| r.3))),
+                    ],
+                )
+                .unwrap()
+            })
+            .collect();
+        MemTable::try_new(schema, vec![batches]).unwrap()
+    }
+
+    /// The merge's pairs as (k0, k1, __sr, __sl, __rr, __rl, __x, sv0, v0) rows.
+    async fn merge(
+        source: MemTable,
+        replica: MemTable,
+    ) -> Result<
+        Vec<(
+            i64,
+            String,
+            i64,
+            i64,
+            i64,
+            i64,
+            Option<u64>,
+            Option<String>,
+            Option<String>,
+        )>,
+    > {
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        ctx.register_table("s", Arc::new(source)).unwrap();
+        ctx.register_table("r", Arc::new(replica)).unwrap();
+        let plan = |table: &'static str| {
+            let ctx = ctx.clone();
+            async move {
+                ctx.sql(&format!("SELECT * FROM {table}"))
+                    .await
+                    .unwrap()
+                    .create_physical_plan()
+                    .await
+                    .unwrap()
+            }
+        };
+        let exec = Arc::new(MergePairsExec::try_new(
+            plan("s").await,
+            plan("r").await,
+            2,
+        )?);
+        let batches = datafusion::physical_plan::collect(exec, ctx.task_ctx()).await?;
+        let mut out = Vec::new();
+        for b in &batches {
+            let i64s = |i: usize| b.column(i).as_primitive::<Int64Type>().clone();
+            let text = |i: usize| {
+                let a = arrow::compute::cast(b.column(i), &DataType::Utf8).unwrap();
+                a.as_string::<i32>().clone()
+            };
+            let (k0, k1, sr, sl, rr, rl) = (i64s(0), text(1), i64s(2), i64s(3), i64s(4), i64s(5));
+            let x = b.column(6).as_primitive::<arrow::datatypes::UInt64Type>();
+            let (sv, rv) = (text(7), text(8));
+            for row in 0..b.num_rows() {
+                out.push((
+                    k0.value(row),
+                    k1.value(row).to_string(),
+                    sr.value(row),
+                    sl.value(row),
+                    rr.value(row),
+                    rl.value(row),
+                    x.is_valid(row).then(|| x.value(row)),
+                    sv.is_valid(row).then(|| sv.value(row).to_string()),
+                    rv.is_valid(row).then(|| rv.value(row).to_string()),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn pairs_are_the_rows_that_differ_in_key_order() {
+        let s = [
+            (1, "a", Some(1), "s1a"),
+            (1, "b", Some(2), "s1b"),
+            (2, "a", Some(3), "s2a"),
+            (3, "a", None, "s3a"),
+            (5, "a", Some(5), "s5a"),
+        ];
+        let r = [
+            (0, "z", Some(9), "r0z"),
+            (1, "b", Some(2), "r1b"),
+            (2, "a", Some(4), "r2a"),
+            (3, "a", Some(6), "r3a"),
+            (4, "a", Some(7), "r4a"),
+        ];
+        let some = |v: &str| Some(v.to_string());
+        let expected = vec![
+            (0, "z".to_string(), 0, 0, 1, 1, Some(9), None, some("r0z")),
+            (1, "a".to_string(), 1, 1, 0, 0, Some(1), some("s1a"), None),
+            (
+                2,
+                "a".to_string(),
+                1,
+                1,
+                1,
+                1,
+                Some(3 ^ 4),
+                some("s2a"),
+                some("r2a"),
+            ),
+            (
+                3,
+                "a".to_string(),
+                1,
+                0,
+                1,
+                1,
+                Some(6),
+                some("s3a"),
+                some("r3a"),
+            ),
+            (4, "a".to_string(), 0, 0, 1, 1, Some(7), None, some("r4a")),
+            (5, "a".to_string(), 1, 1, 0, 0, Some(5), some("s5a"), None),
+        ];
+        // Whatever the batches, the same pairs.
+        for (bs, br) in [(1, 1), (2, 3), (5, 5)] {
+            let got = merge(side(&s, "sv", bs), side(&r, "v", br)).await.unwrap();
+            assert_eq!(got, expected, "batches of {bs} and {br}");
+        }
+        // An empty side: every row of the other is a pair.
+        let got = merge(side(&s, "sv", 2), side(&[], "v", 1)).await.unwrap();
+        assert_eq!(got.len(), s.len());
+    }
+
+    #[tokio::test]
+    async fn keys_out_of_order_or_repeated_stop_the_merge() {
+        let sorted = [(1, "a", Some(1), "x"), (2, "a", Some(1), "x")];
+        for (rows, repeated) in [
+            (vec![(1, "a", Some(1), "x"), (1, "a", Some(1), "x")], true),
+            (vec![(1, "b", Some(1), "x"), (1, "a", Some(1), "x")], false),
+            (vec![(2, "a", Some(1), "x"), (1, "a", Some(1), "x")], false),
+        ] {
+            // Within a batch and across two.
+            for per_batch in [2, 1] {
+                let e = merge(side(&sorted, "sv", 2), side(&rows, "v", per_batch))
+                    .await
+                    .unwrap_err();
+                let why = NotMergeable::find(&e).expect("not mergeable");
+                assert_eq!(why.side, "replica");
+                assert_eq!(why.repeated, repeated, "{rows:?}");
+            }
+        }
+    }
 }

@@ -364,14 +364,22 @@ where
             Ok::<_, Error>((schema, batches))
         }
     };
-    let merge = key_merge(ctx, plan, "source", "replica").await?;
-    match collect("key summary", context.clone(), merge).await {
-        Ok((schema, pairs, _)) => {
+    // A merge that cannot be planned (keys of a type it cannot compare) leaves the join.
+    let merged = match key_merge(ctx, plan, "source", "replica").await {
+        Ok(merge) => Some(collect("key summary", context.clone(), merge).await),
+        Err(e) => {
+            tracing::info!(entity = %entity, "no key merge ({e}): key summary by join instead");
+            None
+        }
+    };
+    match merged {
+        None => {}
+        Some(Ok((schema, pairs, _))) => {
             tracing::debug!(entity = %entity, "key summary by merge");
             let (schema, batches) = pairs_summary(schema, pairs, true).await?;
             return Ok((schema, batches, Carried::Both));
         }
-        Err(e) => {
+        Some(Err(e)) => {
             let Error::Query { source, .. } = &e else {
                 return Err(e);
             };
