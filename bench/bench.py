@@ -5,7 +5,10 @@ For each size, generates a pair with recon's own generator (12 columns, 1% chang
 0.5% missing each way; deterministic), then runs, several times each, in rounds (every
 tool once per round, so that the machine's drift in speed falls on all of them alike):
   - recon:  `recon diff` (full outer join, per-field null-safe comparison, long-format
-            discrepancies and typed corrections written to Parquet),
+            discrepancies and typed corrections written to Parquet); the generated
+            files are in key order, so recon matches them by its key merge,
+  - recon_unsorted: the same, with the right file's row groups in reverse order, so
+            that recon matches the sides by its key join instead,
   - duckdb: the same diff in SQL, long-format discrepancies written to Parquet,
   - polars: the same diff with the streaming engine, written to Parquet,
   - floor:  DuckDB reading every column of both files (the scan floor).
@@ -74,6 +77,16 @@ res.write_parquet(out)
 print(json.dumps({{k: n for k, n in res.group_by("kind").len().iter_rows()}}))
 """
 
+UNSORTED_COPY = """
+import pyarrow.parquet as pq, sys
+src, dst = sys.argv[1:3]
+f = pq.ParquetFile(src)
+with pq.ParquetWriter(dst, f.schema_arrow, compression="snappy") as w:
+    for i in reversed(range(f.num_row_groups)):
+        w.write_table(f.read_row_group(i))
+print("{}")
+"""
+
 DUCKDB_FLOOR = """
 import duckdb, sys
 con = duckdb.connect()
@@ -108,8 +121,24 @@ def pair_for(args, size):
     return pair, want
 
 
-def recon_counts(out):
+def unsorted_right(args, pair, work):
+    """The pair's right file with its row groups in reverse order (kept between runs)."""
+    dst = pair / "right-unsorted.parquet"
+    if not dst.exists():
+        script = work / "unsorted_copy.py"
+        script.write_text(UNSORTED_COPY)
+        tmp = pair / "right-unsorted.parquet.tmp"
+        subprocess.run([args.python, str(script), str(pair / "right.parquet"), str(tmp)], check=True)
+        tmp.rename(dst)
+    return dst
+
+
+def recon_counts(out, plan=None):
+    """The discrepancy counts of a `recon diff --format json` summary; with `plan`, checks
+    that the key summary used that plan."""
     summary = json.loads(out)
+    if plan is not None and summary["entities"][0]["key_summary_plan"] != plan:
+        sys.exit(f"recon used the {summary['entities'][0]['key_summary_plan']} plan, not the {plan}")
     got = {}
     for c in summary["entities"][0]["counts"]:
         got[c["kind"]] = got.get(c["kind"], 0) + c["count"]
@@ -178,10 +207,14 @@ def main():
     for size in [int(s) for s in args.sizes.split(",")]:
         pair, want = pair_for(args, size)
         left, right = str(pair / "left.parquet"), str(pair / "right.parquet")
+        unsorted = str(unsorted_right(args, pair, work))
+        recon = lambda i, right, name: [
+            args.recon, "--log-level", "error", "diff", "--left", left, "--right", right, "--key", "id", "--no-lock",
+            "--output", str(work / f"{name}-{size}-{i}"), "--format", "json", "--run-id", f"bench-{i}",
+            "--run-date", "2024-01-01"]
         tools = {
-            "recon": lambda i: [args.recon, "--log-level", "error", "diff", "--left", left, "--right", right,
-                                "--key", "id", "--no-lock", "--output", str(work / f"recon-{size}-{i}"), "--format", "json",
-                                "--run-id", f"bench-{i}", "--run-date", "2024-01-01"],
+            "recon": lambda i: recon(i, right, "recon"),
+            "recon_unsorted": lambda i: recon(i, unsorted, "recon_unsorted"),
             "duckdb": lambda i: [args.python, str(scripts["duckdb"]), left, right, str(work / f"duckdb-{size}-{i}.parquet")],
             "polars": lambda i: [args.python, str(scripts["polars"]), left, right, str(work / f"polars-{size}-{i}.parquet")],
             "floor": lambda i: [args.python, str(scripts["floor"]), left, right],
@@ -197,7 +230,9 @@ def main():
                 times[tool].append(t)
                 rss[tool].append(m)
                 if tool == "recon":
-                    got = recon_counts(out)
+                    got = recon_counts(out, "merge")
+                elif tool == "recon_unsorted":
+                    got = recon_counts(out, "join")
                 elif tool == "floor":
                     got = want
                 else:
@@ -209,7 +244,7 @@ def main():
         for tool in tools:
             results[tool] = (statistics.median(times[tool]), statistics.median(rss[tool]))
             runs = " ".join(f"{t:.2f}" for t in times[tool])
-            print(f"{size:>10} {tool:<7} {results[tool][0]:8.2f} s {results[tool][1]:9.0f} MiB   (runs: {runs})",
+            print(f"{size:>10} {tool:<14} {results[tool][0]:8.2f} s {results[tool][1]:9.0f} MiB   (runs: {runs})",
                   flush=True)
         r = results["recon"]
         rows_out.append({
@@ -220,6 +255,8 @@ def main():
             "recon_vs_polars": round(r[0] / results["polars"][0], 2),
             "recon_vs_floor": round(r[0] / results["floor"][0], 2),
             "recon_rss_vs_duckdb": round(r[1] / results["duckdb"][1], 2),
+            "recon_unsorted_vs_duckdb": round(results["recon_unsorted"][0] / results["duckdb"][0], 2),
+            "recon_unsorted_vs_floor": round(results["recon_unsorted"][0] / results["floor"][0], 2),
         })
     write_table(Path(args.results), "results", rows_out)
     shutil.rmtree(work, ignore_errors=True)
