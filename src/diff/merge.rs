@@ -26,8 +26,11 @@
 //! arrow's row format, which for integers, dates, timestamps and strings is the
 //! natural order, strings by bytes). The operator checks that as it goes and stops at
 //! the first key that does not: the query then fails with [`NotMergeable`], and the
-//! caller uses the hash join instead. Unsorted snapshots are usually caught in their
-//! first batch.
+//! caller uses the hash join instead. A side whose first keys are far ahead of the
+//! other's shows its disorder only once the other side has caught up, every row of
+//! which is a pair by then; so recon first runs the merge over the key columns alone,
+//! which holds nothing and reads a small share of the snapshots, and runs the full
+//! merge only when that one reaches its end.
 
 use std::cmp::Ordering;
 use std::fmt;

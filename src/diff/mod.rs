@@ -313,8 +313,8 @@ impl Carried {
 /// When both snapshots are sorted by the key and no key repeats, the key merge
 /// ([`merge::MergePairsExec`] over queries/key_side.sql) walks them in key order, one
 /// pass over each and a few batches held, and its pairs carry both sides' rows, so the
-/// diff reads neither snapshot again. The merge checks the order as it goes and stops
-/// at the first key out of order (usually in the first batch of an unsorted snapshot).
+/// diff reads neither snapshot again. The order is checked first by a merge of the key
+/// columns alone ([`key_order`]), and again as the full merge goes.
 ///
 /// Otherwise, a hash join of the two sides' keys and fingerprints
 /// (queries/key_pairs.sql) holds the source side in memory and never hashes a key
@@ -365,8 +365,12 @@ where
         }
     };
     // A merge that cannot be planned (keys of a type it cannot compare) leaves the join.
-    let merged = match key_merge(ctx, plan, "source", "replica").await {
-        Ok(merge) => Some(collect("key summary", context.clone(), merge).await),
+    let merged = match key_merge(ctx, plan, "source", "replica", true).await {
+        Ok(order) if key_order(entity, ctx, Arc::clone(&order)).await? => {
+            let merge = key_merge(ctx, plan, "source", "replica", false).await?;
+            Some(collect("key summary", context.clone(), merge).await)
+        }
+        Ok(_) => None,
         Err(e) => {
             tracing::info!(entity = %entity, "no key merge ({e}): key summary by join instead");
             None
@@ -431,18 +435,48 @@ where
     Ok((schema, batches, Carried::None))
 }
 
+/// Whether the key merge `order` of the two sides' key columns alone (see
+/// [`key_merge`]) runs to its end: both snapshots are in strictly ascending key order.
+///
+/// The full merge checks the order too, but it gathers the pairs as it goes, and a
+/// side whose first keys are far ahead of the other's (row groups written out of
+/// order, say) makes every row of the other side a pair before the disorder shows:
+/// the whole snapshot held, only to be dropped. The keys alone are a small share of
+/// the snapshots, and this pass holds nothing.
+async fn key_order(
+    entity: &str,
+    ctx: &SessionContext,
+    order: Arc<dyn ExecutionPlan>,
+) -> Result<bool> {
+    let context = format!("entity `{entity}`, key order query");
+    let mut stream = datafusion::physical_plan::execute_stream(order, ctx.task_ctx())
+        .map_err(|e| Error::query(&context, e))?;
+    while let Some(batch) = stream.next().await {
+        if let Err(e) = batch {
+            if let Some(why) = merge::NotMergeable::find(&e) {
+                tracing::info!(entity = %entity, "{why}: key summary by join instead of merge");
+                return Ok(false);
+            }
+            return Err(Error::query(&context, e));
+        }
+    }
+    Ok(true)
+}
+
 /// The key merge of `plan` over the snapshot tables `source` and `replica`
 /// ([`merge::MergePairsExec`]): each side's query (queries/key_side.sql) planned as
-/// one partition, so that its rows come in file order.
+/// one partition, so that its rows come in file order. With `keys_only`, the sides are
+/// their key columns alone, for [`key_order`].
 pub async fn key_merge(
     ctx: &SessionContext,
     plan: &EntityPlan,
     source: &str,
     replica: &str,
+    keys_only: bool,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let context = format!("entity `{}`, key summary query", plan.entity.name);
     let side = |side: Side, table: &str| {
-        let sql = plan.key_side_sql(side, table);
+        let sql = plan.key_side_sql(side, table, keys_only);
         let context = &context;
         async move { physical_plan(ctx, context, &sql, Tuning::Ordered).await }
     };

@@ -564,27 +564,36 @@ impl EntityPlan {
 
     /// One side of the key merge ([`super::merge::MergePairsExec`], queries/key_side.sql):
     /// `k{i}`, `__h` and the side's raw mapped columns, as `sv{j}` (source) or `v{j}`
-    /// (replica, the names the pairs of [`Self::key_pairs_sql`] give them).
-    pub fn key_side_sql(&self, side: Side, table: &str) -> String {
+    /// (replica, the names the pairs of [`Self::key_pairs_sql`] give them). With
+    /// `keys_only`, the keys and a constant `__h`, to check the order of the keys.
+    pub fn key_side_sql(&self, side: Side, table: &str, keys_only: bool) -> String {
         let (_, _, complete) = self.key_lists(side, "t.");
-        let values: String = self
-            .mapped
-            .iter()
-            .enumerate()
-            .map(|(j, m)| {
-                format!(
-                    ",\n       t.{} AS \"{}{j}\"",
-                    quote(m.name(side)),
-                    carried_prefix(side)
-                )
-            })
-            .collect();
+        let values: String = if keys_only {
+            String::new()
+        } else {
+            self.mapped
+                .iter()
+                .enumerate()
+                .map(|(j, m)| {
+                    format!(
+                        ",\n       t.{} AS \"{}{j}\"",
+                        quote(m.name(side)),
+                        carried_prefix(side)
+                    )
+                })
+                .collect()
+        };
+        let (live, fingerprint) = if keys_only {
+            ("TRUE".to_string(), "arrow_cast(0, 'UInt64')".to_string())
+        } else {
+            (self.live(side), self.fingerprint_expr(side))
+        };
         fill(
             KEY_SIDE_SQL,
             &[
                 ("keys", &self.key_projection(side).join(", ")),
-                ("live", &self.live(side)),
-                ("fingerprint", &self.fingerprint_expr(side)),
+                ("live", &live),
+                ("fingerprint", &fingerprint),
                 ("values", &values),
                 ("table", &quote(table)),
                 ("key_is_complete", &complete),
