@@ -105,6 +105,9 @@ pub struct MergePairsExec {
     replica: Arc<dyn ExecutionPlan>,
     /// Number of leading key columns in both inputs.
     keys: usize,
+    /// The pairs emitted stay held by the consumer (they count against the memory
+    /// pool until the merge ends); see [`Self::passing`].
+    held: bool,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
 }
@@ -176,9 +179,18 @@ impl MergePairsExec {
             source,
             replica,
             keys,
+            held: true,
             schema,
             properties: Arc::new(properties),
         })
+    }
+
+    /// The merge for a consumer that drops each batch of pairs once it has looked at
+    /// it (the key order check): the pairs count against the memory pool only until
+    /// they are emitted.
+    pub fn passing(mut self) -> Self {
+        self.held = false;
+        self
     }
 }
 
@@ -219,7 +231,8 @@ impl ExecutionPlan for MergePairsExec {
         }
         let replica = children.pop().expect("two children");
         let source = children.pop().expect("two children");
-        Ok(Arc::new(Self::try_new(source, replica, self.keys)?))
+        let merge = Self::try_new(source, replica, self.keys)?;
+        Ok(Arc::new(if self.held { merge } else { merge.passing() }))
     }
 
     fn execute(
@@ -246,6 +259,7 @@ impl ExecutionPlan for MergePairsExec {
             pending: Vec::new(),
             pending_rows: 0,
             batch_size: context.session_config().batch_size(),
+            held: self.held,
             reservation: MemoryConsumer::new("MergePairsExec").register(context.memory_pool()),
         };
         let stream = futures::stream::try_unfold(merge, |mut merge| async move {
@@ -470,8 +484,11 @@ struct Merge {
     pending: Vec<RecordBatch>,
     pending_rows: usize,
     batch_size: usize,
-    /// The memory of the pairs gathered, held while the merge runs; running out of it
-    /// fails the query with `ResourcesExhausted`, and recon then uses the join.
+    /// See [`MergePairsExec::passing`].
+    held: bool,
+    /// The memory of the pairs gathered, held while the merge runs (or, when not
+    /// `held`, until they are emitted); running out of it fails the query with
+    /// `ResourcesExhausted`, and recon then uses the join.
     reservation: MemoryReservation,
 }
 
@@ -508,6 +525,9 @@ impl Merge {
         let batch = concat_batches(&self.schema, &self.pending)?;
         self.pending.clear();
         self.pending_rows = 0;
+        if !self.held {
+            self.reservation.free();
+        }
         Ok(Some(batch))
     }
 
@@ -883,6 +903,60 @@ mod tests {
                 let why = NotMergeable::find(&e).expect("not mergeable");
                 assert_eq!(why.side, "replica");
                 assert_eq!(why.repeated, repeated, "{rows:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_passing_merge_holds_only_the_pairs_not_yet_emitted() {
+        use datafusion::execution::memory_pool::GreedyMemoryPool;
+        use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+        // Two sides with no key in common: every row is a pair, about 4 MB of them.
+        let source: Vec<_> = (0..50_000).map(|k| (k, "a", Some(1), "x")).collect();
+        let replica: Vec<_> = (50_000..100_000).map(|k| (k, "a", Some(1), "x")).collect();
+        for passing in [false, true] {
+            let runtime = RuntimeEnvBuilder::new()
+                .with_memory_pool(Arc::new(GreedyMemoryPool::new(1 << 20)))
+                .build_arc()
+                .unwrap();
+            let ctx = SessionContext::new_with_config_rt(
+                SessionConfig::new().with_target_partitions(1),
+                runtime,
+            );
+            ctx.register_table("s", Arc::new(side(&source, "sv", 4096)))
+                .unwrap();
+            ctx.register_table("r", Arc::new(side(&replica, "v", 4096)))
+                .unwrap();
+            let plan = |table: &str| {
+                let (ctx, sql) = (ctx.clone(), format!("SELECT * FROM {table}"));
+                async move {
+                    let df = ctx.sql(&sql).await.unwrap();
+                    df.create_physical_plan().await.unwrap()
+                }
+            };
+            let merge = MergePairsExec::try_new(plan("s").await, plan("r").await, 2).unwrap();
+            let merge = Arc::new(if passing { merge.passing() } else { merge });
+            let mut stream = merge.execute(0, ctx.task_ctx()).unwrap();
+            let mut rows = 0;
+            let mut failed = None;
+            while let Some(batch) = stream.next().await {
+                match batch {
+                    Ok(b) => rows += b.num_rows(),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if passing {
+                assert!(failed.is_none(), "{failed:?}");
+                assert_eq!(rows, 100_000);
+            } else {
+                let e = failed.expect("the held pairs outgrow the pool");
+                assert!(
+                    matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)),
+                    "{e}"
+                );
             }
         }
     }

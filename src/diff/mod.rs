@@ -457,6 +457,10 @@ async fn key_order(
                 tracing::info!(entity = %entity, "{why}: key summary by join instead of merge");
                 return Ok(false);
             }
+            if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) {
+                tracing::info!(entity = %entity, "the key order check ran out of memory: key summary by join instead");
+                return Ok(false);
+            }
             return Err(Error::query(&context, e));
         }
     }
@@ -486,7 +490,8 @@ pub async fn key_merge(
         plan.key_len,
     )
     .map_err(|e| Error::query(&context, e))?;
-    Ok(Arc::new(merge))
+    // The order check drops every batch of pairs it is given.
+    Ok(Arc::new(if keys_only { merge.passing() } else { merge }))
 }
 
 /// The table holding the key join's pairs (queries/key_pairs.sql) while the entity is
