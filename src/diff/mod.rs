@@ -202,7 +202,8 @@ pub async fn run_entity(
             out.quality(batch, NULL_KEY, side)?;
         }
     }
-    let (schema, batches, carried) = key_summary(ctx, plan, keyed, &collect, &query).await?;
+    let (schema, batches, carried) =
+        key_summary(ctx, plan, keyed, progress, &collect, &query).await?;
     let context = format!("entity `{entity}`, key summary query");
     let candidates: usize = batches.iter().map(|b| b.num_rows()).sum();
     // The summary holds only the keys that need a look: the rows that differ and the
@@ -332,6 +333,7 @@ async fn key_summary<C, FC, Q, FQ>(
     ctx: &SessionContext,
     plan: &EntityPlan,
     keyed: [u64; 2],
+    progress: Option<&progress::Progress>,
     collect: &C,
     query: &Q,
 ) -> Result<(SchemaRef, Vec<RecordBatch>, Carried)>
@@ -366,7 +368,7 @@ where
     };
     // A merge that cannot be planned (keys of a type it cannot compare) leaves the join.
     let merged = match key_merge(ctx, plan, "source", "replica", true).await {
-        Ok(order) if key_order(entity, ctx, Arc::clone(&order)).await? => {
+        Ok(order) if key_order(entity, ctx, Arc::clone(&order), progress).await? => {
             let merge = key_merge(ctx, plan, "source", "replica", false).await?;
             Some(collect("key summary", context.clone(), merge).await)
         }
@@ -447,8 +449,10 @@ async fn key_order(
     entity: &str,
     ctx: &SessionContext,
     order: Arc<dyn ExecutionPlan>,
+    progress: Option<&progress::Progress>,
 ) -> Result<bool> {
     let context = format!("entity `{entity}`, key order query");
+    let _watch = progress.map(|p| p.watch("key order", Arc::clone(&order)));
     let mut stream = datafusion::physical_plan::execute_stream(order, ctx.task_ctx())
         .map_err(|e| Error::query(&context, e))?;
     while let Some(batch) = stream.next().await {
