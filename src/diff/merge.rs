@@ -341,16 +341,14 @@ enum Keys {
 }
 
 impl Keys {
-    /// The first row `i > 0` whose key is not greater than the key before it.
-    fn first_unordered(&self) -> Option<(usize, bool)> {
+    /// Whether some key is not greater than the key before it: `Some(true)` when the
+    /// first such key repeats the one before, `Some(false)` when it is smaller.
+    fn first_unordered(&self) -> Option<bool> {
         match self {
-            Keys::Int(k) => k
-                .windows(2)
-                .position(|w| w[0] >= w[1])
-                .map(|i| (i + 1, k[i] == k[i + 1])),
+            Keys::Int(k) => k.windows(2).find(|w| w[0] >= w[1]).map(|w| w[0] == w[1]),
             Keys::Rows(r) => (1..r.num_rows())
                 .find(|&i| r.row(i - 1) >= r.row(i))
-                .map(|i| (i, r.row(i - 1) == r.row(i))),
+                .map(|i| r.row(i - 1) == r.row(i)),
         }
     }
 
@@ -440,7 +438,7 @@ impl Cursor {
             }
             let keys = kind.prepare(&batch.columns()[..key_count])?;
             let unordered = match (&self.last, keys.first_unordered()) {
-                (_, Some((_, repeated))) => Some(repeated),
+                (_, Some(repeated)) => Some(repeated),
                 (Some(last), None) => match keys.first_after(last) {
                     Ordering::Greater => None,
                     Ordering::Equal => Some(true),

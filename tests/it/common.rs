@@ -112,6 +112,33 @@ fn text(batch: &RecordBatch, name: &str, row: usize) -> String {
 }
 
 /// (entity, key, kind, field, action, reason) of every discrepancy of a run.
+/// Every row of a run's discrepancy and correction files, each column but the first
+/// (`run_id` in a discrepancy file) as text, file by file in (kind, entity, system)
+/// order.
+pub fn output_rows(out: &Path, m: &Manifest) -> Vec<Vec<String>> {
+    let mut files: Vec<_> = m
+        .files
+        .iter()
+        .filter(|f| f.kind == "discrepancies" || f.kind == "corrections")
+        .collect();
+    files.sort_by(|a, b| (&a.kind, &a.entity, &a.system).cmp(&(&b.kind, &b.entity, &b.system)));
+    let mut rows = Vec::new();
+    for f in files {
+        for mut b in read_parquet(&out.join(&f.path)) {
+            b.remove_column(0);
+            for r in 0..b.num_rows() {
+                rows.push(
+                    b.columns()
+                        .iter()
+                        .map(|c| arrow::util::display::array_value_to_string(c, r).unwrap())
+                        .collect(),
+                );
+            }
+        }
+    }
+    rows
+}
+
 pub type Disc = (String, String, String, String, String, String);
 
 pub fn discrepancies(out: &Path, m: &Manifest) -> BTreeSet<Disc> {

@@ -121,30 +121,8 @@ async fn rerun_gives_identical_discrepancies_and_correction_ids() {
     let (_, _) = run_fixture(&fx, "run-b").await;
     let m = manifests(&fx.out());
     assert_eq!(m.len(), 2, "both runs are committed");
-    // Whole rows, every column but run_id, in file order.
-    let rows = |m: &recon::write::Manifest| -> Vec<Vec<String>> {
-        let mut out = Vec::new();
-        for f in m
-            .files
-            .iter()
-            .filter(|f| f.kind == "discrepancies" || f.kind == "corrections")
-        {
-            for b in read_parquet(&fx.out().join(&f.path)) {
-                // Discrepancy files start with run_id; correction ids are compared below.
-                let mut b = b;
-                b.remove_column(0);
-                for r in 0..b.num_rows() {
-                    out.push(
-                        b.columns()
-                            .iter()
-                            .map(|c| arrow::util::display::array_value_to_string(c, r).unwrap())
-                            .collect(),
-                    );
-                }
-            }
-        }
-        out
-    };
+    // Whole rows, every column but run_id; correction ids are compared below.
+    let rows = |m| output_rows(&fx.out(), m);
     assert_eq!(rows(&m[0]), rows(&m[1]));
     let ids = |m| corrections(&fx.out(), m, &key_columns(&job));
     assert_eq!(ids(&m[0]), ids(&m[1]));
@@ -216,30 +194,8 @@ async fn snapshots_sorted_by_key_are_merged_with_the_same_outputs() {
     assert_eq!(first.exit, second.exit);
     let m = manifests(&fx.out());
     assert_eq!(m.len(), 2);
-    // Whole rows, every column but run_id, in file order.
-    let rows = |m: &recon::write::Manifest| -> Vec<Vec<String>> {
-        let mut out = Vec::new();
-        let mut files: Vec<_> = m
-            .files
-            .iter()
-            .filter(|f| f.kind == "discrepancies" || f.kind == "corrections")
-            .collect();
-        files.sort_by(|a, b| (&a.kind, &a.entity, &a.system).cmp(&(&b.kind, &b.entity, &b.system)));
-        for f in files {
-            for mut b in read_parquet(&fx.out().join(&f.path)) {
-                b.remove_column(0);
-                for r in 0..b.num_rows() {
-                    out.push(
-                        b.columns()
-                            .iter()
-                            .map(|c| arrow::util::display::array_value_to_string(c, r).unwrap())
-                            .collect(),
-                    );
-                }
-            }
-        }
-        out
-    };
+    // Whole rows, every column but run_id.
+    let rows = |m| output_rows(&fx.out(), m);
     let (a, b) = (rows(&m[0]), rows(&m[1]));
     assert!(!a.is_empty());
     assert_eq!(a, b);
@@ -555,13 +511,7 @@ fn benchmark_pair_diff_finds_exactly_the_expected_counts() {
 
 /// Copies the Parquet file `from` to `to` with its last batch moved to the front.
 fn unsorted_copy(from: &std::path::Path, to: &std::path::Path) {
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        std::fs::File::open(from).unwrap(),
-    )
-    .unwrap()
-    .build()
-    .unwrap();
-    let mut batches: Vec<_> = reader.map(Result::unwrap).collect();
+    let mut batches = read_parquet(from);
     let last = batches.pop().unwrap();
     batches.insert(0, last);
     let mut w = parquet::arrow::ArrowWriter::try_new(
@@ -580,30 +530,15 @@ fn unsorted_copy(from: &std::path::Path, to: &std::path::Path) {
 fn parquet_tree(
     dir: &std::path::Path,
 ) -> std::collections::BTreeMap<String, arrow::array::RecordBatch> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "parquet") {
-                let reader =
-                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                        std::fs::File::open(&path).unwrap(),
-                    )
-                    .unwrap()
-                    .build()
-                    .unwrap();
-                let schema = arrow::array::RecordBatchReader::schema(&reader);
-                let batches: Vec<_> = reader.map(Result::unwrap).collect();
-                let batch = arrow::compute::concat_batches(&schema, &batches).unwrap();
-                let name = path.strip_prefix(dir).unwrap().display().to_string();
-                out.insert(name, batch);
-            }
-        }
-    }
-    out
+    files_below(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .map(|p| {
+            let batches = read_parquet(&dir.join(&p));
+            let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+            (p.display().to_string(), batch)
+        })
+        .collect()
 }
 
 /// Runs `recon diff` keyed by `id` on two Parquet files below `dir` as run `run_id`,
