@@ -476,7 +476,7 @@ async fn diff_all(
         let result: EntityResult = diff::run_entity(
             &ctx,
             &p.plan,
-            [p.source.rows, p.replica.rows],
+            [&p.source, &p.replica],
             stamp,
             layout,
             progress.as_ref(),

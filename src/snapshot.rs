@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use chrono::{DateTime, Utc};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -15,7 +15,8 @@ use object_store::ObjectMeta;
 use object_store::ObjectStoreExt;
 use parquet::arrow::parquet_to_arrow_schema;
 use parquet::errors::ParquetError;
-use parquet::file::metadata::{FooterTail, ParquetMetaDataReader};
+use parquet::file::metadata::{FooterTail, ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::statistics::Statistics;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -37,6 +38,23 @@ pub struct Snapshot {
     pub schema: SchemaRef,
     #[serde(skip)]
     pub location: Location,
+    /// Each file's footer, in the order of `files`.
+    #[serde(skip)]
+    pub footers: Vec<Arc<ParquetMetaData>>,
+}
+
+/// What a snapshot's row-group statistics say of its order by the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsOrder {
+    /// Every row group's keys come after all of the previous row group's, file after
+    /// file: the rows are in key order unless some are out of order within a row group.
+    RowGroupsAscend,
+    /// Two consecutive row groups' key ranges overlap or go backwards: the rows are not
+    /// in strictly ascending key order.
+    Unordered,
+    /// The statistics cannot tell: a composite key, a key type whose statistics do not
+    /// order as recon compares it, or statistics missing from a row group.
+    Unknown,
 }
 
 /// The identity of one input file, recorded in the summary.
@@ -160,6 +178,7 @@ impl Snapshot {
 
         let schema = Arc::clone(&footers[0].1.schema);
         let mut files = Vec::with_capacity(footers.len());
+        let mut metadata = Vec::with_capacity(footers.len());
         let mut rows = 0u64;
         let mut bytes = 0u64;
         for (meta, footer) in &footers {
@@ -174,6 +193,7 @@ impl Snapshot {
             let n = footer.rows;
             rows += n;
             bytes += footer.bytes;
+            metadata.push(Arc::clone(&footer.metadata));
             files.push(SnapshotFile {
                 path: meta.location.to_string(),
                 size: meta.size,
@@ -192,7 +212,71 @@ impl Snapshot {
             export_id: manifest.map(|m| m.export_id),
             schema,
             location,
+            footers: metadata,
         })
+    }
+
+    /// What the row groups' minimum and maximum of the key say of the rows' order,
+    /// taking the files in the order of `files`, which is the order the scan reads them
+    /// in (by path). Only a key of one integer, date or timestamp column is judged:
+    /// their statistics are exact and order as the key merge compares them.
+    pub fn key_order(&self, key: &[&str]) -> StatsOrder {
+        let [key] = key else {
+            return StatsOrder::Unknown;
+        };
+        let ordered = self.schema.field_with_name(key).is_ok_and(|f| {
+            matches!(
+                f.data_type(),
+                DataType::Int8
+                    | DataType::Int16
+                    | DataType::Int32
+                    | DataType::Int64
+                    | DataType::Date32
+                    | DataType::Date64
+                    | DataType::Timestamp(..)
+            )
+        });
+        if !ordered {
+            return StatsOrder::Unknown;
+        }
+        let mut last: Option<i64> = None;
+        for footer in &self.footers {
+            let Some(column) = footer
+                .file_metadata()
+                .schema_descr()
+                .columns()
+                .iter()
+                .position(|c| c.path().parts() == [key.to_string()])
+            else {
+                return StatsOrder::Unknown;
+            };
+            for group in footer.row_groups() {
+                let chunk = group.column(column);
+                // A row group whose keys are all NULL holds no row the merge reads.
+                let rows = group.num_rows().max(0) as u64;
+                if chunk.statistics().and_then(|s| s.null_count_opt()) == Some(rows) {
+                    continue;
+                }
+                let range = match chunk.statistics() {
+                    Some(Statistics::Int32(s)) if s.min_is_exact() && s.max_is_exact() => s
+                        .min_opt()
+                        .zip(s.max_opt())
+                        .map(|(a, b)| (i64::from(*a), i64::from(*b))),
+                    Some(Statistics::Int64(s)) if s.min_is_exact() && s.max_is_exact() => {
+                        s.min_opt().zip(s.max_opt()).map(|(a, b)| (*a, *b))
+                    }
+                    _ => return StatsOrder::Unknown,
+                };
+                let Some((min, max)) = range else {
+                    return StatsOrder::Unknown;
+                };
+                if last.is_some_and(|l| l >= min) {
+                    return StatsOrder::Unordered;
+                }
+                last = Some(max);
+            }
+        }
+        StatsOrder::RowGroupsAscend
     }
 
     /// The URLs of the snapshot's checked files.
@@ -236,6 +320,7 @@ impl Snapshot {
 /// What a file's footer says: its Arrow schema and row count.
 struct Footer {
     schema: SchemaRef,
+    metadata: Arc<ParquetMetaData>,
     rows: u64,
     bytes: u64,
 }
@@ -287,9 +372,11 @@ async fn read_footer(
         .iter()
         .map(|g| g.total_byte_size().max(0) as u64)
         .sum();
+    let rows = file.num_rows().max(0) as u64;
     Ok(Footer {
         schema: Arc::new(schema),
-        rows: file.num_rows().max(0) as u64,
+        metadata: Arc::new(metadata),
+        rows,
         bytes,
     })
 }
@@ -316,4 +403,73 @@ fn check_same_schema(first: &Schema, other: &Schema) -> std::result::Result<(), 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::Field;
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+
+    /// Writes one Parquet file per entry of `files`, each entry the `id` values of its
+    /// row groups (a `name` column beside), and opens the folder as a snapshot.
+    async fn snapshot(files: &[&[&[Option<i64>]]]) -> (tempfile::TempDir, Snapshot) {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        for (i, groups) in files.iter().enumerate() {
+            let file = std::fs::File::create(dir.path().join(format!("part-{i}.parquet"))).unwrap();
+            let props = WriterProperties::builder().build();
+            let mut w = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).unwrap();
+            for ids in *groups {
+                let names: Vec<Option<String>> = ids.iter().map(|i| i.map(|i| i.to_string())).collect();
+                let batch = RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![
+                        Arc::new(Int64Array::from(ids.to_vec())),
+                        Arc::new(StringArray::from(names)),
+                    ],
+                )
+                .unwrap();
+                w.write(&batch).unwrap();
+                w.flush().unwrap();
+            }
+            w.close().unwrap();
+        }
+        let url = format!("file://{}", dir.path().display());
+        let location = crate::store::open(&url).unwrap();
+        let snapshot = Snapshot::open(location, "e", "s", false).await.unwrap();
+        (dir, snapshot)
+    }
+
+    #[tokio::test]
+    async fn key_order_from_row_group_statistics() {
+        use StatsOrder::*;
+        let cases: &[(&[&[&[Option<i64>]]], StatsOrder)] = &[
+            // Row groups ascending, within a file and across files.
+            (&[&[&[Some(1), Some(2)], &[Some(3), Some(9)]], &[&[Some(10)]]], RowGroupsAscend),
+            // Disorder within a row group does not show in its statistics.
+            (&[&[&[Some(2), Some(1)], &[Some(3)]]], RowGroupsAscend),
+            // A row group of NULL keys only is passed over.
+            (&[&[&[Some(1)], &[None, None], &[Some(2), None]]], RowGroupsAscend),
+            // Overlapping ranges, a key repeated across row groups, files out of order.
+            (&[&[&[Some(1), Some(5)], &[Some(4), Some(9)]]], Unordered),
+            (&[&[&[Some(1), Some(5)], &[Some(5), Some(9)]]], Unordered),
+            (&[&[&[Some(10)]], &[&[Some(1)]]], Unordered),
+        ];
+        for (files, expected) in cases {
+            let (_dir, s) = snapshot(files).await;
+            assert_eq!(s.key_order(&["id"]), *expected, "{files:?}");
+        }
+        let (_dir, s) = snapshot(&[&[&[Some(1)], &[Some(2)]]]).await;
+        // A composite key, a text key, a column that is not there: the statistics
+        // cannot tell.
+        assert_eq!(s.key_order(&["id", "name"]), Unknown);
+        assert_eq!(s.key_order(&["name"]), Unknown);
+        assert_eq!(s.key_order(&["nope"]), Unknown);
+    }
 }

@@ -124,12 +124,22 @@ impl ParquetSink {
     /// `correction_id`, `source_value` and `replica_value` columns hold a distinct value
     /// on nearly every row, so they are written without a dictionary, which would only
     /// be built to be dropped.
-    pub fn try_new(layout: &RunLayout, rel: String, schema: SchemaRef) -> Result<Self> {
+    pub fn discrepancies(layout: &RunLayout, rel: String, schema: SchemaRef) -> Result<Self> {
         let props = ["key", "correction_id", "source_value", "replica_value"]
             .into_iter()
             .fold(properties(128 * 1024), |props, column| {
                 props.set_column_dictionary_enabled(ColumnPath::from(column), false)
             });
+        Self::with_properties(&layout.output, rel, schema, props)
+    }
+
+    /// A sink for one of the run's correction files. Their rows are the rows that
+    /// differ, whose values are mostly distinct, twice (the values set and the values
+    /// expected): only `op` is written with a dictionary.
+    pub fn corrections(layout: &RunLayout, rel: String, schema: SchemaRef) -> Result<Self> {
+        let props = properties(128 * 1024)
+            .set_dictionary_enabled(false)
+            .set_column_dictionary_enabled(ColumnPath::from("op"), true);
         Self::with_properties(&layout.output, rel, schema, props)
     }
 

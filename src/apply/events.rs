@@ -16,7 +16,7 @@ use object_store::buffered::BufWriter;
 use tokio::io::AsyncWriteExt;
 
 use super::CorrectionBatches;
-use super::value::Value;
+use super::value::{CellKind, write_cell_json};
 use crate::diff::json_string;
 use crate::error::{Error, Result};
 use crate::job::JobConfig;
@@ -70,6 +70,7 @@ struct EventColumn<'a> {
     name: &'a str,
     json_name: Vec<u8>,
     values: &'a dyn Array,
+    kind: CellKind,
 }
 
 impl<'a> EventColumn<'a> {
@@ -80,6 +81,7 @@ impl<'a> EventColumn<'a> {
             name,
             json_name,
             values,
+            kind: CellKind::of(values.data_type()),
         }
     }
 }
@@ -97,7 +99,7 @@ fn json_object<'c, 'a: 'c>(
         }
         out.extend_from_slice(&c.json_name);
         out.push(b':');
-        Value::from_array(c.values, r)?.write_json(out);
+        write_cell_json(c.values, c.kind, r, out)?;
     }
     out.push(b'}');
     Ok(())
@@ -388,7 +390,7 @@ impl EventsFile {
 
     /// The events of one batch read from the correction file at `url`.
     fn render(&self, url: &str, batch: &RecordBatch) -> Result<Rendered> {
-        let mut body = Vec::with_capacity(batch.num_rows() * 512);
+        let mut body = Vec::with_capacity(batch.num_rows() * 1024);
         let ids = write_events(&self.parts, &self.entity, &self.key, batch, &mut body)
             .map_err(|m| Error::Internal(format!("{url}: {m}")))?;
         let back = ids

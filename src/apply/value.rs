@@ -6,7 +6,7 @@ use arrow::datatypes::{
     Int64Type, Time64MicrosecondType, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
-use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
+use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -124,7 +124,6 @@ impl Value {
     /// Appends the value as JSON text, exactly as [`Self::to_json`] would print it,
     /// without building a JSON tree (the events files hold one per cell).
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        use chrono::{Datelike, Timelike};
         use std::io::Write;
         let text = |out: &mut Vec<u8>, s: &str| {
             serde_json::to_writer(&mut *out, s).expect("writing to memory");
@@ -162,7 +161,6 @@ impl Value {
 
     /// The value bound as a MySQL parameter (the session runs in UTC).
     pub fn to_mysql(&self) -> mysql_async::Value {
-        use chrono::{Datelike, Timelike};
         use mysql_async::Value as M;
         match self {
             Value::Null => M::NULL,
@@ -205,9 +203,212 @@ impl Value {
     }
 }
 
+/// How [`write_cell_json`] renders one column, resolved once per column.
+#[derive(Debug, Clone, Copy)]
+pub enum CellKind {
+    Int,
+    UInt,
+    Text,
+    Bool,
+    Date,
+    /// Microseconds per unit (a negative value divides: nanoseconds), and whether the
+    /// column is zoned.
+    Timestamp(i64, bool),
+    /// Every other type, through [`Value`].
+    Other,
+}
+
+impl CellKind {
+    pub fn of(t: &DataType) -> Self {
+        match t {
+            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => CellKind::Int,
+            DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
+                CellKind::UInt
+            }
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => CellKind::Text,
+            DataType::Boolean => CellKind::Bool,
+            DataType::Date32 => CellKind::Date,
+            DataType::Timestamp(unit, tz) => CellKind::Timestamp(
+                match unit {
+                    TimeUnit::Second => 1_000_000,
+                    TimeUnit::Millisecond => 1000,
+                    TimeUnit::Microsecond => 1,
+                    TimeUnit::Nanosecond => -1000,
+                },
+                tz.is_some(),
+            ),
+            _ => CellKind::Other,
+        }
+    }
+}
+
+/// Appends row `i` of `a` (of kind `kind`, see [`CellKind::of`]) as JSON text, exactly
+/// as `Value::from_array(a, i)?.write_json(out)` would, without building the value:
+/// the events files hold one per cell, hundreds of thousands of rows a run.
+pub fn write_cell_json(
+    a: &dyn Array,
+    kind: CellKind,
+    i: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    if a.is_null(i) {
+        out.extend_from_slice(b"null");
+        return Ok(());
+    }
+    match (kind, a.data_type()) {
+        (CellKind::Int, DataType::Int64) => write_i64(out, a.as_primitive::<Int64Type>().value(i)),
+        (CellKind::Int, DataType::Int32) => {
+            write_i64(out, a.as_primitive::<Int32Type>().value(i).into())
+        }
+        (CellKind::UInt, DataType::UInt64) => {
+            write_u64(out, a.as_primitive::<UInt64Type>().value(i))
+        }
+        (CellKind::Text, DataType::Utf8View) => {
+            crate::diff::json_string(out, a.as_string_view().value(i))
+        }
+        (CellKind::Text, DataType::Utf8) => {
+            crate::diff::json_string(out, a.as_string::<i32>().value(i))
+        }
+        (CellKind::Bool, _) => out.extend_from_slice(if a.as_boolean().value(i) {
+            b"true"
+        } else {
+            b"false"
+        }),
+        (CellKind::Date, _) => {
+            let days = a.as_primitive::<Date32Type>().value(i);
+            match chrono::DateTime::from_timestamp(i64::from(days) * 86_400, 0) {
+                Some(d) if (0..=9999).contains(&d.year()) => {
+                    out.push(b'"');
+                    write_date(out, d.year(), d.month(), d.day());
+                    out.push(b'"');
+                }
+                _ => Value::from_array(a, i)?.write_json(out),
+            }
+        }
+        (CellKind::Timestamp(per, utc), _) => {
+            let raw = match a.data_type() {
+                DataType::Timestamp(TimeUnit::Second, _) => {
+                    a.as_primitive::<TimestampSecondType>().value(i)
+                }
+                DataType::Timestamp(TimeUnit::Millisecond, _) => {
+                    a.as_primitive::<TimestampMillisecondType>().value(i)
+                }
+                DataType::Timestamp(TimeUnit::Microsecond, _) => {
+                    a.as_primitive::<TimestampMicrosecondType>().value(i)
+                }
+                _ => a.as_primitive::<TimestampNanosecondType>().value(i),
+            };
+            // As `Value::from_array` converts: to microseconds, truncating nanoseconds.
+            let micros = if per < 0 { raw / -per } else { raw * per };
+            match chrono::DateTime::from_timestamp_micros(micros) {
+                Some(t) if (0..=9999).contains(&t.year()) => {
+                    out.push(b'"');
+                    write_date(out, t.year(), t.month(), t.day());
+                    out.push(b'T');
+                    write_digits(out, t.hour(), 2);
+                    out.push(b':');
+                    write_digits(out, t.minute(), 2);
+                    out.push(b':');
+                    write_digits(out, t.second(), 2);
+                    out.push(b'.');
+                    write_digits(out, t.nanosecond() / 1000, 6);
+                    if utc {
+                        out.push(b'Z');
+                    }
+                    out.push(b'"');
+                }
+                _ => Value::from_array(a, i)?.write_json(out),
+            }
+        }
+        _ => Value::from_array(a, i)?.write_json(out),
+    }
+    Ok(())
+}
+
+fn write_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[at..]);
+}
+
+fn write_i64(out: &mut Vec<u8>, v: i64) {
+    if v < 0 {
+        out.push(b'-');
+    }
+    write_u64(out, v.unsigned_abs());
+}
+
+/// `v` in exactly `width` digits, zero-padded (`v` has no more).
+fn write_digits(out: &mut Vec<u8>, mut v: u32, width: usize) {
+    let start = out.len();
+    out.resize(start + width, b'0');
+    for at in (start..start + width).rev() {
+        out[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+}
+
+fn write_date(out: &mut Vec<u8>, year: i32, month: u32, day: u32) {
+    write_digits(out, year as u32, 4);
+    out.push(b'-');
+    write_digits(out, month, 2);
+    out.push(b'-');
+    write_digits(out, day, 2);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cells_render_as_their_values_do() {
+        use arrow::array::{
+            ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int8Array,
+            Int32Array, Int64Array, StringArray, StringViewArray, TimestampMicrosecondArray,
+            TimestampMillisecondArray, TimestampNanosecondArray, TimestampSecondArray,
+            UInt64Array,
+        };
+        use std::sync::Arc;
+        let far = 3_000_000i64; // days: past the year 9999
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![Some(0), Some(-1), Some(i64::MIN), Some(i64::MAX), None])),
+            Arc::new(Int32Array::from(vec![Some(7), Some(i32::MIN), None])),
+            Arc::new(Int8Array::from(vec![Some(-8), None])),
+            Arc::new(UInt64Array::from(vec![Some(0), Some(u64::MAX), None])),
+            Arc::new(Float64Array::from(vec![Some(-0.5), Some(f64::NAN), None])),
+            Arc::new(StringArray::from(vec![Some("a \"b\" \\ é\n"), Some(""), None])),
+            Arc::new(StringViewArray::from(vec![Some("a longer text than twelve bytes"), None])),
+            Arc::new(BooleanArray::from(vec![Some(true), Some(false), None])),
+            Arc::new(Date32Array::from(vec![Some(0), Some(-719_529), Some(19_782), Some(far as i32), None])),
+            Arc::new(Decimal128Array::from(vec![Some(-1250), None]).with_precision_and_scale(10, 2).unwrap()),
+            Arc::new(TimestampSecondArray::from(vec![Some(-1), Some(1_700_000_000), Some(far * 86_400), None])),
+            Arc::new(TimestampMillisecondArray::from(vec![Some(-1), Some(1_700_000_000_123)]).with_timezone("UTC")),
+            Arc::new(TimestampMicrosecondArray::from(vec![Some(-1), Some(1_700_000_000_123_456), Some(-62_135_596_800_000_000 - 1)])),
+            Arc::new(TimestampNanosecondArray::from(vec![Some(-1_500), Some(1_700_000_000_123_456_789)]).with_timezone("+00:00")),
+        ];
+        for a in &columns {
+            let kind = CellKind::of(a.data_type());
+            for i in 0..a.len() {
+                let (mut fast, mut slow) = (Vec::new(), Vec::new());
+                write_cell_json(a.as_ref(), kind, i, &mut fast).unwrap();
+                Value::from_array(a.as_ref(), i).unwrap().write_json(&mut slow);
+                assert_eq!(
+                    String::from_utf8(fast).unwrap(),
+                    String::from_utf8(slow).unwrap(),
+                    "{} row {i}",
+                    a.data_type()
+                );
+            }
+        }
+    }
 
     #[test]
     fn json_text_matches_the_json_tree() {

@@ -32,6 +32,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::job::{DeletePolicy, Owner};
+use crate::snapshot::{Snapshot, StatsOrder};
 use crate::write::{FileEntry, ManifestFile, ParquetSink, RunLayout, discrepancy_schema};
 use plan::{EntityPlan, Side, SoftColumn, SoftMarker};
 
@@ -164,7 +165,7 @@ impl EntityResult {
 pub async fn run_entity(
     ctx: &SessionContext,
     plan: &EntityPlan,
-    rows: [u64; 2],
+    inputs: [&Snapshot; 2],
     stamp: &RunStamp,
     layout: &RunLayout,
     progress: Option<&progress::Progress>,
@@ -191,7 +192,7 @@ pub async fn run_entity(
     // Data quality first: keys with a NULL part (a scan of the key columns), then the
     // key summary, which also counts each side's rows per key.
     let started = Instant::now();
-    let mut keyed = rows;
+    let mut keyed = inputs.map(|s| s.rows);
     for (i, side) in [Side::Source, Side::Replica].into_iter().enumerate() {
         let table = side.as_str();
         let context = format!("entity `{entity}`, {NULL_KEY} query on the {table} snapshot");
@@ -203,7 +204,7 @@ pub async fn run_entity(
         }
     }
     let (schema, batches, carried) =
-        key_summary(ctx, plan, keyed, progress, &collect, &query).await?;
+        key_summary(ctx, plan, inputs, keyed, progress, &collect, &query).await?;
     let context = format!("entity `{entity}`, key summary query");
     let candidates: usize = batches.iter().map(|b| b.num_rows()).sum();
     // The summary holds only the keys that need a look: the rows that differ and the
@@ -314,8 +315,13 @@ impl Carried {
 /// When both snapshots are sorted by the key and no key repeats, the key merge
 /// ([`merge::MergePairsExec`] over queries/key_side.sql) walks them in key order, one
 /// pass over each and a few batches held, and its pairs carry both sides' rows, so the
-/// diff reads neither snapshot again. The order is checked first by a merge of the key
-/// columns alone ([`key_order`]), and again as the full merge goes.
+/// diff reads neither snapshot again. The order is checked first, and again as the full
+/// merge goes. The first check reads the row groups' key statistics from the footers
+/// ([`Snapshot::key_order`]): a key range that overlaps the previous row group's rules
+/// the merge out, and ranges that ascend on both sides let it go ahead, a disorder
+/// within a row group then stopping it at that row group. When the statistics cannot
+/// tell (a composite or text key, statistics missing), a merge of the key columns alone
+/// checks the order ([`key_order`]).
 ///
 /// Otherwise, a hash join of the two sides' keys and fingerprints
 /// (queries/key_pairs.sql) holds the source side in memory and never hashes a key
@@ -332,6 +338,7 @@ impl Carried {
 async fn key_summary<C, FC, Q, FQ>(
     ctx: &SessionContext,
     plan: &EntityPlan,
+    inputs: [&Snapshot; 2],
     keyed: [u64; 2],
     progress: Option<&progress::Progress>,
     collect: &C,
@@ -366,17 +373,38 @@ where
             Ok::<_, Error>((schema, batches))
         }
     };
-    // A merge that cannot be planned (keys of a type it cannot compare) leaves the join.
-    let merged = match key_merge(ctx, plan, "source", "replica", true).await {
-        Ok(order) if key_order(entity, ctx, Arc::clone(&order), progress).await? => {
-            let merge = key_merge(ctx, plan, "source", "replica", false).await?;
-            Some(collect("key summary", context.clone(), merge).await)
+    let sides = [Side::Source, Side::Replica];
+    let stats: Vec<StatsOrder> = sides
+        .iter()
+        .zip(inputs)
+        .map(|(side, input)| {
+            let keys: Vec<&str> = plan.keys().iter().map(|k| k.name(*side)).collect();
+            input.key_order(&keys)
+        })
+        .collect();
+    tracing::debug!(entity = %entity, ?stats, "key order by the row-group statistics");
+    let ordered = if let Some(i) = stats.iter().position(|s| *s == StatsOrder::Unordered) {
+        let side = sides[i].as_str();
+        tracing::info!(entity = %entity, "the {side} snapshot's row groups are not in key order: key summary by join instead of merge");
+        false
+    } else if stats.iter().all(|s| *s == StatsOrder::RowGroupsAscend) {
+        true
+    } else {
+        // A merge that cannot be planned (keys of a type it cannot compare) leaves the
+        // join.
+        match key_merge(ctx, plan, "source", "replica", true).await {
+            Ok(order) => key_order(entity, ctx, order, progress).await?,
+            Err(e) => {
+                tracing::info!(entity = %entity, "no key merge ({e}): key summary by join instead");
+                false
+            }
         }
-        Ok(_) => None,
-        Err(e) => {
-            tracing::info!(entity = %entity, "no key merge ({e}): key summary by join instead");
-            None
-        }
+    };
+    let merged = if ordered {
+        let merge = key_merge(ctx, plan, "source", "replica", false).await?;
+        Some(collect("key summary", context.clone(), merge).await)
+    } else {
+        None
     };
     match merged {
         None => {}
@@ -736,7 +764,7 @@ impl<'a> Classifier<'a> {
     fn try_new(plan: &'a EntityPlan, stamp: &'a RunStamp, layout: &'a RunLayout) -> Result<Self> {
         let entity = &plan.entity.name;
         let discrepancies =
-            ParquetSink::try_new(layout, layout.discrepancies(entity), discrepancy_schema())?;
+            ParquetSink::discrepancies(layout, layout.discrepancies(entity), discrepancy_schema())?;
         let soft_deleted = match &plan.replica_soft {
             Some(s) => Some(soft_value(s, stamp.run_date, true)?),
             None => None,
@@ -831,7 +859,7 @@ impl<'a> Classifier<'a> {
                 *c.counts.entry(op).or_default() += n;
             }
             if c.sink.is_none() {
-                c.sink = Some(ParquetSink::try_new(
+                c.sink = Some(ParquetSink::corrections(
                     self.layout,
                     self.layout.corrections(system, &plan.entity.name),
                     Arc::clone(schema),
