@@ -426,7 +426,8 @@ mod tests {
             let props = WriterProperties::builder().build();
             let mut w = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).unwrap();
             for ids in *groups {
-                let names: Vec<Option<String>> = ids.iter().map(|i| i.map(|i| i.to_string())).collect();
+                let names: Vec<Option<String>> =
+                    ids.iter().map(|i| i.map(|i| i.to_string())).collect();
                 let batch = RecordBatch::try_new(
                     Arc::clone(&schema),
                     vec![
@@ -451,11 +452,17 @@ mod tests {
         use StatsOrder::*;
         let cases: &[(&[&[&[Option<i64>]]], StatsOrder)] = &[
             // Row groups ascending, within a file and across files.
-            (&[&[&[Some(1), Some(2)], &[Some(3), Some(9)]], &[&[Some(10)]]], RowGroupsAscend),
+            (
+                &[&[&[Some(1), Some(2)], &[Some(3), Some(9)]], &[&[Some(10)]]],
+                RowGroupsAscend,
+            ),
             // Disorder within a row group does not show in its statistics.
             (&[&[&[Some(2), Some(1)], &[Some(3)]]], RowGroupsAscend),
             // A row group of NULL keys only is passed over.
-            (&[&[&[Some(1)], &[None, None], &[Some(2), None]]], RowGroupsAscend),
+            (
+                &[&[&[Some(1)], &[None, None], &[Some(2), None]]],
+                RowGroupsAscend,
+            ),
             // Overlapping ranges, a key repeated across row groups, files out of order.
             (&[&[&[Some(1), Some(5)], &[Some(4), Some(9)]]], Unordered),
             (&[&[&[Some(1), Some(5)], &[Some(5), Some(9)]]], Unordered),

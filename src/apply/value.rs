@@ -373,33 +373,72 @@ mod tests {
         use arrow::array::{
             ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int8Array,
             Int32Array, Int64Array, StringArray, StringViewArray, TimestampMicrosecondArray,
-            TimestampMillisecondArray, TimestampNanosecondArray, TimestampSecondArray,
-            UInt64Array,
+            TimestampMillisecondArray, TimestampNanosecondArray, TimestampSecondArray, UInt64Array,
         };
         use std::sync::Arc;
         let far = 3_000_000i64; // days: past the year 9999
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(Int64Array::from(vec![Some(0), Some(-1), Some(i64::MIN), Some(i64::MAX), None])),
+            Arc::new(Int64Array::from(vec![
+                Some(0),
+                Some(-1),
+                Some(i64::MIN),
+                Some(i64::MAX),
+                None,
+            ])),
             Arc::new(Int32Array::from(vec![Some(7), Some(i32::MIN), None])),
             Arc::new(Int8Array::from(vec![Some(-8), None])),
             Arc::new(UInt64Array::from(vec![Some(0), Some(u64::MAX), None])),
             Arc::new(Float64Array::from(vec![Some(-0.5), Some(f64::NAN), None])),
-            Arc::new(StringArray::from(vec![Some("a \"b\" \\ é\n"), Some(""), None])),
-            Arc::new(StringViewArray::from(vec![Some("a longer text than twelve bytes"), None])),
+            Arc::new(StringArray::from(vec![
+                Some("a \"b\" \\ é\n"),
+                Some(""),
+                None,
+            ])),
+            Arc::new(StringViewArray::from(vec![
+                Some("a longer text than twelve bytes"),
+                None,
+            ])),
             Arc::new(BooleanArray::from(vec![Some(true), Some(false), None])),
-            Arc::new(Date32Array::from(vec![Some(0), Some(-719_529), Some(19_782), Some(far as i32), None])),
-            Arc::new(Decimal128Array::from(vec![Some(-1250), None]).with_precision_and_scale(10, 2).unwrap()),
-            Arc::new(TimestampSecondArray::from(vec![Some(-1), Some(1_700_000_000), Some(far * 86_400), None])),
-            Arc::new(TimestampMillisecondArray::from(vec![Some(-1), Some(1_700_000_000_123)]).with_timezone("UTC")),
-            Arc::new(TimestampMicrosecondArray::from(vec![Some(-1), Some(1_700_000_000_123_456), Some(-62_135_596_800_000_000 - 1)])),
-            Arc::new(TimestampNanosecondArray::from(vec![Some(-1_500), Some(1_700_000_000_123_456_789)]).with_timezone("+00:00")),
+            Arc::new(Date32Array::from(vec![
+                Some(0),
+                Some(-719_529),
+                Some(19_782),
+                Some(far as i32),
+                None,
+            ])),
+            Arc::new(
+                Decimal128Array::from(vec![Some(-1250), None])
+                    .with_precision_and_scale(10, 2)
+                    .unwrap(),
+            ),
+            Arc::new(TimestampSecondArray::from(vec![
+                Some(-1),
+                Some(1_700_000_000),
+                Some(far * 86_400),
+                None,
+            ])),
+            Arc::new(
+                TimestampMillisecondArray::from(vec![Some(-1), Some(1_700_000_000_123)])
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(TimestampMicrosecondArray::from(vec![
+                Some(-1),
+                Some(1_700_000_000_123_456),
+                Some(-62_135_596_800_000_000 - 1),
+            ])),
+            Arc::new(
+                TimestampNanosecondArray::from(vec![Some(-1_500), Some(1_700_000_000_123_456_789)])
+                    .with_timezone("+00:00"),
+            ),
         ];
         for a in &columns {
             let kind = CellKind::of(a.data_type());
             for i in 0..a.len() {
                 let (mut fast, mut slow) = (Vec::new(), Vec::new());
                 write_cell_json(a.as_ref(), kind, i, &mut fast).unwrap();
-                Value::from_array(a.as_ref(), i).unwrap().write_json(&mut slow);
+                Value::from_array(a.as_ref(), i)
+                    .unwrap()
+                    .write_json(&mut slow);
                 assert_eq!(
                     String::from_utf8(fast).unwrap(),
                     String::from_utf8(slow).unwrap(),
