@@ -1506,6 +1506,11 @@ pub fn canonical_text(a: &ArrayRef) -> Result<StringArray> {
 /// The diff output columns of one compared field.
 struct FieldColumns {
     reason: StringArray,
+    /// Row → index into the texts, for the rows where the field differs (a reason);
+    /// `u32::MAX` elsewhere.
+    at: Vec<u32>,
+    /// The values as text, of the rows where the field differs only: rendering every
+    /// row's would cost more than the rest of the classification.
     source_text: StringArray,
     replica_text: StringArray,
     delta: Option<(ArrayRef, ArrayRef)>,
@@ -1524,26 +1529,39 @@ impl FieldColumns {
         } else {
             None
         };
+        let reason = column(batch, &format!("reason{i}"))
+            .as_string::<i32>()
+            .clone();
+        let differs =
+            arrow::compute::is_not_null(&reason).map_err(|e| Error::Internal(e.to_string()))?;
+        let mut at = vec![u32::MAX; reason.len()];
+        for (n, row) in differs.values().set_indices().enumerate() {
+            at[row] = n as u32;
+        }
+        let text = |a: &ArrayRef| {
+            let a =
+                arrow::compute::filter(a, &differs).map_err(|e| Error::Internal(e.to_string()))?;
+            canonical_text(&a)
+        };
         Ok(FieldColumns {
-            reason: column(batch, &format!("reason{i}"))
-                .as_string::<i32>()
-                .clone(),
-            source_text: canonical_text(sc)?,
-            replica_text: canonical_text(rc)?,
+            at,
+            source_text: text(sc)?,
+            replica_text: text(rc)?,
+            reason,
             delta,
             replica_newer: newest
                 .then(|| column(batch, &format!("rnewer{i}")).as_boolean().clone()),
         })
     }
+    fn text(texts: &StringArray, at: u32) -> Option<&str> {
+        let at = at as usize;
+        (at < texts.len() && texts.is_valid(at)).then(|| texts.value(at))
+    }
     fn source_text(&self, row: usize) -> Option<&str> {
-        self.source_text
-            .is_valid(row)
-            .then(|| self.source_text.value(row))
+        Self::text(&self.source_text, self.at[row])
     }
     fn replica_text(&self, row: usize) -> Option<&str> {
-        self.replica_text
-            .is_valid(row)
-            .then(|| self.replica_text.value(row))
+        Self::text(&self.replica_text, self.at[row])
     }
     /// replica − source, when both are numbers.
     fn delta(&self, row: usize) -> Option<f64> {
