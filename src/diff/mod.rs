@@ -319,7 +319,9 @@ impl Carried {
 /// merge goes. The first check reads the row groups' key statistics from the footers
 /// ([`Snapshot::key_order`]): a key range that overlaps the previous row group's rules
 /// the merge out, and ranges that ascend on both sides let it go ahead, a disorder
-/// within a row group then stopping it at that row group. When the statistics cannot
+/// within a row group then stopping it when it gets there (the pairs gathered so far
+/// count against the memory limit, and running out also sends the entity to the
+/// join). When the statistics cannot
 /// tell (a composite or text key, statistics missing), a merge of the key columns alone
 /// checks the order ([`key_order`]).
 ///
