@@ -321,9 +321,8 @@ impl Carried {
 /// the merge out, and ranges that ascend on both sides let it go ahead, a disorder
 /// within a row group then stopping it when it gets there (the pairs gathered so far
 /// count against the memory limit, and running out also sends the entity to the
-/// join). When the statistics cannot
-/// tell (a composite or text key, statistics missing), a merge of the key columns alone
-/// checks the order ([`key_order`]).
+/// join). When the statistics cannot tell (a composite or text key, statistics
+/// missing), a merge of the key columns alone checks the order ([`key_order`]).
 ///
 /// Otherwise, a hash join of the two sides' keys and fingerprints
 /// (queries/key_pairs.sql) holds the source side in memory and never hashes a key
@@ -403,8 +402,13 @@ where
         }
     };
     let merged = if ordered {
-        let merge = key_merge(ctx, plan, "source", "replica", false).await?;
-        Some(collect("key summary", context.clone(), merge).await)
+        match key_merge(ctx, plan, "source", "replica", false).await {
+            Ok(merge) => Some(collect("key summary", context.clone(), merge).await),
+            Err(e) => {
+                tracing::info!(entity = %entity, "no key merge ({e}): key summary by join instead");
+                None
+            }
+        }
     } else {
         None
     };
