@@ -75,22 +75,7 @@ impl Value {
                     .ok_or("time out of range")?,
                 )
             }
-            DataType::Timestamp(unit, tz) => {
-                let utc = tz.is_some();
-                let micros = match unit {
-                    TimeUnit::Second => {
-                        a.as_primitive::<TimestampSecondType>().value(i) * 1_000_000
-                    }
-                    TimeUnit::Millisecond => {
-                        a.as_primitive::<TimestampMillisecondType>().value(i) * 1000
-                    }
-                    TimeUnit::Microsecond => a.as_primitive::<TimestampMicrosecondType>().value(i),
-                    TimeUnit::Nanosecond => {
-                        a.as_primitive::<TimestampNanosecondType>().value(i) / 1000
-                    }
-                };
-                ts(micros, utc)?
-            }
+            DataType::Timestamp(unit, tz) => ts(timestamp_micros(a, *unit, i), tz.is_some())?,
             DataType::Binary => Value::Bytes(a.as_binary::<i32>().value(i).to_vec()),
             DataType::LargeBinary => Value::Bytes(a.as_binary::<i64>().value(i).to_vec()),
             other => return Err(format!("type {other} cannot be applied")),
@@ -211,9 +196,8 @@ pub enum CellKind {
     Text,
     Bool,
     Date,
-    /// Microseconds per unit (a negative value divides: nanoseconds), and whether the
-    /// column is zoned.
-    Timestamp(i64, bool),
+    /// A timestamp; `true` when the column is zoned.
+    Timestamp(bool),
     /// Every other type, through [`Value`].
     Other,
 }
@@ -228,15 +212,7 @@ impl CellKind {
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => CellKind::Text,
             DataType::Boolean => CellKind::Bool,
             DataType::Date32 => CellKind::Date,
-            DataType::Timestamp(unit, tz) => CellKind::Timestamp(
-                match unit {
-                    TimeUnit::Second => 1_000_000,
-                    TimeUnit::Millisecond => 1000,
-                    TimeUnit::Microsecond => 1,
-                    TimeUnit::Nanosecond => -1000,
-                },
-                tz.is_some(),
-            ),
+            DataType::Timestamp(_, tz) => CellKind::Timestamp(tz.is_some()),
             _ => CellKind::Other,
         }
     }
@@ -285,22 +261,8 @@ pub fn write_cell_json(
                 _ => Value::from_array(a, i)?.write_json(out),
             }
         }
-        (CellKind::Timestamp(per, utc), _) => {
-            let raw = match a.data_type() {
-                DataType::Timestamp(TimeUnit::Second, _) => {
-                    a.as_primitive::<TimestampSecondType>().value(i)
-                }
-                DataType::Timestamp(TimeUnit::Millisecond, _) => {
-                    a.as_primitive::<TimestampMillisecondType>().value(i)
-                }
-                DataType::Timestamp(TimeUnit::Microsecond, _) => {
-                    a.as_primitive::<TimestampMicrosecondType>().value(i)
-                }
-                _ => a.as_primitive::<TimestampNanosecondType>().value(i),
-            };
-            // As `Value::from_array` converts: to microseconds, truncating nanoseconds.
-            let micros = if per < 0 { raw / -per } else { raw * per };
-            match chrono::DateTime::from_timestamp_micros(micros) {
+        (CellKind::Timestamp(utc), DataType::Timestamp(unit, _)) => {
+            match chrono::DateTime::from_timestamp_micros(timestamp_micros(a, *unit, i)) {
                 Some(t) if (0..=9999).contains(&t.year()) => {
                     out.push(b'"');
                     write_date(out, t.year(), t.month(), t.day());
@@ -323,6 +285,17 @@ pub fn write_cell_json(
         _ => Value::from_array(a, i)?.write_json(out),
     }
     Ok(())
+}
+
+/// Row `i` of the timestamp array `a` (of unit `unit`) in microseconds, nanoseconds
+/// truncated.
+fn timestamp_micros(a: &dyn Array, unit: TimeUnit, i: usize) -> i64 {
+    match unit {
+        TimeUnit::Second => a.as_primitive::<TimestampSecondType>().value(i) * 1_000_000,
+        TimeUnit::Millisecond => a.as_primitive::<TimestampMillisecondType>().value(i) * 1000,
+        TimeUnit::Microsecond => a.as_primitive::<TimestampMicrosecondType>().value(i),
+        TimeUnit::Nanosecond => a.as_primitive::<TimestampNanosecondType>().value(i) / 1000,
+    }
 }
 
 fn write_u64(out: &mut Vec<u8>, mut v: u64) {
