@@ -1,13 +1,16 @@
 //! The key merge of the key summary: [`MergePairsExec`], a DataFusion operator that
 //! pairs the rows of two snapshots sorted by their key, in one pass over each, and
-//! emits only the pairs that need a look.
+//! emits only the pairs that need a look, in key order.
 //!
 //! Snapshots are often written in key order: a table read in primary-key order (an
 //! InnoDB table scan, a query ending in `ORDER BY` the key) gives them so, and so does
 //! `recon generate`. When both are, the two sides can be merged like sorted lists, with
-//! no hash table and no second read: each side streams past once, holding a batch or
-//! two, and the pairs carry both sides' values to the diff. The hash join of queries/key_pairs.sql instead holds the source side's keys in
-//! memory, and the diff then reads the source snapshot again for the keys that differ.
+//! no hash table and no second read: each side streams past once, holding a few
+//! batches, and the pairs carry both sides' values to the diff, which reads them as
+//! they come through the table [`MergedPairs`] (queries/pairs_diff.sql): the key
+//! summary and the diff are one pass, and the pairs are never held. The hash join of
+//! queries/key_pairs.sql instead holds the source side's keys in memory, and the diff
+//! then reads the source snapshot again for the keys that differ.
 //!
 //! Its inputs are two SQL queries, one per side (queries/key_side.sql), each planned
 //! as one partition so that its rows come in file order: the key columns `k0`, `k1`,
@@ -15,23 +18,23 @@
 //! soft-deleted) and the side's raw mapped columns. Each input runs on a task of its
 //! own, so the two sides are decoded on two cores while the merge walks them.
 //!
-//! The output is what queries/key_pairs.sql gives and queries/key_pairs_summary.sql
-//! reads: the keys, `__sr`, `__sl`, `__rr`, `__rl` (the source and replica have the
-//! row, and have it live: 0 or 1), `__x` (the XOR of the live rows' fingerprints), the
-//! source's values `sv0`, `sv1`, … and the replica's `v0`, `v1`, …, NULL for a side
-//! that lacks the row. A pair needs a look when a side lacks the row or when the
-//! fingerprints differ (a NULL differs from a value).
+//! The output has the columns of queries/key_pairs.sql: the keys, `__sr`, `__sl`,
+//! `__rr`, `__rl` (the source and replica have the row, and have it live: 0 or 1),
+//! `__x` (the XOR of the live rows' fingerprints), the source's values `sv0`, `sv1`, …
+//! and the replica's `v0`, `v1`, …, NULL for a side that lacks the row. A pair needs a
+//! look when a side lacks the row or when the fingerprints differ (a NULL differs from
+//! a value).
 //!
 //! The merge is exact only when each side's keys strictly ascend (in the order of
 //! arrow's row format, which for integers, dates, timestamps and strings is the
 //! natural order, strings by bytes). The operator checks that as it goes and stops at
-//! the first key that does not: the query then fails with [`NotMergeable`], and the
-//! caller uses the hash join instead. A side whose first keys are far ahead of the
-//! other's shows its disorder only once the other side has caught up, every row of
-//! which is a pair by then; so recon first checks the order from the row groups' key
-//! statistics or, when they cannot tell, by this merge over the key columns alone,
-//! which holds nothing and reads a small share of the snapshots, and runs the full
-//! merge only when the check passes.
+//! the first key that does not: the query then fails with [`NotMergeable`], the
+//! outputs written so far are dropped, and the caller uses the hash join instead. A
+//! side whose first keys are far ahead of the other's shows its disorder only once the
+//! other side has caught up, every row of which is a pair by then; so recon first
+//! checks the order from the row groups' key statistics or, when they cannot tell, by
+//! this merge over the key columns alone, which reads a small share of the snapshots,
+//! and runs the full merge only when the check passes.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -41,6 +44,7 @@ use arrow::array::{
     Array, ArrayRef, ArrowPrimitiveType, AsArray, Int64Array, RecordBatch, UInt32Array,
     UInt64Array, new_null_array,
 };
+use arrow::compute::SortOptions;
 use arrow::compute::{concat_batches, interleave, take};
 use arrow::datatypes::{
     DataType, Date32Type, Date64Type, Field, Int8Type, Int16Type, Int32Type, Int64Type, Schema,
@@ -48,12 +52,17 @@ use arrow::datatypes::{
     TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type,
 };
 use arrow::row::{OwnedRow, RowConverter, Rows, SortField};
+use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::{
     RecordBatchReceiverStreamBuilder, RecordBatchStreamAdapter,
 };
@@ -109,9 +118,6 @@ pub struct MergePairsExec {
     replica: Arc<dyn ExecutionPlan>,
     /// Number of leading key columns in both inputs.
     keys: usize,
-    /// The pairs emitted stay held by the consumer (they count against the memory
-    /// pool until the merge ends); see [`Self::passing`].
-    held: bool,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
 }
@@ -173,8 +179,19 @@ impl MergePairsExec {
             );
         }
         let schema = Arc::new(Schema::new(fields));
+        // The pairs come in ascending key order, as a query's `ORDER BY` the keys
+        // (ascending, NULLs last: no key is NULL) wants them: no sort is planned.
+        let ordering = (0..keys).map(|i| {
+            PhysicalSortExpr::new(
+                Arc::new(Column::new(schema.field(i).name(), i)),
+                SortOptions {
+                    descending: false,
+                    nulls_first: false,
+                },
+            )
+        });
         let properties = PlanProperties::new(
-            EquivalenceProperties::new(Arc::clone(&schema)),
+            EquivalenceProperties::new_with_orderings(Arc::clone(&schema), [ordering]),
             Partitioning::UnknownPartitioning(1),
             EmissionType::Incremental,
             Boundedness::Bounded,
@@ -183,18 +200,9 @@ impl MergePairsExec {
             source,
             replica,
             keys,
-            held: true,
             schema,
             properties: Arc::new(properties),
         })
-    }
-
-    /// The merge for a consumer that drops each batch of pairs once it has looked at
-    /// it (the key order check): the pairs count against the memory pool only until
-    /// they are emitted.
-    pub fn passing(mut self) -> Self {
-        self.held = false;
-        self
     }
 }
 
@@ -236,7 +244,7 @@ impl ExecutionPlan for MergePairsExec {
         let replica = children.pop().expect("two children");
         let source = children.pop().expect("two children");
         let merge = Self::try_new(source, replica, self.keys)?;
-        Ok(Arc::new(if self.held { merge } else { merge.passing() }))
+        Ok(Arc::new(merge))
     }
 
     fn execute(
@@ -263,7 +271,6 @@ impl ExecutionPlan for MergePairsExec {
             pending: Vec::new(),
             pending_rows: 0,
             batch_size: context.session_config().batch_size(),
-            held: self.held,
             reservation: MemoryConsumer::new("MergePairsExec").register(context.memory_pool()),
         };
         let stream = futures::stream::try_unfold(merge, |mut merge| async move {
@@ -273,6 +280,54 @@ impl ExecutionPlan for MergePairsExec {
             Arc::clone(&self.schema),
             stream,
         )))
+    }
+}
+
+/// A key merge as a table, for the diff query to read its pairs as the merge emits
+/// them: the key summary and the diff then make one pass, and the pairs are never
+/// held. The table can be scanned once (the merge is planned already).
+#[derive(Debug)]
+pub struct MergedPairs {
+    merge: Arc<dyn ExecutionPlan>,
+}
+
+impl MergedPairs {
+    /// `merge`: a [`MergePairsExec`] (or a plan over one).
+    pub fn new(merge: Arc<dyn ExecutionPlan>) -> Self {
+        MergedPairs { merge }
+    }
+}
+
+#[async_trait::async_trait]
+impl TableProvider for MergedPairs {
+    fn schema(&self) -> SchemaRef {
+        self.merge.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(projection) = projection else {
+            return Ok(Arc::clone(&self.merge));
+        };
+        let schema = self.merge.schema();
+        let columns = projection.iter().map(|&i| {
+            let name = schema.field(i).name().clone();
+            let column: Arc<dyn PhysicalExpr> = Arc::new(Column::new(&name, i));
+            (column, name)
+        });
+        Ok(Arc::new(ProjectionExec::try_new(
+            columns,
+            Arc::clone(&self.merge),
+        )?))
     }
 }
 
@@ -486,11 +541,8 @@ struct Merge {
     pending: Vec<RecordBatch>,
     pending_rows: usize,
     batch_size: usize,
-    /// See [`MergePairsExec::passing`].
-    held: bool,
-    /// The memory of the pairs gathered, held while the merge runs (or, when not
-    /// `held`, until they are emitted); running out of it fails the query with
-    /// `ResourcesExhausted`, and recon then uses the join.
+    /// The memory of the pairs gathered and not yet emitted; running out of it fails
+    /// the query with `ResourcesExhausted`, and recon then uses the join.
     reservation: MemoryReservation,
 }
 
@@ -527,9 +579,7 @@ impl Merge {
         let batch = concat_batches(&self.schema, &self.pending)?;
         self.pending.clear();
         self.pending_rows = 0;
-        if !self.held {
-            self.reservation.free();
-        }
+        self.reservation.free();
         Ok(Some(batch))
     }
 
@@ -592,7 +642,7 @@ impl Merge {
                 (None, Some(r)) => take(r.batch.column(c), &r_idx, None)?,
                 (None, None) => unreachable!("pairs come from a batch"),
             };
-            columns.push(compact(key));
+            columns.push(key);
         }
         let has = |p: Option<u32>| i64::from(p.is_some());
         let live = |c: Option<&Current>, p: Option<u32>| {
@@ -634,7 +684,7 @@ impl Merge {
                         pairs.len(),
                     ),
                 };
-                columns.push(compact(column));
+                columns.push(column);
             }
         }
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
@@ -672,16 +722,6 @@ fn walk(
         }
     }
     (i, j)
-}
-
-/// `a` with string and binary views copied out of the buffers they share with the
-/// decoded Parquet pages, so that holding a few pairs does not hold whole pages.
-fn compact(a: ArrayRef) -> ArrayRef {
-    match a.data_type() {
-        DataType::Utf8View => Arc::new(a.as_string_view().gc()),
-        DataType::BinaryView => Arc::new(a.as_binary_view().gc()),
-        _ => a,
-    }
 }
 
 /// Key types compared as one i64: integers that fit, dates and timestamps.
@@ -910,56 +950,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_passing_merge_holds_only_the_pairs_not_yet_emitted() {
+    async fn the_merge_holds_only_the_pairs_not_yet_emitted() {
         use datafusion::execution::memory_pool::GreedyMemoryPool;
         use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-        // Two sides with no key in common: every row is a pair, about 4 MB of them.
+        // Two sides with no key in common: every row is a pair, about 4 MB of them,
+        // four times the pool.
         let source: Vec<_> = (0..50_000).map(|k| (k, "a", Some(1), "x")).collect();
         let replica: Vec<_> = (50_000..100_000).map(|k| (k, "a", Some(1), "x")).collect();
-        for passing in [false, true] {
-            let runtime = RuntimeEnvBuilder::new()
-                .with_memory_pool(Arc::new(GreedyMemoryPool::new(1 << 20)))
-                .build_arc()
-                .unwrap();
-            let ctx = SessionContext::new_with_config_rt(
-                SessionConfig::new().with_target_partitions(1),
-                runtime,
-            );
-            ctx.register_table("s", Arc::new(side(&source, "sv", 4096)))
-                .unwrap();
-            ctx.register_table("r", Arc::new(side(&replica, "v", 4096)))
-                .unwrap();
-            let plan = |table: &str| {
-                let (ctx, sql) = (ctx.clone(), format!("SELECT * FROM {table}"));
-                async move {
-                    let df = ctx.sql(&sql).await.unwrap();
-                    df.create_physical_plan().await.unwrap()
-                }
-            };
-            let merge = MergePairsExec::try_new(plan("s").await, plan("r").await, 2).unwrap();
-            let merge = Arc::new(if passing { merge.passing() } else { merge });
-            let mut stream = merge.execute(0, ctx.task_ctx()).unwrap();
-            let mut rows = 0;
-            let mut failed = None;
-            while let Some(batch) = stream.next().await {
-                match batch {
-                    Ok(b) => rows += b.num_rows(),
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(GreedyMemoryPool::new(1 << 20)))
+            .build_arc()
+            .unwrap();
+        let ctx = SessionContext::new_with_config_rt(
+            SessionConfig::new().with_target_partitions(1),
+            runtime,
+        );
+        ctx.register_table("s", Arc::new(side(&source, "sv", 4096)))
+            .unwrap();
+        ctx.register_table("r", Arc::new(side(&replica, "v", 4096)))
+            .unwrap();
+        let plan = |table: &str| {
+            let (ctx, sql) = (ctx.clone(), format!("SELECT * FROM {table}"));
+            async move {
+                let df = ctx.sql(&sql).await.unwrap();
+                df.create_physical_plan().await.unwrap()
             }
-            if passing {
-                assert!(failed.is_none(), "{failed:?}");
-                assert_eq!(rows, 100_000);
-            } else {
-                let e = failed.expect("the held pairs outgrow the pool");
-                assert!(
-                    matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)),
-                    "{e}"
-                );
-            }
+        };
+        let merge = Arc::new(MergePairsExec::try_new(plan("s").await, plan("r").await, 2).unwrap());
+        let mut stream = merge.execute(0, ctx.task_ctx()).unwrap();
+        let mut rows = 0;
+        while let Some(batch) = stream.next().await {
+            rows += batch.unwrap().num_rows();
         }
+        assert_eq!(rows, 100_000);
     }
 }

@@ -174,7 +174,6 @@ pub async fn run_entity(
     for udf in plan.functions() {
         ctx.register_udf(udf);
     }
-    let mut out = Classifier::try_new(plan, stamp, layout)?;
     let collect = |stage: &'static str, context: String, physical: Arc<dyn ExecutionPlan>| async move {
         let _watch = progress.map(|p| p.watch(stage, Arc::clone(&physical)));
         let schema = physical.schema();
@@ -193,18 +192,60 @@ pub async fn run_entity(
     // key summary, which also counts each side's rows per key.
     let started = Instant::now();
     let mut keyed = inputs.map(|s| s.rows);
+    let mut null_keys = Vec::new();
     for (i, side) in [Side::Source, Side::Replica].into_iter().enumerate() {
         let table = side.as_str();
         let context = format!("entity `{entity}`, {NULL_KEY} query on the {table} snapshot");
         let sql = plan.null_keys_sql(side, table);
         let (_, batches, _) = query("null keys", context, sql, Tuning::Full).await?;
-        for batch in &batches {
-            keyed[i] = keyed[i].saturating_sub(sum_u64(batch, "__rows")?);
-            out.quality(batch, NULL_KEY, side)?;
+        for batch in batches {
+            keyed[i] = keyed[i].saturating_sub(sum_u64(&batch, "__rows")?);
+            null_keys.push((side, batch));
         }
     }
-    let (schema, batches, carried) =
-        key_summary(ctx, plan, inputs, keyed, progress, &collect, &query).await?;
+    // The outputs, with the null-key rows first; a merge that stops part way starts
+    // them again.
+    let classifier = || {
+        let mut out = Classifier::try_new(plan, stamp, layout)?;
+        for (side, batch) in &null_keys {
+            out.quality(batch, NULL_KEY, *side)?;
+        }
+        Ok::<_, Error>(out)
+    };
+
+    if let Some(merge) = merge_plan(ctx, plan, inputs, progress).await? {
+        // The key summary and the diff in one pass: the diff query reads the merge's
+        // pairs as they come, in key order, so nothing is held in between. No key
+        // repeats in a merge, so there are no duplicate keys to report.
+        let key_summary_ms = started.elapsed().as_millis() as u64;
+        let started = Instant::now();
+        let mut out = classifier()?;
+        out.flush_discrepancies().await?;
+        let context = format!("entity `{entity}`, diff query");
+        ctx.deregister_table(PAIRS_TABLE)
+            .map_err(|e| Error::query(&context, e))?;
+        ctx.register_table(PAIRS_TABLE, Arc::new(merge::MergedPairs::new(merge)))
+            .map_err(|e| Error::query(&context, e))?;
+        let sql = plan.pairs_diff_sql(PAIRS_TABLE);
+        let physical = physical_plan(ctx, &context, &sql, Tuning::Ordered).await?;
+        match diff(ctx, plan, &context, physical, &mut out, progress).await {
+            Ok(()) => {
+                tracing::debug!(entity = %entity, "key summary by merge");
+                let diff_ms = started.elapsed().as_millis() as u64;
+                return out
+                    .finish(key_summary_ms, diff_ms, Carried::Both.plan())
+                    .await;
+            }
+            // What was written is dropped with `out`: its files never appear.
+            Err(e) => match merge_stopped(&e) {
+                Some(why) => tracing::info!(entity = %entity, "{why}: key summary by join instead"),
+                None => return Err(e),
+            },
+        }
+    }
+
+    let mut out = classifier()?;
+    let (schema, batches, carried) = key_summary(ctx, plan, keyed, &query).await?;
     let context = format!("entity `{entity}`, key summary query");
     let candidates: usize = batches.iter().map(|b| b.num_rows()).sum();
     // The summary holds only the keys that need a look: the rows that differ and the
@@ -232,25 +273,32 @@ pub async fn run_entity(
     let context = format!("entity `{entity}`, diff query");
     // The diff reads each side's rows for the few candidate keys only: from the pairs
     // when they carry them, else from the snapshot.
-    let (sql, tuning) = match carried {
-        // In key order already, as the merge made them: one partition keeps it so.
-        Carried::Both => (plan.pairs_diff_sql(PAIRS_TABLE), Tuning::Ordered),
-        Carried::Replica => (
-            plan.diff_sql(SUMMARY_TABLE, "source", "replica", Some(PAIRS_TABLE)),
-            Tuning::LateScan,
-        ),
-        Carried::None => (
-            plan.diff_sql(SUMMARY_TABLE, "source", "replica", None),
-            Tuning::LateScan,
-        ),
+    let sql = match carried {
+        Carried::Both => unreachable!("merged pairs are diffed as they come"),
+        Carried::Replica => plan.diff_sql(SUMMARY_TABLE, "source", "replica", Some(PAIRS_TABLE)),
+        Carried::None => plan.diff_sql(SUMMARY_TABLE, "source", "replica", None),
     };
-    let physical = physical_plan(ctx, &context, &sql, tuning).await?;
+    let physical = physical_plan(ctx, &context, &sql, Tuning::LateScan).await?;
+    diff(ctx, plan, &context, physical, &mut out, progress).await?;
+    let diff_ms = started.elapsed().as_millis() as u64;
+    out.finish(key_summary_ms, diff_ms, carried.plan()).await
+}
+
+/// Runs the diff query `physical` and writes what it gives to `out`. Batches are
+/// classified on the blocking pool, one per core, and written in order.
+async fn diff(
+    ctx: &SessionContext,
+    plan: &EntityPlan,
+    context: &str,
+    physical: Arc<dyn ExecutionPlan>,
+    out: &mut Classifier<'_>,
+    progress: Option<&progress::Progress>,
+) -> Result<()> {
     let _watch = progress.map(|p| p.watch("diff", Arc::clone(&physical)));
     let stream = datafusion::physical_plan::execute_stream(Arc::clone(&physical), ctx.task_ctx())
-        .map_err(|e| Error::query(&context, e))?;
-    // Batches are classified on the blocking pool, one per core, and written in order.
+        .map_err(|e| Error::query(context, e))?;
     let batches = {
-        let context = context.clone();
+        let context = context.to_string();
         stream.map(move |batch| batch.map_err(|e| Error::query(&context, e)))
     };
     let rules = Arc::clone(&out.rules);
@@ -265,9 +313,23 @@ pub async fn run_entity(
     while let Some(batch) = classified.next().await {
         out.absorb(batch?).await?;
     }
-    executed(entity, "diff", &context, &physical);
-    let diff_ms = started.elapsed().as_millis() as u64;
-    out.finish(key_summary_ms, diff_ms, carried.plan()).await
+    executed(&plan.entity.name, "diff", context, &physical);
+    Ok(())
+}
+
+/// Why a streamed key merge stopped, when it stopped for a reason that sends the
+/// entity to the join: a key out of order or repeated, or the memory limit.
+fn merge_stopped(e: &Error) -> Option<String> {
+    let Error::Query { source, .. } = e else {
+        return None;
+    };
+    if let Some(why) = merge::NotMergeable::find(source) {
+        Some(why.to_string())
+    } else if matches!(source.find_root(), DataFusionError::ResourcesExhausted(_)) {
+        Some("the key merge ran out of memory".into())
+    } else {
+        None
+    }
 }
 
 /// `batch`, a batch of the diff query, with the columns the query leaves out
@@ -309,71 +371,28 @@ impl Carried {
     }
 }
 
-/// The key summary of one entity (see queries/keys.sql), by the cheapest of three
-/// plans, and which sides' rows the table [`PAIRS_TABLE`] then holds for the diff.
+/// The key merge of one entity ([`merge::MergePairsExec`] over queries/key_side.sql),
+/// planned and not yet run, when both snapshots are sorted by the key; `None` sends
+/// the entity to [`key_summary`]'s join or aggregation.
 ///
-/// When both snapshots are sorted by the key and no key repeats, the key merge
-/// ([`merge::MergePairsExec`] over queries/key_side.sql) walks them in key order, one
-/// pass over each and a few batches held, and its pairs carry both sides' rows, so the
-/// diff reads neither snapshot again. The order is checked first, and again as the full
-/// merge goes. The first check reads the row groups' key statistics from the footers
+/// When both snapshots are sorted by the key and no key repeats, the merge walks them
+/// in key order, one pass over each and a few batches held, and its pairs carry both
+/// sides' rows: the diff query reads them as they come ([`merge::MergedPairs`]), and
+/// reads neither snapshot again. The order is checked first, and again as the merge
+/// goes. The first check reads the row groups' key statistics from the footers
 /// ([`Snapshot::key_order`]): a key range that overlaps the previous row group's rules
 /// the merge out, and ranges that ascend on both sides let it go ahead, a disorder
-/// within a row group then stopping it when it gets there (the pairs gathered so far
-/// count against the memory limit, and running out also sends the entity to the
-/// join). When the statistics cannot tell (a composite or text key, statistics
-/// missing), a merge of the key columns alone checks the order ([`key_order`]).
-///
-/// Otherwise, a hash join of the two sides' keys and fingerprints
-/// (queries/key_pairs.sql) holds the source side in memory and never hashes a key
-/// twice on the same side, which makes it several times faster than grouping both
-/// sides' rows by key; its pairs carry the replica's rows, so the diff reads only the
-/// source snapshot again. It is exact only when no key found on both sides is
-/// repeated, which holds for snapshots keyed by a primary key and is checked: a join
-/// pairs every row of a repeated key with every row of the other side, so its output
-/// row count, its one-sided rows and the sides' row counts `keyed` (rows with a
-/// complete key) agree only when no such key exists. When they disagree, when the
-/// source side would not fit in half the memory limit, or when the join runs out of
-/// memory, the summary is the hash aggregation of queries/keys.sql, which spills to
-/// disk.
-async fn key_summary<C, FC, Q, FQ>(
+/// within a row group then stopping it when it gets there (the outputs written so far
+/// are dropped, and the entity goes to the join). When the statistics cannot tell (a
+/// composite or text key, statistics missing), a merge of the key columns alone checks
+/// the order ([`key_order`]).
+async fn merge_plan(
     ctx: &SessionContext,
     plan: &EntityPlan,
     inputs: [&Snapshot; 2],
-    keyed: [u64; 2],
     progress: Option<&progress::Progress>,
-    collect: &C,
-    query: &Q,
-) -> Result<(SchemaRef, Vec<RecordBatch>, Carried)>
-where
-    C: Fn(&'static str, String, Arc<dyn ExecutionPlan>) -> FC,
-    FC: std::future::Future<Output = Result<(SchemaRef, Vec<RecordBatch>, Arc<dyn ExecutionPlan>)>>,
-    Q: Fn(&'static str, String, String, Tuning) -> FQ,
-    FQ: std::future::Future<Output = Result<(SchemaRef, Vec<RecordBatch>, Arc<dyn ExecutionPlan>)>>,
-{
+) -> Result<Option<Arc<dyn ExecutionPlan>>> {
     let entity = &plan.entity.name;
-    let context = format!("entity `{entity}`, key summary query");
-    // `sorted`: the pairs are in ascending key order.
-    let pairs_summary = |schema: SchemaRef, pairs: Vec<RecordBatch>, sorted: bool| {
-        let context = context.clone();
-        async move {
-            let mut table =
-                MemTable::try_new(schema, vec![pairs]).map_err(|e| Error::query(&context, e))?;
-            if sorted {
-                let keys = (0..plan.key_len)
-                    .map(|i| datafusion::prelude::col(format!("k{i}")).sort(true, false))
-                    .collect();
-                table = table.with_sort_order(vec![keys]);
-            }
-            ctx.deregister_table(PAIRS_TABLE)
-                .map_err(|e| Error::query(&context, e))?;
-            ctx.register_table(PAIRS_TABLE, Arc::new(table))
-                .map_err(|e| Error::query(&context, e))?;
-            let sql = plan.key_pairs_summary_sql(PAIRS_TABLE);
-            let (schema, batches, _) = query("key summary", context, sql, Tuning::Full).await?;
-            Ok::<_, Error>((schema, batches))
-        }
-    };
     let sides = [Side::Source, Side::Replica];
     let stats: Vec<StatsOrder> = sides
         .iter()
@@ -401,37 +420,43 @@ where
             }
         }
     };
-    let merged = if ordered {
-        match key_merge(ctx, plan, "source", "replica", false).await {
-            Ok(merge) => Some(collect("key summary", context.clone(), merge).await),
-            Err(e) => {
-                tracing::info!(entity = %entity, "no key merge ({e}): key summary by join instead");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    match merged {
-        None => {}
-        Some(Ok((schema, pairs, _))) => {
-            tracing::debug!(entity = %entity, "key summary by merge");
-            let (schema, batches) = pairs_summary(schema, pairs, true).await?;
-            return Ok((schema, batches, Carried::Both));
-        }
-        Some(Err(e)) => {
-            let Error::Query { source, .. } = &e else {
-                return Err(e);
-            };
-            if let Some(why) = merge::NotMergeable::find(source) {
-                tracing::info!(entity = %entity, "{why}: key summary by join instead of merge");
-            } else if matches!(source.find_root(), DataFusionError::ResourcesExhausted(_)) {
-                tracing::info!(entity = %entity, "the key merge ran out of memory: key summary by join instead");
-            } else {
-                return Err(e);
-            }
+    if !ordered {
+        return Ok(None);
+    }
+    match key_merge(ctx, plan, "source", "replica", false).await {
+        Ok(merge) => Ok(Some(merge)),
+        Err(e) => {
+            tracing::info!(entity = %entity, "no key merge ({e}): key summary by join instead");
+            Ok(None)
         }
     }
+}
+
+/// The key summary of one entity (see queries/keys.sql) when the key merge does not
+/// apply, by the cheaper of two plans, and which sides' rows the table [`PAIRS_TABLE`]
+/// then holds for the diff.
+///
+/// A hash join of the two sides' keys and fingerprints (queries/key_pairs.sql) holds
+/// the source side in memory and never hashes a key twice on the same side, which
+/// makes it several times faster than grouping both sides' rows by key; its pairs
+/// carry the replica's rows, so the diff reads only the source snapshot again. It is
+/// exact only when no key found on both sides is repeated, which holds for snapshots
+/// keyed by a primary key and is checked: a join pairs every row of a repeated key
+/// with every row of the other side, so its output row count, its one-sided rows and
+/// the sides' row counts `keyed` (rows with a complete key) agree only when no such
+/// key exists. When they disagree, when the source side would not fit in half the
+/// memory limit, or when the join runs out of memory, the summary is the hash
+/// aggregation of queries/keys.sql, which spills to disk.
+async fn key_summary<Q, FQ>(
+    ctx: &SessionContext,
+    plan: &EntityPlan,
+    keyed: [u64; 2],
+    query: &Q,
+) -> Result<(SchemaRef, Vec<RecordBatch>, Carried)>
+where
+    Q: Fn(&'static str, String, String, Tuning) -> FQ,
+    FQ: std::future::Future<Output = Result<(SchemaRef, Vec<RecordBatch>, Arc<dyn ExecutionPlan>)>>,
+{
     let entity = &plan.entity.name;
     let context = format!("entity `{entity}`, key summary query");
     let limit = match ctx.runtime_env().memory_pool.memory_limit() {
@@ -444,7 +469,15 @@ where
         match query("key summary", context.clone(), sql, Tuning::Pairs).await {
             Ok((schema, pairs, physical)) => match pairs_are_exact(&pairs, &physical, keyed) {
                 Ok(()) => {
-                    let (schema, batches) = pairs_summary(schema, pairs, false).await?;
+                    let table = MemTable::try_new(schema, vec![pairs])
+                        .map_err(|e| Error::query(&context, e))?;
+                    ctx.deregister_table(PAIRS_TABLE)
+                        .map_err(|e| Error::query(&context, e))?;
+                    ctx.register_table(PAIRS_TABLE, Arc::new(table))
+                        .map_err(|e| Error::query(&context, e))?;
+                    let sql = plan.key_pairs_summary_sql(PAIRS_TABLE);
+                    let (schema, batches, _) =
+                        query("key summary", context, sql, Tuning::Full).await?;
                     return Ok((schema, batches, Carried::Replica));
                 }
                 Err(why) => {
@@ -474,11 +507,11 @@ where
 /// Whether the key merge `order` of the two sides' key columns alone (see
 /// [`key_merge`]) runs to its end: both snapshots are in strictly ascending key order.
 ///
-/// The full merge checks the order too, but it gathers the pairs as it goes, and a
-/// side whose first keys are far ahead of the other's (row groups written out of
-/// order, say) makes every row of the other side a pair before the disorder shows:
-/// the whole snapshot held, only to be dropped. The keys alone are a small share of
-/// the snapshots, and this pass holds nothing.
+/// The full merge checks the order too, but it diffs the pairs as it goes, and a side
+/// whose first keys are far ahead of the other's (row groups written out of order,
+/// say) makes every row of the other side a pair before the disorder shows: the whole
+/// snapshot diffed and written, only to be dropped. The keys alone are a small share
+/// of the snapshots, and this pass writes nothing.
 async fn key_order(
     entity: &str,
     ctx: &SessionContext,
@@ -528,8 +561,7 @@ pub async fn key_merge(
         plan.key_len,
     )
     .map_err(|e| Error::query(&context, e))?;
-    // The order check drops every batch of pairs it is given.
-    Ok(Arc::new(if keys_only { merge.passing() } else { merge }))
+    Ok(Arc::new(merge))
 }
 
 /// The table holding the key join's pairs (queries/key_pairs.sql) while the entity is
