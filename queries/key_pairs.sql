@@ -14,13 +14,13 @@
 -- queries/keys.sql.
 WITH s AS (
   SELECT {source_keys},
-         CASE WHEN {source_live} THEN {source_fingerprint} END AS "__h"
+         {source_live_fingerprint} AS "__h"
   FROM {source} AS t
   WHERE {source_key_is_complete}
 ),
 r AS (
   SELECT {replica_keys},
-         CASE WHEN {replica_live} THEN {replica_fingerprint} END AS "__h",
+         {replica_live_fingerprint} AS "__h",
          {replica_values}
   FROM {replica} AS t
   WHERE {replica_key_is_complete}

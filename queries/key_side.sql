@@ -6,6 +6,6 @@
 -- need a look (as queries/key_pairs.sql does) and gives them to
 -- queries/key_pairs_summary.sql.
 SELECT {keys},
-       CASE WHEN {live} THEN {fingerprint} END AS "__h"{values}
+       {live_fingerprint} AS "__h"{values}
 FROM {table} AS t
 WHERE {key_is_complete}

@@ -12,14 +12,14 @@ WITH u AS (
   SELECT {source_keys},
          CASE WHEN {source_live} THEN 4294967297 ELSE 1 END AS "__s",
          0 AS "__r",
-         CASE WHEN {source_live} THEN {source_fingerprint} END AS "__h"
+         {source_live_fingerprint} AS "__h"
   FROM {source} AS t
   WHERE {source_key_is_complete}
   UNION ALL
   SELECT {replica_keys},
          0 AS "__s",
          CASE WHEN {replica_live} THEN 4294967297 ELSE 1 END AS "__r",
-         CASE WHEN {replica_live} THEN {replica_fingerprint} END AS "__h"
+         {replica_live_fingerprint} AS "__h"
   FROM {replica} AS t
   WHERE {replica_key_is_complete}
 ),

@@ -316,33 +316,18 @@ async fn run_locked(
         source: job.source.clone(),
         replica: job.replica.clone(),
     };
+    // Corrections are also written as compensation events, as the diff makes them;
+    // those an earlier apply already applied are reported.
+    let events = crate::apply::events::Events::load(job, &layout).await?;
     let mut written: Vec<String> = Vec::new();
-    let result = diff_all(job, opts, &prepared, &stamp, &layout, &mut written).await;
-    let (mut entities, mut files) = match result {
+    let result = diff_all(job, opts, &prepared, &stamp, &layout, &events, &mut written).await;
+    let (entities, files) = match result {
         Ok(r) => r,
         Err(e) => {
             write::remove(&layout, &written).await;
             return Err(e);
         }
     };
-    // Corrections as compensation events, and those an earlier apply already applied.
-    let events_clock = Instant::now();
-    let corrections = match crate::apply::events::process(job, &layout, &files, &mut written).await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            write::remove(&layout, &written).await;
-            return Err(e);
-        }
-    };
-    files.extend(corrections.events);
-    let events_ms = events_clock.elapsed().as_millis() as u64;
-    for e in &mut entities {
-        if let Some(r) = corrections.reappeared.get(&e.entity) {
-            warn!(entity = %e.entity, count = r.len(), "corrections applied by an earlier apply are back: the fix did not stick");
-            e.reappeared = r.clone();
-        }
-    }
     let tripped: Vec<String> = entities
         .iter()
         .filter(|e| e.guardrail.tripped)
@@ -355,7 +340,6 @@ async fn run_locked(
     };
     let mut durations_ms = BTreeMap::new();
     durations_ms.insert("prepare".to_string(), plan_ms);
-    durations_ms.insert("events".to_string(), events_ms);
     if let Some((_, ms)) = &export {
         durations_ms.insert("export".to_string(), *ms);
     }
@@ -439,11 +423,14 @@ async fn diff_all(
     prepared: &[Prepared],
     stamp: &RunStamp,
     layout: &RunLayout,
+    events: &crate::apply::events::Events,
     written: &mut Vec<String>,
 ) -> Result<(Vec<EntitySummary>, Vec<ManifestFile>)> {
     let previous = previous_rows(layout).await?;
     let mut summaries = Vec::new();
     let mut files = Vec::new();
+    // The events files are listed after every other entity file.
+    let mut event_files = Vec::new();
     for p in prepared {
         let entity = &p.plan.entity;
         let span = info_span!("entity", entity = %entity.name);
@@ -460,6 +447,8 @@ async fn diff_all(
         written.push(layout.discrepancies(&entity.name));
         written.push(layout.corrections(&job.replica, &entity.name));
         written.push(layout.corrections(&job.source, &entity.name));
+        written.push(events.file(&job.replica, &entity.name));
+        written.push(events.file(&job.source, &entity.name));
         let started = Instant::now();
         let progress = opts.progress.then(|| diff::progress::Progress {
             label: format!(
@@ -473,12 +462,13 @@ async fn diff_all(
                 (p.replica.object_paths(), p.replica.rows),
             ],
         });
-        let result: EntityResult = diff::run_entity(
+        let mut result: EntityResult = diff::run_entity(
             &ctx,
             &p.plan,
             [&p.source, &p.replica],
             stamp,
             layout,
+            events,
             progress.as_ref(),
         )
         .instrument(span.clone())
@@ -519,12 +509,23 @@ async fn diff_all(
             let rels: Vec<String> = result
                 .correction_files
                 .iter()
+                .chain(&result.event_files)
                 .map(|f| f.path.clone())
                 .collect();
             write::remove(layout, &rels).await;
         } else {
             files.extend(result.correction_files.iter().cloned());
+            event_files.extend(result.event_files.iter().cloned());
+            if !result.reappeared.is_empty() {
+                warn!(entity = %entity.name, count = result.reappeared.len(), "corrections applied by an earlier apply are back: the fix did not stick");
+            }
         }
+        // A withheld entity's corrections are not written: none can be back.
+        let reappeared = if verdict.tripped {
+            Vec::new()
+        } else {
+            std::mem::take(&mut result.reappeared)
+        };
         let mut durations_ms = BTreeMap::new();
         durations_ms.insert("key_summary".to_string(), result.key_summary_ms);
         durations_ms.insert("diff".to_string(), result.diff_ms);
@@ -544,9 +545,10 @@ async fn diff_all(
             },
             key_summary_plan: result.key_summary_plan,
             durations_ms,
-            reappeared: vec![],
+            reappeared,
         });
     }
+    files.extend(event_files);
     Ok((summaries, files))
 }
 

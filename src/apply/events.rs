@@ -4,18 +4,22 @@
 //! CloudEvents 1.0 envelope, one file per system and entity:
 //! `{output}/events/run_date=D/run_id=R/system=S/entity=E/events.ndjson`. The event id
 //! is the correction id (deterministic), so idempotent consumers can deduplicate.
+//!
+//! The events are rendered from the correction batches as the diff makes them, on the
+//! same cores, and streamed to their file alongside the correction file ([`Events`]);
+//! like it, the file is listed only in a committed run's manifest, and removed when a
+//! guardrail withholds the entity's corrections.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use chrono::{NaiveDate, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
 use tokio::io::AsyncWriteExt;
 
-use super::CorrectionBatches;
 use super::value::{CellKind, write_cell_json};
 use crate::diff::json_string;
 use crate::error::{Error, Result};
@@ -226,13 +230,6 @@ fn target_key(job: &JobConfig, entity: &str, system: &str) -> Vec<String> {
         .collect()
 }
 
-/// What the run's correction files say, for the events and the reappeared check.
-pub struct RunCorrections {
-    pub events: Vec<ManifestFile>,
-    /// entity → correction ids applied by an earlier run's apply that are back.
-    pub reappeared: BTreeMap<String, Vec<Reappeared>>,
-}
-
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Reappeared {
     pub correction_id: String,
@@ -240,160 +237,96 @@ pub struct Reappeared {
     pub applied_run_date: NaiveDate,
 }
 
-/// Writes the events files for the run's committed correction files and finds the
-/// corrections an earlier apply already applied. `written` collects the new files.
-///
-/// Files are written concurrently, as many at a time as the machine has cores: each is
-/// a read of one correction file and a JSON rendering of its rows, bound by CPU.
-pub async fn process(
-    job: &JobConfig,
-    layout: &RunLayout,
-    files: &[ManifestFile],
-    written: &mut Vec<String>,
-) -> Result<RunCorrections> {
-    let applied = Arc::new(applied_before(&layout.output, layout.run_date).await?);
-    let time: Arc<str> = Utc::now()
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-        .into();
-    let (job, layout) = (Arc::new(job.clone()), Arc::new(layout.clone()));
-    let at_once = crate::parallel::cores();
-    // Dropping the set (on an error) aborts the files still being written.
-    let mut running = tokio::task::JoinSet::new();
-    let mut done = Vec::new();
-    for (i, f) in files.iter().filter(|f| f.kind == "corrections").enumerate() {
-        let (Some(entity), Some(system)) = (f.entity.clone(), f.system.clone()) else {
-            continue;
-        };
-        let rel = format!(
-            "events/run_date={}/run_id={}/system={system}/entity={entity}/events.ndjson",
-            layout.run_date, layout.run_id
-        );
-        // The file is not listed anywhere until the run's manifest is written.
-        written.push(rel.clone());
-        if running.len() >= at_once {
-            done.push(next_file(&mut running).await?);
-        }
-        let file = EventsFile {
-            key: target_key(&job, &entity, &system),
-            parts: EventParts::new(
-                &job.name,
-                &layout.run_id,
-                layout.run_date,
-                &system,
-                &entity,
-                &time,
-            ),
-            layout: Arc::clone(&layout),
-            applied: Arc::clone(&applied),
-            corrections: f.path.clone(),
-            entity,
-            system,
-            rel,
-        };
-        running.spawn(async move { (i, Arc::new(file).write(at_once).await) });
-    }
-    while !running.is_empty() {
-        done.push(next_file(&mut running).await?);
-    }
-    done.sort_by_key(|(i, ..)| *i);
-    let mut events = Vec::new();
-    let mut reappeared: BTreeMap<String, Vec<Reappeared>> = BTreeMap::new();
-    for (_, file, back) in done {
-        if !back.is_empty() {
-            let entity = file.entity.clone().unwrap_or_default();
-            reappeared.entry(entity).or_default().extend(back);
-        }
-        events.push(file);
-    }
-    Ok(RunCorrections { events, reappeared })
-}
-
-type Written = (usize, ManifestFile, Vec<Reappeared>);
-
-/// One events file's manifest entry and the corrections an earlier apply applied.
-type FileEvents = Result<(ManifestFile, Vec<Reappeared>)>;
-
-/// The next events file to be finished, in any order.
-async fn next_file(running: &mut tokio::task::JoinSet<(usize, FileEvents)>) -> Result<Written> {
-    match running.join_next().await {
-        Some(Ok((i, written))) => written.map(|(file, back)| (i, file, back)),
-        Some(Err(e)) => Err(Error::Internal(format!("writing events: {e}"))),
-        None => Err(Error::Internal("writing events: no file running".into())),
-    }
-}
-
-/// One events file: the events of one committed correction file.
-struct EventsFile {
-    parts: EventParts,
+/// What every events file of a run shares: the job, the run, the time written into
+/// each event, and the corrections earlier applies applied (to find those that are
+/// back).
+pub struct Events {
+    job: Arc<JobConfig>,
     layout: Arc<RunLayout>,
+    time: String,
     applied: Arc<HashMap<String, (String, NaiveDate)>>,
-    /// Key columns in the target system's names.
-    key: Vec<String>,
-    /// The correction file, relative to the output.
-    corrections: String,
-    entity: String,
-    system: String,
-    /// The events file, relative to the output.
-    rel: String,
+}
+
+impl Events {
+    /// Reads the apply reports of the last few run dates before the run's.
+    pub async fn load(job: &JobConfig, layout: &RunLayout) -> Result<Self> {
+        let applied = applied_before(&layout.output, layout.run_date).await?;
+        Ok(Events {
+            job: Arc::new(job.clone()),
+            layout: Arc::new(layout.clone()),
+            time: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            applied: Arc::new(applied),
+        })
+    }
+
+    /// The events file of `system`'s corrections of `entity`, relative to the output.
+    pub fn file(&self, system: &str, entity: &str) -> String {
+        format!(
+            "events/run_date={}/run_id={}/system={system}/entity={entity}/events.ndjson",
+            self.layout.run_date, self.layout.run_id
+        )
+    }
+
+    /// Renders the events of `system`'s corrections of `entity`.
+    pub fn renderer(&self, system: &str, entity: &str) -> EventRenderer {
+        EventRenderer {
+            parts: EventParts::new(
+                &self.job.name,
+                &self.layout.run_id,
+                self.layout.run_date,
+                system,
+                entity,
+                &self.time,
+            ),
+            key: target_key(&self.job, entity, system),
+            entity: entity.to_string(),
+            system: system.to_string(),
+            applied: Arc::clone(&self.applied),
+        }
+    }
+
+    /// A sink for the events file of `system`'s corrections of `entity`.
+    pub fn sink(&self, system: &str, entity: &str) -> EventsSink {
+        EventsSink::new(
+            &self.layout,
+            self.file(system, entity),
+            entity.to_string(),
+            system.to_string(),
+        )
+    }
 }
 
 /// The events of one batch of corrections: the JSON lines, the corrections that an
 /// earlier apply already applied, and how many events.
-type Rendered = (Vec<u8>, Vec<Reappeared>, u64);
+pub struct Rendered {
+    pub body: Vec<u8>,
+    pub reappeared: Vec<Reappeared>,
+    pub events: u64,
+}
 
-impl EventsFile {
-    /// Streams the events to the store in parts; returns the file's manifest entry and
-    /// the corrections that an earlier apply already applied. Batches are rendered on
-    /// the blocking pool, `at_once` at a time, and written in order.
-    async fn write(self: Arc<Self>, at_once: usize) -> FileEvents {
-        let layout = &self.layout;
-        let mut sink = BufWriter::new(Arc::clone(&layout.output.store), layout.path(&self.rel));
-        let (mut rows, mut size) = (0u64, 0u64);
-        let mut back = Vec::new();
-        let failed = |e: std::io::Error| Error::Storage {
-            location: layout.url(&self.rel),
-            source: object_store::Error::Generic {
-                store: "events",
-                source: Box::new(e),
-            },
-        };
-        let file = CorrectionBatches::open(&layout.output, &self.corrections).await?;
-        let url: Arc<str> = file.url.into();
-        let batches = futures::stream::iter(file.reader).map({
-            let url = Arc::clone(&url);
-            move |batch| batch.map_err(|e| Error::Internal(format!("{url}: {e}")))
-        });
-        let this = Arc::clone(&self);
-        let rendered =
-            crate::parallel::map_blocking(batches, at_once, "rendering events", move |batch| {
-                this.render(&url, &batch)
-            });
-        let mut rendered = std::pin::pin!(rendered);
-        while let Some(batch) = rendered.next().await {
-            let (body, reappeared, n): Rendered = batch?;
-            rows += n;
-            size += body.len() as u64;
-            back.extend(reappeared);
-            sink.write_all(&body).await.map_err(failed)?;
-        }
-        sink.shutdown().await.map_err(failed)?;
-        let file = ManifestFile {
-            path: self.rel.clone(),
-            kind: "events".into(),
-            entity: Some(self.entity.clone()),
-            system: Some(self.system.clone()),
-            rows: Some(rows),
-            size,
-        };
-        Ok((file, back))
-    }
+/// Renders one system's corrections of one entity as events, batch by batch.
+pub struct EventRenderer {
+    parts: EventParts,
+    /// Key columns in the target system's names.
+    key: Vec<String>,
+    entity: String,
+    system: String,
+    applied: Arc<HashMap<String, (String, NaiveDate)>>,
+}
 
-    /// The events of one batch read from the correction file at `url`.
-    fn render(&self, url: &str, batch: &RecordBatch) -> Result<Rendered> {
+impl EventRenderer {
+    /// The events of `batch`, a batch of corrections as the correction file holds
+    /// them.
+    pub fn render(&self, batch: &RecordBatch) -> Result<Rendered> {
         let mut body = Vec::with_capacity(batch.num_rows() * 1024);
-        let ids = write_events(&self.parts, &self.entity, &self.key, batch, &mut body)
-            .map_err(|m| Error::Internal(format!("{url}: {m}")))?;
-        let back = ids
+        let ids =
+            write_events(&self.parts, &self.entity, &self.key, batch, &mut body).map_err(|m| {
+                Error::Internal(format!(
+                    "events of the {} corrections of `{}`: {m}",
+                    self.system, self.entity
+                ))
+            })?;
+        let reappeared = ids
             .iter()
             .filter_map(|id| {
                 let (run_id, date) = self.applied.get(*id)?;
@@ -404,7 +337,115 @@ impl EventsFile {
                 })
             })
             .collect();
-        Ok((body, back, ids.len() as u64))
+        Ok(Rendered {
+            body,
+            reappeared,
+            events: ids.len() as u64,
+        })
+    }
+}
+
+/// An events file being streamed to the store by a task of its own (multipart upload
+/// underneath). A sink dropped without [`Self::finish`] abandons its upload: the file
+/// never appears.
+pub struct EventsSink {
+    rel: String,
+    entity: String,
+    system: String,
+    /// To the writing task; `None` once it has failed or been told to close.
+    bodies: Option<tokio::sync::mpsc::Sender<Option<Vec<u8>>>>,
+    /// The writing task, until its outcome has been taken.
+    writing: Option<tokio::task::JoinHandle<Result<()>>>,
+    rows: u64,
+    size: u64,
+}
+
+/// Bodies a sink may hold queued for its task before the producer waits.
+const SINK_QUEUE: usize = 2;
+
+impl EventsSink {
+    fn new(layout: &RunLayout, rel: String, entity: String, system: String) -> Self {
+        let mut sink = BufWriter::new(Arc::clone(&layout.output.store), layout.path(&rel));
+        let url = layout.url(&rel);
+        let (bodies, mut queue) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(SINK_QUEUE);
+        let writing = tokio::spawn(async move {
+            let failed = |e: std::io::Error| Error::Storage {
+                location: url.clone(),
+                source: object_store::Error::Generic {
+                    store: "events",
+                    source: Box::new(e),
+                },
+            };
+            while let Some(message) = queue.recv().await {
+                match message {
+                    Some(body) => sink.write_all(&body).await.map_err(failed)?,
+                    None => {
+                        sink.shutdown().await.map_err(failed)?;
+                        return Ok(());
+                    }
+                }
+            }
+            // The sink was dropped unfinished: the upload is abandoned.
+            Ok(())
+        });
+        EventsSink {
+            rel,
+            entity,
+            system,
+            bodies: Some(bodies),
+            writing: Some(writing),
+            rows: 0,
+            size: 0,
+        }
+    }
+
+    /// Queues `message` for the writing task; if the task has stopped, its error.
+    async fn send(&mut self, message: Option<Vec<u8>>) -> Result<()> {
+        if let Some(tx) = &self.bodies
+            && tx.send(message).await.is_ok()
+        {
+            return Ok(());
+        }
+        self.stopped().await?;
+        Err(Error::Internal(format!(
+            "writing {}: the writer has stopped",
+            self.rel
+        )))
+    }
+
+    /// Waits for the writing task to end and returns its outcome (taken once).
+    async fn stopped(&mut self) -> Result<()> {
+        self.bodies = None;
+        match self.writing.take() {
+            Some(task) => task
+                .await
+                .map_err(|e| Error::Internal(format!("writing {}: {e}", self.rel)))?,
+            None => Err(Error::Internal(format!(
+                "writing {}: the writer has stopped",
+                self.rel
+            ))),
+        }
+    }
+
+    /// Appends the events `body` of `events` corrections.
+    pub async fn write(&mut self, body: Vec<u8>, events: u64) -> Result<()> {
+        self.rows += events;
+        self.size += body.len() as u64;
+        self.send(Some(body)).await
+    }
+
+    /// Completes the upload and returns the file's manifest entry.
+    pub async fn finish(mut self) -> Result<ManifestFile> {
+        self.send(None).await?;
+        self.stopped().await?;
+        Ok(ManifestFile {
+            path: self.rel.clone(),
+            kind: "events".into(),
+            entity: Some(self.entity.clone()),
+            system: Some(self.system.clone()),
+            rows: Some(self.rows),
+            size: self.size,
+        })
     }
 }
 

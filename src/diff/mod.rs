@@ -30,6 +30,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::apply::events::{EventRenderer, Events, EventsSink, Reappeared, Rendered};
 use crate::error::{Error, Result};
 use crate::job::{DeletePolicy, Owner};
 use crate::snapshot::{Snapshot, StatsOrder};
@@ -145,6 +146,10 @@ pub struct EntityResult {
     pub corrections: BTreeMap<String, BTreeMap<Op, u64>>,
     pub discrepancy_file: ManifestFile,
     pub correction_files: Vec<ManifestFile>,
+    /// The correction files' events, in the same order.
+    pub event_files: Vec<ManifestFile>,
+    /// Corrections an earlier apply applied that are back.
+    pub reappeared: Vec<Reappeared>,
     /// Null keys, the key summary and duplicate keys.
     pub key_summary_ms: u64,
     /// The diff query and the classification of its rows.
@@ -160,14 +165,15 @@ impl EntityResult {
     }
 }
 
-/// Runs one entity: data-quality queries, then the diff, streaming outputs to the run.
-/// `rows` are the source and replica snapshots' row counts (from their footers).
+/// Runs one entity: data-quality queries, then the diff, streaming outputs (the
+/// discrepancies, the corrections and their events) to the run.
 pub async fn run_entity(
     ctx: &SessionContext,
     plan: &EntityPlan,
     inputs: [&Snapshot; 2],
     stamp: &RunStamp,
     layout: &RunLayout,
+    events: &Events,
     progress: Option<&progress::Progress>,
 ) -> Result<EntityResult> {
     let entity = &plan.entity.name;
@@ -206,7 +212,7 @@ pub async fn run_entity(
     // The outputs, with the null-key rows first; a merge that stops part way starts
     // them again.
     let classifier = || {
-        let mut out = Classifier::try_new(plan, stamp, layout)?;
+        let mut out = Classifier::try_new(plan, stamp, layout, events)?;
         for (side, batch) in &null_keys {
             out.quality(batch, NULL_KEY, *side)?;
         }
@@ -750,11 +756,13 @@ struct PendingCorrection {
     changed: Vec<usize>,
 }
 
-/// One system's correction file for the entity, opened at its first correction.
+/// One system's correction file for the entity and its events file, opened at its
+/// first correction.
 #[derive(Default)]
 struct CorrectionSink {
-    sink: Option<ParquetSink>,
+    sink: Option<(ParquetSink, EventsSink)>,
     counts: BTreeMap<Op, u64>,
+    reappeared: Vec<Reappeared>,
 }
 
 /// What classifying a diff batch needs, owned, so that batches are classified on the
@@ -767,6 +775,8 @@ struct Rules {
     /// Per correction slot (the replica's corrections first): the side corrected, its
     /// system and its correction file's schema.
     slots: [(Side, String, SchemaRef); 2],
+    /// Per correction slot: the events of its corrections.
+    events: [EventRenderer; 2],
 }
 
 /// How many discrepancies of each kind one diff batch has.
@@ -781,8 +791,9 @@ struct Tally {
 struct Classified {
     discrepancies: RecordBatch,
     tally: Tally,
-    /// Per correction slot: the correction rows and how many of each op.
-    corrections: [Option<(RecordBatch, BTreeMap<Op, u64>)>; 2],
+    /// Per correction slot: the correction rows, how many of each op, and their
+    /// events.
+    corrections: [Option<(RecordBatch, BTreeMap<Op, u64>, Rendered)>; 2],
 }
 
 /// Builds discrepancy and correction rows for one entity and streams them out.
@@ -790,6 +801,7 @@ struct Classifier<'a> {
     plan: &'a EntityPlan,
     stamp: &'a RunStamp,
     layout: &'a RunLayout,
+    events: &'a Events,
     discrepancies: ParquetSink,
     /// Data-quality rows not yet written.
     rows: DiscrepancyRows,
@@ -799,7 +811,12 @@ struct Classifier<'a> {
 }
 
 impl<'a> Classifier<'a> {
-    fn try_new(plan: &'a EntityPlan, stamp: &'a RunStamp, layout: &'a RunLayout) -> Result<Self> {
+    fn try_new(
+        plan: &'a EntityPlan,
+        stamp: &'a RunStamp,
+        layout: &'a RunLayout,
+        events: &'a Events,
+    ) -> Result<Self> {
         let entity = &plan.entity.name;
         let discrepancies =
             ParquetSink::discrepancies(layout, layout.discrepancies(entity), discrepancy_schema())?;
@@ -817,11 +834,14 @@ impl<'a> Classifier<'a> {
                 slot(Side::Replica, &stamp.replica),
                 slot(Side::Source, &stamp.source),
             ],
+            events: [&stamp.replica, &stamp.source]
+                .map(|system| events.renderer(system, &plan.entity.name)),
         };
         Ok(Classifier {
             plan,
             stamp,
             layout,
+            events,
             discrepancies,
             rows: DiscrepancyRows::default(),
             counts: BTreeMap::new(),
@@ -888,7 +908,7 @@ impl<'a> Classifier<'a> {
             self.count(FIELD_MISMATCH, Some(&plan.field_column(f).source), n);
         }
         for (slot, out) in c.corrections.into_iter().enumerate() {
-            let Some((batch, ops)) = out else {
+            let Some((batch, ops, events)) = out else {
                 continue;
             };
             let (_, system, schema) = &self.rules.slots[slot];
@@ -896,14 +916,21 @@ impl<'a> Classifier<'a> {
             for (op, n) in ops {
                 *c.counts.entry(op).or_default() += n;
             }
+            c.reappeared.extend(events.reappeared);
             if c.sink.is_none() {
-                c.sink = Some(ParquetSink::corrections(
-                    self.layout,
-                    self.layout.corrections(system, &plan.entity.name),
-                    Arc::clone(schema),
-                )?);
+                let entity = &plan.entity.name;
+                c.sink = Some((
+                    ParquetSink::corrections(
+                        self.layout,
+                        self.layout.corrections(system, entity),
+                        Arc::clone(schema),
+                    )?,
+                    self.events.sink(system, entity),
+                ));
             }
-            c.sink.as_mut().expect("just set").write(&batch).await?;
+            let (corrections, event_sink) = c.sink.as_mut().expect("just set");
+            corrections.write(&batch).await?;
+            event_sink.write(events.body, events.events).await?;
         }
         Ok(())
     }
@@ -933,9 +960,11 @@ impl<'a> Classifier<'a> {
             })
             .await?;
         let mut correction_files = Vec::new();
+        let mut event_files = Vec::new();
+        let mut reappeared = Vec::new();
         let mut corrections = BTreeMap::new();
         for (c, (_, system, _)) in self.corrections.into_iter().zip(&self.rules.slots) {
-            if let Some(sink) = c.sink {
+            if let Some((sink, events)) = c.sink {
                 correction_files.push(
                     sink.finish(FileEntry {
                         kind: "corrections",
@@ -944,7 +973,9 @@ impl<'a> Classifier<'a> {
                     })
                     .await?,
                 );
+                event_files.push(events.finish().await?);
             }
+            reappeared.extend(c.reappeared);
             if !c.counts.is_empty() {
                 corrections.insert(system.clone(), c.counts);
             }
@@ -960,6 +991,8 @@ impl<'a> Classifier<'a> {
             corrections,
             discrepancy_file,
             correction_files,
+            event_files,
+            reappeared,
             key_summary_ms,
             diff_ms,
             key_summary_plan,
@@ -1062,7 +1095,8 @@ impl Rules {
             for p in pending {
                 *ops.entry(p.op).or_default() += 1;
             }
-            corrections[slot] = Some((rows, ops));
+            let events = self.events[slot].render(&rows)?;
+            corrections[slot] = Some((rows, ops, events));
         }
         Ok(Classified {
             discrepancies: out.rows.finish()?,

@@ -474,6 +474,18 @@ impl EntityPlan {
     }
 
     /// `t`'s compared fields in their common types, fingerprinted.
+    /// The fingerprint of `t`'s compared fields when `t` is live on `side`, else NULL.
+    /// Without a soft-delete column every row is live, and the fingerprint goes without
+    /// the `CASE`, which DataFusion would evaluate by filtering each batch.
+    fn live_fingerprint(&self, side: Side) -> String {
+        let (live, fingerprint) = (self.live(side), self.fingerprint_expr(side));
+        if live == "TRUE" {
+            fingerprint
+        } else {
+            format!("CASE WHEN {live} THEN {fingerprint} END")
+        }
+    }
+
     fn fingerprint_expr(&self, side: Side) -> String {
         if self.fields.is_empty() {
             return "arrow_cast(0, 'UInt64')".to_string();
@@ -547,8 +559,14 @@ impl EntityPlan {
                 ),
                 ("source_live", &self.live(Side::Source)),
                 ("replica_live", &self.live(Side::Replica)),
-                ("source_fingerprint", &self.fingerprint_expr(Side::Source)),
-                ("replica_fingerprint", &self.fingerprint_expr(Side::Replica)),
+                (
+                    "source_live_fingerprint",
+                    &self.live_fingerprint(Side::Source),
+                ),
+                (
+                    "replica_live_fingerprint",
+                    &self.live_fingerprint(Side::Replica),
+                ),
                 ("source", &quote(source)),
                 ("replica", &quote(replica)),
                 ("source_key_is_complete", &source_complete),
@@ -583,17 +601,16 @@ impl EntityPlan {
                 })
                 .collect()
         };
-        let (live, fingerprint) = if keys_only {
-            ("TRUE".to_string(), "arrow_cast(0, 'UInt64')".to_string())
+        let fingerprint = if keys_only {
+            "arrow_cast(0, 'UInt64')".to_string()
         } else {
-            (self.live(side), self.fingerprint_expr(side))
+            self.live_fingerprint(side)
         };
         fill(
             KEY_SIDE_SQL,
             &[
                 ("keys", &self.key_projection(side).join(", ")),
-                ("live", &live),
-                ("fingerprint", &fingerprint),
+                ("live_fingerprint", &fingerprint),
                 ("values", &values),
                 ("table", &quote(table)),
                 ("key_is_complete", &complete),
