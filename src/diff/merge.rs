@@ -950,6 +950,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_query_over_the_merged_pairs_reads_them_in_key_order_without_a_sort() {
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        let source: Vec<_> = (0..5000).map(|k| (k * 2, "a", Some(1), "x")).collect();
+        // Every row differs: each key on both sides is a pair.
+        let replica: Vec<_> = (0..5000).map(|k| (k * 3, "a", Some(2), "y")).collect();
+        ctx.register_table("s", Arc::new(side(&source, "sv", 700)))
+            .unwrap();
+        ctx.register_table("r", Arc::new(side(&replica, "v", 900)))
+            .unwrap();
+        let side_plan = |table: &str| {
+            let (ctx, sql) = (ctx.clone(), format!("SELECT * FROM {table}"));
+            async move {
+                ctx.sql(&sql)
+                    .await
+                    .unwrap()
+                    .create_physical_plan()
+                    .await
+                    .unwrap()
+            }
+        };
+        let merge = MergePairsExec::try_new(side_plan("s").await, side_plan("r").await, 2).unwrap();
+        ctx.register_table("pairs", Arc::new(MergedPairs::new(Arc::new(merge))))
+            .unwrap();
+        let df = ctx
+            .sql("SELECT k0, \"__sr\" + \"__rr\" AS sides FROM pairs WHERE \"__sr\" = 1 ORDER BY k0, k1")
+            .await
+            .unwrap();
+        let physical = df.clone().create_physical_plan().await.unwrap();
+        let shown = datafusion::physical_plan::displayable(physical.as_ref())
+            .indent(false)
+            .to_string();
+        assert!(!shown.contains("SortExec"), "{shown}");
+        assert!(shown.contains("MergePairsExec"), "{shown}");
+        let batches = df.collect().await.unwrap();
+        let keys: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        // Every source key, in order; the multiples of 6 are on both sides.
+        let expected: Vec<i64> = (0..5000).map(|k| k * 2).collect();
+        assert_eq!(keys, expected);
+        let both: i64 = batches
+            .iter()
+            .map(|b| {
+                b.column(1)
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .iter()
+                    .filter(|v| **v == 2)
+                    .count() as i64
+            })
+            .sum();
+        assert_eq!(both, (0..10000).filter(|k| k % 6 == 0).count() as i64);
+    }
+
+    #[tokio::test]
     async fn the_merge_holds_only_the_pairs_not_yet_emitted() {
         use datafusion::execution::memory_pool::GreedyMemoryPool;
         use datafusion::execution::runtime_env::RuntimeEnvBuilder;

@@ -432,6 +432,43 @@ async fn a_collapsed_snapshot_trips_the_guardrail_the_next_night() {
     );
     assert!(!verdict("tenants").tripped, "unchanged entities pass");
     assert_eq!(verdict("tenants").previous.as_ref().unwrap().source, 10);
+    // The withheld entity's corrections and their events are gone; the others' stay,
+    // and the manifest lists exactly the files there are.
+    let night = |dir: &str| -> Vec<String> {
+        crate::common::files_below(&fx.out().join(dir))
+            .into_iter()
+            .map(|p| p.display().to_string())
+            .filter(|p| p.contains("run_id=night-2"))
+            .collect()
+    };
+    for dir in ["corrections", "events"] {
+        let files = night(dir);
+        assert!(
+            files.iter().all(|p| !p.contains("entity=users")),
+            "{files:?}"
+        );
+        assert!(
+            files.iter().any(|p| p.contains("entity=")),
+            "{dir}: {files:?}"
+        );
+    }
+    let manifest = manifests(&fx.out())
+        .into_iter()
+        .find(|m| m.run_id == "night-2")
+        .unwrap();
+    let mut listed: Vec<String> = manifest
+        .files
+        .iter()
+        .map(|f| f.path.clone())
+        .filter(|p| p.starts_with("corrections/") || p.starts_with("events/"))
+        .collect();
+    listed.sort();
+    let mut present: Vec<String> = ["corrections", "events"]
+        .iter()
+        .flat_map(|dir| night(dir).into_iter().map(move |p| format!("{dir}/{p}")))
+        .collect();
+    present.sort();
+    assert_eq!(listed, present);
 }
 
 #[test]
