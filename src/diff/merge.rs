@@ -642,7 +642,7 @@ impl Merge {
                 (None, Some(r)) => take(r.batch.column(c), &r_idx, None)?,
                 (None, None) => unreachable!("pairs come from a batch"),
             };
-            columns.push(key);
+            columns.push(compact(key));
         }
         let has = |p: Option<u32>| i64::from(p.is_some());
         let live = |c: Option<&Current>, p: Option<u32>| {
@@ -684,7 +684,7 @@ impl Merge {
                         pairs.len(),
                     ),
                 };
-                columns.push(column);
+                columns.push(compact(column));
             }
         }
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
@@ -722,6 +722,18 @@ fn walk(
         }
     }
     (i, j)
+}
+
+/// `a` with string and binary views copied out of the buffers they share with the
+/// decoded Parquet pages: a few pairs then neither hold whole pages nor count them
+/// against the memory pool (an array's memory size counts every buffer its views
+/// point into, once per batch that shares it).
+fn compact(a: ArrayRef) -> ArrayRef {
+    match a.data_type() {
+        DataType::Utf8View => Arc::new(a.as_string_view().gc()),
+        DataType::BinaryView => Arc::new(a.as_binary_view().gc()),
+        _ => a,
+    }
 }
 
 /// Key types compared as one i64: integers that fit, dates and timestamps.

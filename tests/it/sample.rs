@@ -480,12 +480,14 @@ fn benchmark_pair_diff_finds_exactly_the_expected_counts() {
         &dir.path().join("pair/right.parquet"),
         &dir.path().join("pair/right-unsorted.parquet"),
     );
-    // The generator writes in key order, so the key summary is the merge; out of order,
-    // the join; under the smallest limit, the aggregation, which spills to disk. The
-    // same answer, to the byte, every time.
+    // The generator writes in key order, so the key summary is the merge, which holds
+    // a few batches whatever the limit; out of order, the join; under the smallest
+    // limit, the aggregation, which spills to disk. The same answer, to the byte,
+    // every time.
     let mut outputs = Vec::new();
     for (run, right, limit, path) in [
         ("merge", "pair/right.parquet", "1GiB", "merge"),
+        ("merge-small", "pair/right.parquet", "64MiB", "merge"),
         ("join", "pair/right-unsorted.parquet", "1GiB", "join"),
         (
             "aggregation",
@@ -517,6 +519,7 @@ fn benchmark_pair_diff_finds_exactly_the_expected_counts() {
             path == "aggregation",
             "{stderr}"
         );
+        assert_eq!(summary["entities"][0]["key_summary_plan"], path, "{run}");
         let counts = &summary["entities"][0]["counts"];
         let total = |kind: &str| -> u64 {
             counts
@@ -544,11 +547,13 @@ fn benchmark_pair_diff_finds_exactly_the_expected_counts() {
     // The join and the aggregation runs first merged part of the pairs, until the
     // disorder showed: what they wrote by then is gone, every file is the merge's.
     let files = |run: &str| files_below(&dir.path().join(run));
+    assert_eq!(files("merge"), files("merge-small"));
     assert_eq!(files("merge"), files("join"));
     assert_eq!(files("merge"), files("aggregation"));
     assert!(outputs[0].len() >= 2, "discrepancies and corrections");
-    assert_eq!(outputs[0], outputs[1], "merge and join");
-    assert_eq!(outputs[0], outputs[2], "merge and aggregation");
+    assert_eq!(outputs[0], outputs[1], "merge under 1GiB and 64MiB");
+    assert_eq!(outputs[0], outputs[2], "merge and join");
+    assert_eq!(outputs[0], outputs[3], "merge and aggregation");
 }
 
 /// Copies the Parquet file `from` to `to` with its last batch moved to the front.
