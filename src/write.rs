@@ -100,13 +100,9 @@ fn properties(row_group_rows: usize) -> WriterPropertiesBuilder {
 /// with each other and with the work that produces their rows. A sink dropped without
 /// [`Self::finish`] or [`Self::close`] abandons its upload: the file never appears.
 pub struct ParquetSink {
-    rel: String,
     path: Path,
     store: Arc<dyn object_store::ObjectStore>,
-    /// To the writing task; `None` once it has failed or been told to close.
-    batches: Option<tokio::sync::mpsc::Sender<SinkMessage>>,
-    /// The writing task, until its outcome has been taken.
-    writing: Option<tokio::task::JoinHandle<Result<()>>>,
+    feed: Feed<SinkMessage>,
     rows: u64,
 }
 
@@ -116,8 +112,63 @@ enum SinkMessage {
     Close,
 }
 
-/// Batches a sink may hold queued for its task before the producer waits.
+/// What a writer on a task of its own ([`Feed`]) may hold queued before its producer
+/// waits.
 const SINK_QUEUE: usize = 2;
+
+/// The producer's end of a writer that runs on a task of its own and is fed through a
+/// short queue: [`ParquetSink`], and the events files. The writer ends when told to
+/// or, when the feed is dropped, at the end of its queue; it then abandons its upload.
+pub(crate) struct Feed<M> {
+    /// The file written, relative to its base, for errors.
+    pub rel: String,
+    /// To the writing task; `None` once it has failed or been told to close.
+    queue: Option<tokio::sync::mpsc::Sender<M>>,
+    /// The writing task, until its outcome has been taken.
+    writing: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl<M: Send + 'static> Feed<M> {
+    /// Spawns `writer`, given the receiving end of the queue.
+    pub fn spawn<W, F>(rel: String, writer: W) -> Self
+    where
+        W: FnOnce(tokio::sync::mpsc::Receiver<M>) -> F,
+        F: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        let (queue, receiver) = tokio::sync::mpsc::channel(SINK_QUEUE);
+        Feed {
+            rel,
+            queue: Some(queue),
+            writing: Some(tokio::spawn(writer(receiver))),
+        }
+    }
+
+    /// Queues `message` for the writing task; if the task has stopped, its error.
+    pub async fn send(&mut self, message: M) -> Result<()> {
+        if let Some(tx) = &self.queue
+            && tx.send(message).await.is_ok()
+        {
+            return Ok(());
+        }
+        self.stopped().await?;
+        Err(self.gone())
+    }
+
+    /// Waits for the writing task to end and returns its outcome (taken once).
+    pub async fn stopped(&mut self) -> Result<()> {
+        self.queue = None;
+        match self.writing.take() {
+            Some(task) => task
+                .await
+                .map_err(|e| Error::Internal(format!("writing {}: {e}", self.rel)))?,
+            None => Err(self.gone()),
+        }
+    }
+
+    fn gone(&self) -> Error {
+        Error::Internal(format!("writing {}: the writer has stopped", self.rel))
+    }
+}
 
 impl ParquetSink {
     /// A sink for one of the run's discrepancy or correction files. Their `key`,
@@ -164,9 +215,8 @@ impl ParquetSink {
         let object = BufWriter::new(Arc::clone(&base.store), path.clone());
         let mut writer = AsyncArrowWriter::try_new(object, schema, Some(props))
             .map_err(|e| Error::Internal(format!("creating {rel}: {e}")))?;
-        let (batches, mut queue) = tokio::sync::mpsc::channel(SINK_QUEUE);
         let name = rel.clone();
-        let writing = tokio::spawn(async move {
+        let feed = Feed::spawn(rel, move |mut queue| async move {
             while let Some(message) = queue.recv().await {
                 match message {
                     SinkMessage::Batch(batch) => writer
@@ -187,39 +237,11 @@ impl ParquetSink {
             Ok(())
         });
         Ok(ParquetSink {
-            rel,
             path,
             store: Arc::clone(&base.store),
-            batches: Some(batches),
-            writing: Some(writing),
+            feed,
             rows: 0,
         })
-    }
-
-    /// Queues `message` for the writing task; if the task has stopped, its error.
-    async fn send(&mut self, message: SinkMessage) -> Result<()> {
-        if let Some(tx) = &self.batches
-            && tx.send(message).await.is_ok()
-        {
-            return Ok(());
-        }
-        self.stopped().await?;
-        Err(self.gone())
-    }
-
-    /// Waits for the writing task to end and returns its outcome (taken once).
-    async fn stopped(&mut self) -> Result<()> {
-        self.batches = None;
-        match self.writing.take() {
-            Some(task) => task
-                .await
-                .map_err(|e| Error::Internal(format!("writing {}: {e}", self.rel)))?,
-            None => Err(self.gone()),
-        }
-    }
-
-    fn gone(&self) -> Error {
-        Error::Internal(format!("writing {}: the writer has stopped", self.rel))
     }
 
     pub fn rows(&self) -> u64 {
@@ -228,8 +250,8 @@ impl ParquetSink {
 
     /// Completes the upload; returns the rows written and the object's size.
     pub async fn close(mut self) -> Result<(u64, u64)> {
-        self.send(SinkMessage::Close).await?;
-        self.stopped().await?;
+        self.feed.send(SinkMessage::Close).await?;
+        self.feed.stopped().await?;
         let meta = self.store.head(&self.path).await?;
         Ok((self.rows, meta.size))
     }
@@ -239,12 +261,12 @@ impl ParquetSink {
             return Ok(());
         }
         self.rows += batch.num_rows() as u64;
-        self.send(SinkMessage::Batch(batch.clone())).await
+        self.feed.send(SinkMessage::Batch(batch.clone())).await
     }
 
     /// Completes the upload and returns the file's manifest entry.
     pub async fn finish(self, entry: FileEntry) -> Result<ManifestFile> {
-        let rel = self.rel.clone();
+        let rel = self.feed.rel.clone();
         let (rows, size) = self.close().await?;
         Ok(ManifestFile {
             path: rel,

@@ -19,13 +19,14 @@ use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc::Receiver;
 
 use super::value::{CellKind, write_cell_json};
 use crate::diff::json_string;
 use crate::error::{Error, Result};
 use crate::job::JobConfig;
 use crate::store::Location;
-use crate::write::{ManifestFile, RunLayout};
+use crate::write::{Feed, ManifestFile, RunLayout};
 
 /// What every event of one file shares, rendered once: the JSON after an event's id up
 /// to its type, and the JSON after its subject up to its op.
@@ -349,81 +350,47 @@ impl EventRenderer {
 /// underneath). A sink dropped without [`Self::finish`] abandons its upload: the file
 /// never appears.
 pub struct EventsSink {
-    rel: String,
     entity: String,
     system: String,
-    /// To the writing task; `None` once it has failed or been told to close.
-    bodies: Option<tokio::sync::mpsc::Sender<Option<Vec<u8>>>>,
-    /// The writing task, until its outcome has been taken.
-    writing: Option<tokio::task::JoinHandle<Result<()>>>,
+    /// Each body of events, then `None` to complete the upload.
+    feed: Feed<Option<Vec<u8>>>,
     rows: u64,
     size: u64,
 }
-
-/// Bodies a sink may hold queued for its task before the producer waits.
-const SINK_QUEUE: usize = 2;
 
 impl EventsSink {
     fn new(layout: &RunLayout, rel: String, entity: String, system: String) -> Self {
         let mut sink = BufWriter::new(Arc::clone(&layout.output.store), layout.path(&rel));
         let url = layout.url(&rel);
-        let (bodies, mut queue) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(SINK_QUEUE);
-        let writing = tokio::spawn(async move {
-            let failed = |e: std::io::Error| Error::Storage {
-                location: url.clone(),
-                source: object_store::Error::Generic {
-                    store: "events",
-                    source: Box::new(e),
-                },
-            };
-            while let Some(message) = queue.recv().await {
-                match message {
-                    Some(body) => sink.write_all(&body).await.map_err(failed)?,
-                    None => {
-                        sink.shutdown().await.map_err(failed)?;
-                        return Ok(());
+        let feed = Feed::spawn(
+            rel,
+            move |mut queue: Receiver<Option<Vec<u8>>>| async move {
+                let failed = |e: std::io::Error| Error::Storage {
+                    location: url.clone(),
+                    source: object_store::Error::Generic {
+                        store: "events",
+                        source: Box::new(e),
+                    },
+                };
+                while let Some(message) = queue.recv().await {
+                    match message {
+                        Some(body) => sink.write_all(&body).await.map_err(failed)?,
+                        None => {
+                            sink.shutdown().await.map_err(failed)?;
+                            return Ok(());
+                        }
                     }
                 }
-            }
-            // The sink was dropped unfinished: the upload is abandoned.
-            Ok(())
-        });
+                // The sink was dropped unfinished: the upload is abandoned.
+                Ok(())
+            },
+        );
         EventsSink {
-            rel,
             entity,
             system,
-            bodies: Some(bodies),
-            writing: Some(writing),
+            feed,
             rows: 0,
             size: 0,
-        }
-    }
-
-    /// Queues `message` for the writing task; if the task has stopped, its error.
-    async fn send(&mut self, message: Option<Vec<u8>>) -> Result<()> {
-        if let Some(tx) = &self.bodies
-            && tx.send(message).await.is_ok()
-        {
-            return Ok(());
-        }
-        self.stopped().await?;
-        Err(Error::Internal(format!(
-            "writing {}: the writer has stopped",
-            self.rel
-        )))
-    }
-
-    /// Waits for the writing task to end and returns its outcome (taken once).
-    async fn stopped(&mut self) -> Result<()> {
-        self.bodies = None;
-        match self.writing.take() {
-            Some(task) => task
-                .await
-                .map_err(|e| Error::Internal(format!("writing {}: {e}", self.rel)))?,
-            None => Err(Error::Internal(format!(
-                "writing {}: the writer has stopped",
-                self.rel
-            ))),
         }
     }
 
@@ -431,15 +398,15 @@ impl EventsSink {
     pub async fn write(&mut self, body: Vec<u8>, events: u64) -> Result<()> {
         self.rows += events;
         self.size += body.len() as u64;
-        self.send(Some(body)).await
+        self.feed.send(Some(body)).await
     }
 
     /// Completes the upload and returns the file's manifest entry.
     pub async fn finish(mut self) -> Result<ManifestFile> {
-        self.send(None).await?;
-        self.stopped().await?;
+        self.feed.send(None).await?;
+        self.feed.stopped().await?;
         Ok(ManifestFile {
-            path: self.rel.clone(),
+            path: self.feed.rel.clone(),
             kind: "events".into(),
             entity: Some(self.entity.clone()),
             system: Some(self.system.clone()),

@@ -822,6 +822,17 @@ mod tests {
         MemTable::try_new(schema, vec![batches]).unwrap()
     }
 
+    /// The merge of the tables `s` and `r` of `ctx`, each read whole.
+    async fn merge_of(ctx: &SessionContext) -> MergePairsExec {
+        let mut sides = Vec::new();
+        for table in ["s", "r"] {
+            let df = ctx.sql(&format!("SELECT * FROM {table}")).await.unwrap();
+            sides.push(df.create_physical_plan().await.unwrap());
+        }
+        let replica = sides.pop().unwrap();
+        MergePairsExec::try_new(sides.pop().unwrap(), replica, 2).unwrap()
+    }
+
     /// The merge's pairs as (k0, k1, __sr, __sl, __rr, __rl, __x, sv0, v0) rows.
     async fn merge(
         source: MemTable,
@@ -842,22 +853,7 @@ mod tests {
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
         ctx.register_table("s", Arc::new(source)).unwrap();
         ctx.register_table("r", Arc::new(replica)).unwrap();
-        let plan = |table: &'static str| {
-            let ctx = ctx.clone();
-            async move {
-                ctx.sql(&format!("SELECT * FROM {table}"))
-                    .await
-                    .unwrap()
-                    .create_physical_plan()
-                    .await
-                    .unwrap()
-            }
-        };
-        let exec = Arc::new(MergePairsExec::try_new(
-            plan("s").await,
-            plan("r").await,
-            2,
-        )?);
+        let exec = Arc::new(merge_of(&ctx).await);
         let batches = datafusion::physical_plan::collect(exec, ctx.task_ctx()).await?;
         let mut out = Vec::new();
         for b in &batches {
@@ -971,18 +967,7 @@ mod tests {
             .unwrap();
         ctx.register_table("r", Arc::new(side(&replica, "v", 900)))
             .unwrap();
-        let side_plan = |table: &str| {
-            let (ctx, sql) = (ctx.clone(), format!("SELECT * FROM {table}"));
-            async move {
-                ctx.sql(&sql)
-                    .await
-                    .unwrap()
-                    .create_physical_plan()
-                    .await
-                    .unwrap()
-            }
-        };
-        let merge = MergePairsExec::try_new(side_plan("s").await, side_plan("r").await, 2).unwrap();
+        let merge = merge_of(&ctx).await;
         ctx.register_table("pairs", Arc::new(MergedPairs::new(Arc::new(merge))))
             .unwrap();
         let df = ctx
@@ -1037,14 +1022,7 @@ mod tests {
             .unwrap();
         ctx.register_table("r", Arc::new(side(&replica, "v", 4096)))
             .unwrap();
-        let plan = |table: &str| {
-            let (ctx, sql) = (ctx.clone(), format!("SELECT * FROM {table}"));
-            async move {
-                let df = ctx.sql(&sql).await.unwrap();
-                df.create_physical_plan().await.unwrap()
-            }
-        };
-        let merge = Arc::new(MergePairsExec::try_new(plan("s").await, plan("r").await, 2).unwrap());
+        let merge = Arc::new(merge_of(&ctx).await);
         let mut stream = merge.execute(0, ctx.task_ctx()).unwrap();
         let mut rows = 0;
         while let Some(batch) = stream.next().await {
