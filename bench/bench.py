@@ -98,6 +98,10 @@ print("{}")
 
 def run_tool(cmd, cwd):
     """Runs cmd; returns (wall seconds, peak RSS in MiB from wait4, stdout)."""
+    # The previous run's outputs (hundreds of MB for recon's events, a file for each
+    # peer's diff) are flushed to disk first, untimed, so that no run pays for the
+    # writeback of another's.
+    os.sync()
     with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err)
