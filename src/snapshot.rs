@@ -450,7 +450,9 @@ mod tests {
     #[tokio::test]
     async fn key_order_from_row_group_statistics() {
         use StatsOrder::*;
-        let cases: &[(&[&[&[Option<i64>]]], StatsOrder)] = &[
+        // Per case: the files, each a list of row groups, each a list of keys.
+        type Files<'a> = &'a [&'a [&'a [Option<i64>]]];
+        let cases: &[(Files, StatsOrder)] = &[
             // Row groups ascending, within a file and across files.
             (
                 &[&[&[Some(1), Some(2)], &[Some(3), Some(9)]], &[&[Some(10)]]],

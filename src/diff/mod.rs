@@ -791,9 +791,17 @@ struct Tally {
 struct Classified {
     discrepancies: RecordBatch,
     tally: Tally,
-    /// Per correction slot: the correction rows, how many of each op, and their
-    /// events.
-    corrections: [Option<(RecordBatch, BTreeMap<Op, u64>, Rendered)>; 2],
+    /// Per correction slot, when the batch has corrections for it.
+    corrections: [Option<SlotCorrections>; 2],
+}
+
+/// One correction slot's share of a diff batch.
+struct SlotCorrections {
+    /// The correction rows, as the correction file holds them.
+    rows: RecordBatch,
+    /// How many of each op.
+    ops: BTreeMap<Op, u64>,
+    events: Rendered,
 }
 
 /// Builds discrepancy and correction rows for one entity and streams them out.
@@ -908,7 +916,12 @@ impl<'a> Classifier<'a> {
             self.count(FIELD_MISMATCH, Some(&plan.field_column(f).source), n);
         }
         for (slot, out) in c.corrections.into_iter().enumerate() {
-            let Some((batch, ops, events)) = out else {
+            let Some(SlotCorrections {
+                rows: batch,
+                ops,
+                events,
+            }) = out
+            else {
                 continue;
             };
             let (_, system, schema) = &self.rules.slots[slot];
@@ -1096,7 +1109,7 @@ impl Rules {
                 *ops.entry(p.op).or_default() += 1;
             }
             let events = self.events[slot].render(&rows)?;
-            corrections[slot] = Some((rows, ops, events));
+            corrections[slot] = Some(SlotCorrections { rows, ops, events });
         }
         Ok(Classified {
             discrepancies: out.rows.finish()?,
