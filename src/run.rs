@@ -447,8 +447,8 @@ async fn diff_all(
         written.push(layout.discrepancies(&entity.name));
         written.push(layout.corrections(&job.replica, &entity.name));
         written.push(layout.corrections(&job.source, &entity.name));
-        written.push(events.file(&job.replica, &entity.name));
-        written.push(events.file(&job.source, &entity.name));
+        written.push(layout.events(&job.replica, &entity.name));
+        written.push(layout.events(&job.source, &entity.name));
         let started = Instant::now();
         let progress = opts.progress.then(|| diff::progress::Progress {
             label: format!(
@@ -504,7 +504,8 @@ async fn diff_all(
             )
         });
         files.push(result.discrepancy_file.clone());
-        if verdict.tripped {
+        // A withheld entity's corrections are not written: none can be back.
+        let reappeared = if verdict.tripped {
             warn!(entity = %entity.name, reason = verdict.reason.as_deref().unwrap_or(""), "guardrail tripped: corrections withheld");
             let rels: Vec<String> = result
                 .correction_files
@@ -513,17 +514,13 @@ async fn diff_all(
                 .map(|f| f.path.clone())
                 .collect();
             write::remove(layout, &rels).await;
+            Vec::new()
         } else {
             files.extend(result.correction_files.iter().cloned());
             event_files.extend(result.event_files.iter().cloned());
             if !result.reappeared.is_empty() {
                 warn!(entity = %entity.name, count = result.reappeared.len(), "corrections applied by an earlier apply are back: the fix did not stick");
             }
-        }
-        // A withheld entity's corrections are not written: none can be back.
-        let reappeared = if verdict.tripped {
-            Vec::new()
-        } else {
             std::mem::take(&mut result.reappeared)
         };
         let mut durations_ms = BTreeMap::new();

@@ -46,6 +46,12 @@ impl RunLayout {
             self.part()
         )
     }
+    pub fn events(&self, system: &str, entity: &str) -> String {
+        format!(
+            "events/{}/system={system}/entity={entity}/events.ndjson",
+            self.part()
+        )
+    }
     pub fn run_dir(&self) -> String {
         format!("runs/{}", self.part())
     }

@@ -242,8 +242,8 @@ pub struct Reappeared {
 /// each event, and the corrections earlier applies applied (to find those that are
 /// back).
 pub struct Events {
-    job: Arc<JobConfig>,
-    layout: Arc<RunLayout>,
+    job: JobConfig,
+    layout: RunLayout,
     time: String,
     applied: Arc<HashMap<String, (String, NaiveDate)>>,
 }
@@ -253,19 +253,11 @@ impl Events {
     pub async fn load(job: &JobConfig, layout: &RunLayout) -> Result<Self> {
         let applied = applied_before(&layout.output, layout.run_date).await?;
         Ok(Events {
-            job: Arc::new(job.clone()),
-            layout: Arc::new(layout.clone()),
+            job: job.clone(),
+            layout: layout.clone(),
             time: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             applied: Arc::new(applied),
         })
-    }
-
-    /// The events file of `system`'s corrections of `entity`, relative to the output.
-    pub fn file(&self, system: &str, entity: &str) -> String {
-        format!(
-            "events/run_date={}/run_id={}/system={system}/entity={entity}/events.ndjson",
-            self.layout.run_date, self.layout.run_id
-        )
     }
 
     /// Renders the events of `system`'s corrections of `entity`.
@@ -290,7 +282,7 @@ impl Events {
     pub fn sink(&self, system: &str, entity: &str) -> EventsSink {
         EventsSink::new(
             &self.layout,
-            self.file(system, entity),
+            self.layout.events(system, entity),
             entity.to_string(),
             system.to_string(),
         )

@@ -285,7 +285,8 @@ impl ExecutionPlan for MergePairsExec {
 
 /// A key merge as a table, for the diff query to read its pairs as the merge emits
 /// them: the key summary and the diff then make one pass, and the pairs are never
-/// held. The table can be scanned once (the merge is planned already).
+/// held. A scan is the merge planned beforehand (with a projection when one is asked
+/// for); it runs the merge each time it is executed.
 #[derive(Debug)]
 pub struct MergedPairs {
     merge: Arc<dyn ExecutionPlan>,

@@ -238,13 +238,13 @@ pub async fn run_entity(
             Ok(()) => {
                 tracing::debug!(entity = %entity, "key summary by merge");
                 let diff_ms = started.elapsed().as_millis() as u64;
-                return out
-                    .finish(key_summary_ms, diff_ms, Carried::Both.plan())
-                    .await;
+                return out.finish(key_summary_ms, diff_ms, MERGE_PLAN).await;
             }
             // What was written is dropped with `out`: its files never appear.
             Err(e) => match merge_stopped(&e) {
-                Some(why) => tracing::info!(entity = %entity, "{why}: key summary by join instead"),
+                Some(why) => {
+                    tracing::info!(entity = %entity, "{why}: key summary by join instead of merge")
+                }
                 None => return Err(e),
             },
         }
@@ -280,7 +280,6 @@ pub async fn run_entity(
     // The diff reads each side's rows for the few candidate keys only: from the pairs
     // when they carry them, else from the snapshot.
     let sql = match carried {
-        Carried::Both => unreachable!("merged pairs are diffed as they come"),
         Carried::Replica => plan.diff_sql(SUMMARY_TABLE, "source", "replica", Some(PAIRS_TABLE)),
         Carried::None => plan.diff_sql(SUMMARY_TABLE, "source", "replica", None),
     };
@@ -323,16 +322,25 @@ async fn diff(
     Ok(())
 }
 
+/// The `key_summary_plan` of an entity matched by the key merge.
+const MERGE_PLAN: &str = "merge";
+
 /// Why a streamed key merge stopped, when it stopped for a reason that sends the
-/// entity to the join: a key out of order or repeated, or the memory limit.
+/// entity to the join (see [`merge_stop`]).
 fn merge_stopped(e: &Error) -> Option<String> {
-    let Error::Query { source, .. } = e else {
-        return None;
-    };
-    if let Some(why) = merge::NotMergeable::find(source) {
+    match e {
+        Error::Query { source, .. } => merge_stop(source, "the key merge"),
+        _ => None,
+    }
+}
+
+/// Why `what`, a key merge, stopped, when it stopped for a reason that sends the
+/// entity to the join: a key out of order or repeated, or the memory limit.
+fn merge_stop(e: &DataFusionError, what: &str) -> Option<String> {
+    if let Some(why) = merge::NotMergeable::find(e) {
         Some(why.to_string())
-    } else if matches!(source.find_root(), DataFusionError::ResourcesExhausted(_)) {
-        Some("the key merge ran out of memory".into())
+    } else if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) {
+        Some(format!("{what} ran out of memory"))
     } else {
         None
     }
@@ -355,22 +363,20 @@ fn with_aliases(batch: &RecordBatch, aliases: &[(String, String)]) -> Result<Rec
         .map_err(|e| Error::Internal(format!("diff query output: {e}")))
 }
 
-/// Which sides' rows the pairs table [`PAIRS_TABLE`] carries for the diff.
+/// Which sides' rows the pairs table [`PAIRS_TABLE`] carries for the diff, after a key
+/// summary by join or aggregation (a merge's pairs go to the diff as they come).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Carried {
     /// There is no pairs table: the key summary was an aggregation.
     None,
     /// The replica's (the key join).
     Replica,
-    /// Both sides' (the key merge).
-    Both,
 }
 
 impl Carried {
     /// The name of the key summary's plan that leaves these pairs.
     fn plan(self) -> &'static str {
         match self {
-            Carried::Both => "merge",
             Carried::Replica => "join",
             Carried::None => "aggregation",
         }
@@ -530,15 +536,13 @@ async fn key_order(
         .map_err(|e| Error::query(&context, e))?;
     while let Some(batch) = stream.next().await {
         if let Err(e) = batch {
-            if let Some(why) = merge::NotMergeable::find(&e) {
-                tracing::info!(entity = %entity, "{why}: key summary by join instead of merge");
-                return Ok(false);
-            }
-            if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) {
-                tracing::info!(entity = %entity, "the key order check ran out of memory: key summary by join instead");
-                return Ok(false);
-            }
-            return Err(Error::query(&context, e));
+            return match merge_stop(&e, "the key order check") {
+                Some(why) => {
+                    tracing::info!(entity = %entity, "{why}: key summary by join instead of merge");
+                    Ok(false)
+                }
+                None => Err(Error::query(&context, e)),
+            };
         }
     }
     Ok(true)

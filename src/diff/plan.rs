@@ -473,7 +473,6 @@ impl EntityPlan {
         udfs
     }
 
-    /// `t`'s compared fields in their common types, fingerprinted.
     /// The fingerprint of `t`'s compared fields when `t` is live on `side`, else NULL.
     /// Without a soft-delete column every row is live, and the fingerprint goes without
     /// the `CASE`, which DataFusion would evaluate by filtering each batch.
@@ -486,6 +485,7 @@ impl EntityPlan {
         }
     }
 
+    /// `t`'s compared fields in their common types, fingerprinted.
     fn fingerprint_expr(&self, side: Side) -> String {
         if self.fields.is_empty() {
             return "arrow_cast(0, 'UInt64')".to_string();
