@@ -1,7 +1,8 @@
 //! Object stores from URLs: the only module that builds an `ObjectStore`. Everything else
 //! takes a [`Location`] (a store plus a prefix) and registers it with DataFusion from here.
 //!
-//! Supported URLs: `file:///abs/path` (and plain paths), `memory://name` (one in-process
+//! Supported URLs: `file:///abs/path` (and plain paths; read by mapping, see
+//! [`mapped`]), `memory://name` (one in-process
 //! store per name) and `s3://bucket/prefix`, configured from the usual `AWS_*` variables.
 
 use std::collections::HashMap;
@@ -19,6 +20,8 @@ use object_store::{ClientConfigKey, ObjectStore, RetryConfig};
 use url::Url;
 
 use crate::error::{Error, Result};
+
+mod mapped;
 
 /// A place in an object store: the store, the URL of its root and a prefix inside it.
 #[derive(Clone)]
@@ -158,6 +161,7 @@ pub fn open(url: &str) -> Result<Location> {
         Some(s) => Arc::clone(s),
         None => {
             let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+                "file" if mapped::enabled() => Arc::new(mapped::MappedFiles::new()),
                 "file" => Arc::new(LocalFileSystem::new()),
                 "memory" => Arc::new(InMemory::new()),
                 "s3" => {

@@ -460,7 +460,7 @@ impl EntityPlan {
         Fingerprint::new(
             self.fields
                 .iter()
-                .map(|f| (f.rule.compare.clone(), scan_type(&f.common)))
+                .map(|f| (f.rule.compare.clone(), self.fingerprint_type(f)))
                 .collect(),
         )
         .into_udf()
@@ -471,6 +471,21 @@ impl EntityPlan {
         let mut udfs = self.comparators();
         udfs.push(self.fingerprint());
         udfs
+    }
+
+    /// The type a compared field is fingerprinted in: its common type, except that an
+    /// integer column of one type on both sides is hashed as it is read. Widening it to
+    /// the common type (`Int32` to `Int64`, `UInt64` to a decimal) would cost a cast of
+    /// every row of both sides for the same verdict: both sides hash the same type, and
+    /// integers need no normal form.
+    fn fingerprint_type(&self, f: &FieldPlan) -> DataType {
+        let m = self.field_column(f);
+        let (s, r) = (m.scan_type(Side::Source), m.scan_type(Side::Replica));
+        if s == r && s.is_integer() {
+            s
+        } else {
+            scan_type(&f.common)
+        }
     }
 
     /// The fingerprint of `t`'s compared fields when `t` is live on `side`, else NULL.
@@ -496,7 +511,7 @@ impl EntityPlan {
             .map(|f| {
                 let m = self.field_column(f);
                 let col = format!("t.{}", quote(m.name(side)));
-                cast_to(&col, &m.scan_type(side), &scan_type(&f.common))
+                cast_to(&col, &m.scan_type(side), &self.fingerprint_type(f))
             })
             .collect::<Vec<_>>()
             .join(", ");
