@@ -161,7 +161,7 @@ pub fn open(url: &str) -> Result<Location> {
         Some(s) => Arc::clone(s),
         None => {
             let store: Arc<dyn ObjectStore> = match parsed.scheme() {
-                "file" if mapped::enabled() => Arc::new(mapped::MappedFiles::new()),
+                "file" if mapped::enabled() => Arc::new(mapped::MappedFiles::default()),
                 "file" => Arc::new(LocalFileSystem::new()),
                 "memory" => Arc::new(InMemory::new()),
                 "s3" => {

@@ -45,17 +45,9 @@ pub fn enabled() -> bool {
 
 /// [`LocalFileSystem`] with byte ranges read by mapping them; see the module
 /// documentation.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct MappedFiles {
     inner: Arc<LocalFileSystem>,
-}
-
-impl MappedFiles {
-    pub fn new() -> Self {
-        MappedFiles {
-            inner: Arc::new(LocalFileSystem::new()),
-        }
-    }
 }
 
 impl fmt::Display for MappedFiles {
@@ -96,7 +88,11 @@ fn map_ranges(path: &std::path::Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes
         }
     }
     let (Some(start), Some(end)) = (
-        ranges.iter().filter(|r| r.end > r.start).map(|r| r.start).min(),
+        ranges
+            .iter()
+            .filter(|r| r.end > r.start)
+            .map(|r| r.start)
+            .min(),
         ranges.iter().map(|r| r.end).max(),
     ) else {
         return Ok(ranges.iter().map(|_| Bytes::new()).collect());
@@ -209,7 +205,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(dir.path().join("f.bin"), &data).unwrap();
-        let store = MappedFiles::new();
+        let store = MappedFiles::default();
         let path = Path::from_filesystem_path(dir.path().join("f.bin")).unwrap();
         let ranges = [5000..5000, 4097..9000, 0..3, 19_990..20_000, 12_000..16_384];
         let got = store.get_ranges(&path, &ranges).await.unwrap();
@@ -217,13 +213,13 @@ mod tests {
             assert_eq!(&b[..], &data[r.start as usize..r.end as usize], "{r:?}");
         }
 
-        let past = store.get_ranges(&path, &[19_000..20_001]).await.unwrap_err();
+        let past = store
+            .get_ranges(&path, &[19_000..20_001])
+            .await
+            .unwrap_err();
         assert!(past.to_string().contains("outside"), "{past}");
         let missing = Path::from_filesystem_path(dir.path()).unwrap().join("none");
         let err = store.get_ranges(&missing, &[0..1]).await.unwrap_err();
-        assert!(
-            matches!(err, object_store::Error::NotFound { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, object_store::Error::NotFound { .. }), "{err}");
     }
 }

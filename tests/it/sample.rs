@@ -483,10 +483,11 @@ fn benchmark_pair_diff_finds_exactly_the_expected_counts() {
     // The generator writes in key order, so the key summary is the merge, which holds
     // a few batches whatever the limit; out of order, the join; under the smallest
     // limit, the aggregation, which spills to disk. The same answer, to the byte,
-    // every time.
+    // every time, and with the snapshots read into buffers instead of mapped.
     let mut outputs = Vec::new();
     for (run, right, limit, path) in [
         ("merge", "pair/right.parquet", "1GiB", "merge"),
+        ("merge-read", "pair/right.parquet", "1GiB", "merge"),
         ("merge-small", "pair/right.parquet", "64MiB", "merge"),
         ("join", "pair/right-unsorted.parquet", "1GiB", "join"),
         (
@@ -503,6 +504,10 @@ fn benchmark_pair_diff_finds_exactly_the_expected_counts() {
             "r1",
             &["--memory-limit", limit],
             run,
+            &[(
+                "RECON_LOCAL_MMAP",
+                if run == "merge-read" { "0" } else { "1" },
+            )],
         );
         assert_eq!(
             stderr.contains("spilled to disk under the memory limit"),
@@ -547,13 +552,14 @@ fn benchmark_pair_diff_finds_exactly_the_expected_counts() {
     // The join and the aggregation runs first merged part of the pairs, until the
     // disorder showed: what they wrote by then is gone, every file is the merge's.
     let files = |run: &str| files_below(&dir.path().join(run));
-    assert_eq!(files("merge"), files("merge-small"));
-    assert_eq!(files("merge"), files("join"));
-    assert_eq!(files("merge"), files("aggregation"));
+    for run in ["merge-read", "merge-small", "join", "aggregation"] {
+        assert_eq!(files("merge"), files(run), "{run}");
+    }
     assert!(outputs[0].len() >= 2, "discrepancies and corrections");
-    assert_eq!(outputs[0], outputs[1], "merge under 1GiB and 64MiB");
-    assert_eq!(outputs[0], outputs[2], "merge and join");
-    assert_eq!(outputs[0], outputs[3], "merge and aggregation");
+    assert_eq!(outputs[0], outputs[1], "mapped and read snapshots");
+    assert_eq!(outputs[0], outputs[2], "merge under 1GiB and 64MiB");
+    assert_eq!(outputs[0], outputs[3], "merge and join");
+    assert_eq!(outputs[0], outputs[4], "merge and aggregation");
 }
 
 /// Copies the Parquet file `from` to `to` with its last batch moved to the front.
@@ -589,8 +595,8 @@ fn parquet_tree(
 }
 
 /// Runs `recon diff` keyed by `id` on two Parquet files below `dir` as run `run_id`,
-/// with `options` before the subcommand and info logging, writing to `output` below
-/// `dir`; asserts success and returns the log and the JSON summary.
+/// with `options` before the subcommand, `env` in its environment and info logging,
+/// writing to `output` below `dir`; asserts success and returns the log and the JSON summary.
 fn diff_pair(
     dir: &std::path::Path,
     left: &str,
@@ -598,9 +604,11 @@ fn diff_pair(
     run_id: &str,
     options: &[&str],
     output: &str,
+    env: &[(&str, &str)],
 ) -> (String, serde_json::Value) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_recon"))
         .current_dir(dir)
+        .envs(env.iter().copied())
         .args(["--log-level", "info"])
         .args(options)
         .args([
@@ -679,6 +687,7 @@ fn a_key_repeated_on_both_sides_is_summarised_by_the_aggregation() {
             "r1",
             &[],
             "out",
+            &[],
         );
         assert_eq!(
             stderr.contains("a key on both sides is repeated"),
