@@ -21,6 +21,7 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
+#[cfg(unix)]
 mod mapped;
 
 /// A place in an object store: the store, the URL of its root and a prefix inside it.
@@ -161,6 +162,7 @@ pub fn open(url: &str) -> Result<Location> {
         Some(s) => Arc::clone(s),
         None => {
             let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+                #[cfg(unix)]
                 "file" if mapped::enabled() => Arc::new(mapped::MappedFiles::default()),
                 "file" => Arc::new(LocalFileSystem::new()),
                 "memory" => Arc::new(InMemory::new()),

@@ -6,8 +6,8 @@
 //! (the usual case on a laptop, and every night's second entity on a server) the
 //! zeroing and the copy are a few percent of the diff's CPU time. This store maps the
 //! ranges instead: the buffers handed to the reader are the page cache's own pages,
-//! faulted in once per range (`MAP_POPULATE`) and unmapped when the last slice of them
-//! is dropped. Everything else (listing, writing, renaming, deleting) is
+//! faulted in at once (`MAP_POPULATE`) and unmapped when the last slice of them is
+//! dropped. Everything else (listing, writing, renaming, deleting) is
 //! [`LocalFileSystem`]'s.
 //!
 //! A mapped file must not shrink while it is being read: a read past its new end kills
@@ -56,50 +56,69 @@ impl fmt::Display for MappedFiles {
     }
 }
 
-/// The bytes of `ranges` of the file at `path`, from one mapping of the span they
-/// cover. A range past the end of the file is an error, as in [`LocalFileSystem`].
+/// Ranges closer than this share one mapping.
+const GAP: u64 = 64 * 1024;
+
+/// The bytes of `ranges` of the file at `path`, mapped: one mapping per run of ranges
+/// less than [`GAP`] apart, so that a query reading a few columns does not fault in the
+/// others. A range past the end of the file is an error, as in [`LocalFileSystem`]; a
+/// file that cannot be mapped (some network and FUSE file systems) is read instead.
 fn map_ranges(path: &std::path::Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-    let error = |e: Box<dyn std::error::Error + Send + Sync>| object_store::Error::Generic {
+    let error = |e: String| object_store::Error::Generic {
         store: "MappedFiles",
-        source: e,
+        source: e.into(),
     };
     let file = File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => object_store::Error::NotFound {
             path: path.display().to_string(),
             source: e.into(),
         },
-        _ => error(format!("cannot open {}: {e}", path.display()).into()),
+        _ => error(format!("cannot open {}: {e}", path.display())),
     })?;
     let size = file
         .metadata()
-        .map_err(|e| error(format!("cannot stat {}: {e}", path.display()).into()))?
+        .map_err(|e| error(format!("cannot stat {}: {e}", path.display())))?
         .len();
-    for r in ranges {
-        if r.start > r.end || r.end > size {
-            return Err(error(
-                format!(
-                    "range {}..{} is outside {} ({size} bytes)",
-                    r.start,
-                    r.end,
-                    path.display()
-                )
-                .into(),
-            ));
-        }
+    if let Some(r) = ranges.iter().find(|r| r.start > r.end || r.end > size) {
+        return Err(error(format!(
+            "range {}..{} is outside {} ({size} bytes)",
+            r.start,
+            r.end,
+            path.display()
+        )));
     }
-    let (Some(start), Some(end)) = (
-        ranges
-            .iter()
-            .filter(|r| r.end > r.start)
-            .map(|r| r.start)
-            .min(),
-        ranges.iter().map(|r| r.end).max(),
-    ) else {
-        return Ok(ranges.iter().map(|_| Bytes::new()).collect());
-    };
-    // A mapping starts on a page boundary.
+    let mut order: Vec<usize> = (0..ranges.len())
+        .filter(|&i| !ranges[i].is_empty())
+        .collect();
+    order.sort_by_key(|&i| ranges[i].start);
+    let mut out = vec![Bytes::new(); ranges.len()];
     let page = page_size();
-    let offset = start - start % page;
+    let mut at = 0;
+    while at < order.len() {
+        // The run of ranges starting at `at`, and the span it covers.
+        let (offset, mut end, mut next) = (ranges[order[at]].start, ranges[order[at]].end, at + 1);
+        while next < order.len() && ranges[order[next]].start <= end.saturating_add(GAP) {
+            end = end.max(ranges[order[next]].end);
+            next += 1;
+        }
+        // A mapping starts on a page boundary.
+        let offset = offset - offset % page;
+        let span = map(&file, offset, end).or_else(|e| {
+            tracing::debug!("reading {} instead of mapping it: {e}", path.display());
+            read(&file, offset, end)
+        });
+        let span = span.map_err(|e| error(format!("cannot read {}: {e}", path.display())))?;
+        for &i in &order[at..next] {
+            let r = &ranges[i];
+            out[i] = span.slice((r.start - offset) as usize..(r.end - offset) as usize);
+        }
+        at = next;
+    }
+    Ok(out)
+}
+
+/// Bytes `offset..end` of `file`, mapped and faulted in.
+fn map(file: &File, offset: u64, end: u64) -> std::io::Result<Bytes> {
     // SAFETY: the mapping is read-only and private, and it is only read through the
     // slices returned. The file must not shrink while they live (a read of a page past
     // the new end raises SIGBUS); see the module documentation for why snapshots do not.
@@ -108,20 +127,17 @@ fn map_ranges(path: &std::path::Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes
             .offset(offset)
             .len((end - offset) as usize)
             .populate()
-            .map(&file)
-    }
-    .map_err(|e| error(format!("cannot map {}: {e}", path.display()).into()))?;
-    let whole = Bytes::from_owner(map);
-    Ok(ranges
-        .iter()
-        .map(|r| {
-            if r.end == r.start {
-                Bytes::new()
-            } else {
-                whole.slice((r.start - offset) as usize..(r.end - offset) as usize)
-            }
-        })
-        .collect())
+            .map(file)
+    }?;
+    Ok(Bytes::from_owner(map))
+}
+
+/// Bytes `offset..end` of `file`, read into a buffer.
+fn read(file: &File, offset: u64, end: u64) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0; (end - offset) as usize];
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(Bytes::from(buf))
 }
 
 fn page_size() -> u64 {
@@ -156,12 +172,18 @@ impl ObjectStore for MappedFiles {
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         let path = self.inner.path_to_filesystem(location)?;
         let ranges = ranges.to_vec();
-        tokio::task::spawn_blocking(move || map_ranges(&path, &ranges))
-            .await
-            .map_err(|e| object_store::Error::Generic {
-                store: "MappedFiles",
-                source: e.into(),
-            })?
+        // Mapping with MAP_POPULATE reads the pages in: off the async threads when there
+        // are any, as LocalFileSystem does.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime
+                .spawn_blocking(move || map_ranges(&path, &ranges))
+                .await
+                .map_err(|e| object_store::Error::Generic {
+                    store: "MappedFiles",
+                    source: e.into(),
+                })?,
+            Err(_) => map_ranges(&path, &ranges),
+        }
     }
 
     fn delete_stream(
@@ -203,18 +225,32 @@ mod tests {
     #[tokio::test]
     async fn mapped_ranges_are_the_files_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(dir.path().join("f.bin"), &data).unwrap();
         let store = MappedFiles::default();
         let path = Path::from_filesystem_path(dir.path().join("f.bin")).unwrap();
-        let ranges = [5000..5000, 4097..9000, 0..3, 19_990..20_000, 12_000..16_384];
+        // Unsorted, overlapping, empty, and one more than GAP from the others (a mapping
+        // of its own).
+        let ranges = [
+            5000..5000,
+            4097..9000,
+            0..3,
+            19_990..20_000,
+            12_000..16_384,
+            6000..7000,
+            150_001..199_999,
+        ];
         let got = store.get_ranges(&path, &ranges).await.unwrap();
         for (r, b) in ranges.iter().zip(&got) {
             assert_eq!(&b[..], &data[r.start as usize..r.end as usize], "{r:?}");
         }
 
+        // The reading fallback, for file systems that cannot map.
+        let file = File::open(dir.path().join("f.bin")).unwrap();
+        assert_eq!(&read(&file, 4096, 9000).unwrap()[..], &data[4096..9000]);
+
         let past = store
-            .get_ranges(&path, &[19_000..20_001])
+            .get_ranges(&path, &[190_000..200_001])
             .await
             .unwrap_err();
         assert!(past.to_string().contains("outside"), "{past}");
