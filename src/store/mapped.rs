@@ -250,12 +250,12 @@ mod tests {
         assert_eq!(&read(&file, 4096, 9000).unwrap()[..], &data[4096..9000]);
 
         let past = store
-            .get_ranges(&path, &[190_000..200_001])
+            .get_ranges(&path, &[0..1, 190_000..200_001])
             .await
             .unwrap_err();
         assert!(past.to_string().contains("outside"), "{past}");
         let missing = Path::from_filesystem_path(dir.path()).unwrap().join("none");
-        let err = store.get_ranges(&missing, &[0..1]).await.unwrap_err();
+        let err = store.get_ranges(&missing, &[0..1, 2..3]).await.unwrap_err();
         assert!(matches!(err, object_store::Error::NotFound { .. }), "{err}");
     }
 }
