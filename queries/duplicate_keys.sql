@@ -1,6 +1,6 @@
 -- Data quality: complete keys that occur more than once on one side, from the key
--- summary, in the side's own column names and types. Soft-deleted rows count here: a
--- key must be unique among all rows.
+-- summary, in the common key types. Soft-deleted rows count here: a key must be unique
+-- among all rows.
 SELECT {keys}, {rows} AS "__rows"
 FROM {summary}
 WHERE {rows} > 1

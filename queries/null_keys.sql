@@ -1,5 +1,6 @@
--- Data quality: rows of one side whose key has a NULL part, one row per distinct key.
+-- Data quality: rows of one side whose key has a NULL part, one row per distinct key,
+-- the key in its common types.
 SELECT {keys}, count(*) AS "__rows"
-FROM {table}
+FROM {table} AS t
 WHERE {key_is_null}
-GROUP BY {keys}
+GROUP BY {groups}

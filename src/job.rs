@@ -234,7 +234,8 @@ pub struct CompareRule {
     pub null_equals_empty: bool,
     /// Absolute tolerance, kept as written so decimal boundaries compare exactly.
     pub abs_tol: Option<Tolerance>,
-    pub rel_tol: Option<f64>,
+    /// Relative tolerance, kept as written like `abs_tol`.
+    pub rel_tol: Option<Tolerance>,
     /// Timestamps are truncated to this unit before comparison.
     pub precision: Option<arrow::datatypes::TimeUnit>,
 }
@@ -248,7 +249,10 @@ impl CompareRule {
     }
 }
 
-/// A non-negative decimal tolerance: `mantissa × 10^-scale`, plus its `f64` value.
+/// A non-negative decimal tolerance: `mantissa × 10^-scale`, plus its `f64` value. The
+/// decimal is the shortest text that reads back as the job's number, which is what the
+/// user wrote: integers and decimals are compared against it exactly, floats against
+/// `value` in f64 arithmetic.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tolerance {
     pub value: f64,
@@ -469,6 +473,32 @@ impl Cx<'_> {
                 )));
             }
         }
+        // Every column the job names, with what names it: a rename onto one of them
+        // (kept under its own name) would map two job columns onto one replica column.
+        let mut named: Vec<(&str, &str)> =
+            raw.key.iter().map(|k| (k.as_str(), "key column")).collect();
+        for (field, rule) in &fields {
+            named.push((field.as_str(), "field"));
+            if let Owner::Newest { by } = &rule.owner {
+                named.push((by.as_str(), "`by` column"));
+            }
+        }
+        if let DeletePolicy::Soft { column, .. } = &deletes {
+            named.push((column.as_str(), "soft-delete column"));
+        }
+        if let Some(v) = &raw.version {
+            named.push((v.as_str(), "version column"));
+        }
+        for (from, to) in &raw.rename {
+            if let Some((_, what)) = named
+                .iter()
+                .find(|(n, _)| *n == to.as_str() && to != from && !raw.rename.contains_key(*n))
+            {
+                return Err(ctx(format!(
+                    "rename maps `{from}` to replica column `{to}`, which is also the {what} `{to}`: two columns of the job would be compared with one replica column"
+                )));
+            }
+        }
         let max_correction_share = match raw.max_correction_share {
             Some(s) => check_share(s, "max_correction_share").map_err(ctx)?,
             None => defaults.max_correction_share,
@@ -642,10 +672,10 @@ fn parse_field(raw: RawField) -> std::result::Result<FieldRule, String> {
         );
     }
     if let Some(t) = raw.rel_tol {
-        if !t.is_finite() || t < 0.0 {
-            return Err(format!("rel_tol must be a finite number >= 0, got {t}"));
-        }
-        compare.rel_tol = Some(t);
+        compare.rel_tol = Some(
+            Tolerance::from_f64(t)
+                .ok_or_else(|| format!("rel_tol must be a finite number >= 0, got {t}"))?,
+        );
     }
     if let Some(p) = raw.precision {
         use arrow::datatypes::TimeUnit;
@@ -824,6 +854,42 @@ mod tests {
                 .contains(":10: entity `x`: export.a needs an [exporters.a] table"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_rename_onto_a_column_the_job_names_is_an_error() {
+        // Regression: such jobs ran with exit 0 and false mismatches.
+        for (entity, what) in [
+            (
+                "key = [\"id\", \"b\"]\nrename = { a = \"b\" }",
+                "key column `b`",
+            ),
+            (
+                "key = [\"id\"]\nrename = { a = \"b\" }\nfields.b = { owner = \"replica\" }",
+                "field `b`",
+            ),
+            (
+                "key = [\"id\"]\nrename = { a = \"u\" }\nfields.c = { owner = \"newest\", by = \"u\" }",
+                "`by` column `u`",
+            ),
+            (
+                "key = [\"id\"]\nrename = { a = \"d\" }\ndeletes = { policy = \"soft\", column = \"d\" }",
+                "soft-delete column `d`",
+            ),
+            (
+                "key = [\"id\"]\nrename = { a = \"v\" }\nversion = \"v\"",
+                "version column `v`",
+            ),
+        ] {
+            let e = parse(&format!("{BASE}[[entities]]\nname = \"x\"\n{entity}\n")).unwrap_err();
+            assert!(e.to_string().contains(what), "{e}");
+            assert_eq!(e.exit_code(), crate::ExitCode::Usage);
+        }
+        // Renamed itself, the column is free to be a target.
+        parse(&format!(
+            "{BASE}[[entities]]\nname = \"x\"\nkey = [\"id\"]\nrename = {{ a = \"b\", b = \"c\" }}\nfields.b = {{ owner = \"replica\" }}\n"
+        ))
+        .unwrap();
     }
 
     #[test]

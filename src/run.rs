@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Run the export stage first when the job declares exporters (`--no-export` clears it).
     pub export: bool,
+    /// Which key-summary plan to start from (tests; `Auto` otherwise).
+    pub key_plan: crate::diff::plan::KeyPlan,
 }
 
 /// Whether a run takes the job's lock for its run date.
@@ -94,6 +96,10 @@ pub struct EntitySummary {
     pub inputs: Inputs,
     /// How the key summary matched the sides: `merge`, `join` or `aggregation`.
     pub key_summary_plan: &'static str,
+    /// Corrections withheld because the corrected column cannot hold the value exactly
+    /// (reason `unrepresentable`), per field.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub unrepresentable: BTreeMap<String, u64>,
     pub durations_ms: BTreeMap<String, u64>,
     /// Corrections that an apply of an earlier run date already applied and that are
     /// back tonight: the fix did not stick (replication overwrote it, or a writer).
@@ -116,8 +122,13 @@ pub struct Inputs {
 #[derive(Debug, Serialize)]
 pub struct GuardrailVerdict {
     pub max_correction_share: f64,
+    /// Corrections of the entity, to both systems.
     pub corrections: u64,
+    /// Keys on either side: the source's rows and the replica's rows whose key the
+    /// source does not have live (`extra_in_replica`).
     pub rows: u64,
+    /// The largest share of `rows` that corrections to one system touch, in [0, 1]: a
+    /// key gets at most one correction per system.
     pub share: f64,
     pub max_row_drop: f64,
     /// Rows in the previous committed run, when there is one.
@@ -307,7 +318,10 @@ async fn run_locked(
         None
     };
     let plan_clock = Instant::now();
-    let prepared = prepare(job, opts.run_date, &opts.entities).await?;
+    let mut prepared = prepare(job, opts.run_date, &opts.entities).await?;
+    for p in &mut prepared {
+        p.plan.key_plan = opts.key_plan;
+    }
     let plan_ms = plan_clock.elapsed().as_millis() as u64;
     let stamp = RunStamp {
         job: job.name.clone(),
@@ -541,6 +555,7 @@ async fn diff_all(
                 replica: p.replica.clone(),
             },
             key_summary_plan: result.key_summary_plan,
+            unrepresentable: std::mem::take(&mut result.unrepresentable),
             durations_ms,
             reappeared,
         });
@@ -549,7 +564,11 @@ async fn diff_all(
     Ok((summaries, files))
 }
 
-/// Corrections may touch at most `limit` of the entity's rows (the larger side).
+/// Corrections to one system may touch at most `limit` of the entity's keys: the
+/// keys on either side, counted as the source's rows plus the replica's extra rows.
+/// Each key gets at most one correction per system (an insert, an update or a delete
+/// in the replica; an update in the source), so the share lies in [0, 1] and a limit
+/// of 1 releases every entity.
 fn guardrail(
     result: &EntityResult,
     source_rows: u64,
@@ -559,16 +578,28 @@ fn guardrail(
     previous: Option<PreviousRows>,
 ) -> GuardrailVerdict {
     let corrections = result.correction_total();
-    let rows = source_rows.max(replica_rows);
+    let extra: u64 = result
+        .counts
+        .iter()
+        .filter(|c| c.kind == diff::EXTRA_IN_REPLICA)
+        .map(|c| c.count)
+        .sum();
+    let rows = source_rows + extra;
+    let busiest = result
+        .corrections
+        .values()
+        .map(|ops| ops.values().sum::<u64>())
+        .max()
+        .unwrap_or(0);
     let share = if rows == 0 {
-        if corrections > 0 { 1.0 } else { 0.0 }
+        0.0
     } else {
-        corrections as f64 / rows as f64
+        (busiest as f64 / rows as f64).min(1.0)
     };
     let mut reasons = Vec::new();
     if share > limit {
         reasons.push(format!(
-            "{corrections} corrections would touch {:.2}% of {rows} rows, above the limit of {:.2}%",
+            "corrections would touch {busiest} of {rows} keys in one system ({:.2}%), above the limit of {:.2}%",
             share * 100.0,
             limit * 100.0
         ));

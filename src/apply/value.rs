@@ -2,9 +2,11 @@
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{
-    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type,
-    Int64Type, Time64MicrosecondType, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
-    TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+    DataType, Date32Type, Date64Type, Decimal128Type, Decimal256Type, Float16Type, Float32Type,
+    Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, Time32MillisecondType,
+    Time32SecondType, Time64MicrosecondType, Time64NanosecondType, TimeUnit,
+    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 
@@ -34,13 +36,17 @@ impl Value {
         if a.is_null(i) {
             return Ok(Value::Null);
         }
-        let ts = |micros: i64, utc: bool| -> Result<Value, String> {
-            chrono::DateTime::from_timestamp_micros(micros)
-                .map(|t| Value::Timestamp {
-                    at: t.naive_utc(),
-                    utc,
-                })
+        let ts = |at: Option<NaiveDateTime>, utc: bool| -> Result<Value, String> {
+            at.map(|at| Value::Timestamp { at, utc })
                 .ok_or_else(|| "timestamp out of range".to_string())
+        };
+        let time = |nanos: i64| -> Result<Value, String> {
+            NaiveTime::from_num_seconds_from_midnight_opt(
+                nanos.div_euclid(1_000_000_000) as u32,
+                nanos.rem_euclid(1_000_000_000) as u32,
+            )
+            .map(Value::Time)
+            .ok_or_else(|| "time out of range".to_string())
         };
         Ok(match a.data_type() {
             DataType::Int8 => Value::Int(a.as_primitive::<Int8Type>().value(i) as i64),
@@ -65,19 +71,44 @@ impl Value {
                     + chrono::Days::new(0)
                     + chrono::Duration::days(a.as_primitive::<Date32Type>().value(i) as i64),
             ),
-            DataType::Time64(TimeUnit::Microsecond) => {
-                let us = a.as_primitive::<Time64MicrosecondType>().value(i);
-                Value::Time(
-                    NaiveTime::from_num_seconds_from_midnight_opt(
-                        (us / 1_000_000) as u32,
-                        ((us % 1_000_000) * 1000) as u32,
-                    )
-                    .ok_or("time out of range")?,
-                )
+            DataType::Time32(TimeUnit::Second) => {
+                time(a.as_primitive::<Time32SecondType>().value(i) as i64 * 1_000_000_000)?
             }
-            DataType::Timestamp(unit, tz) => ts(timestamp_micros(a, *unit, i), tz.is_some())?,
+            DataType::Time32(_) => {
+                time(a.as_primitive::<Time32MillisecondType>().value(i) as i64 * 1_000_000)?
+            }
+            DataType::Time64(TimeUnit::Microsecond) => {
+                time(a.as_primitive::<Time64MicrosecondType>().value(i) * 1_000)?
+            }
+            DataType::Time64(_) => time(a.as_primitive::<Time64NanosecondType>().value(i))?,
+            DataType::Timestamp(unit, tz) => ts(timestamp_at(a, *unit, i), tz.is_some())?,
+            DataType::Date64 => {
+                let ms = a.as_primitive::<Date64Type>().value(i);
+                let at = chrono::DateTime::from_timestamp_millis(ms).map(|t| t.naive_utc());
+                match at {
+                    // A date, as Date64 is meant to hold; a time of day is kept.
+                    Some(at) if ms.rem_euclid(86_400_000) == 0 => Value::Date(at.date()),
+                    at => ts(at, false)?,
+                }
+            }
+            DataType::Float16 => Value::Float(a.as_primitive::<Float16Type>().value(i).to_f64()),
+            DataType::Decimal256(_, _) => {
+                Value::Decimal(a.as_primitive::<Decimal256Type>().value_as_string(i))
+            }
             DataType::Binary => Value::Bytes(a.as_binary::<i32>().value(i).to_vec()),
             DataType::LargeBinary => Value::Bytes(a.as_binary::<i64>().value(i).to_vec()),
+            DataType::BinaryView => Value::Bytes(a.as_binary_view().value(i).to_vec()),
+            DataType::FixedSizeBinary(_) => {
+                Value::Bytes(a.as_fixed_size_binary().value(i).to_vec())
+            }
+            DataType::Duration(_) | DataType::Interval(_) => Value::Text(
+                arrow::util::display::array_value_to_string(a, i).map_err(|e| e.to_string())?,
+            ),
+            DataType::Dictionary(_, values) => {
+                let one =
+                    arrow::compute::cast(&a.slice(i, 1), values).map_err(|e| e.to_string())?;
+                return Value::from_array(one.as_ref(), 0);
+            }
             other => return Err(format!("type {other} cannot be applied")),
         })
     }
@@ -97,11 +128,16 @@ impl Value {
             Value::Bool(b) => J::from(*b),
             Value::Date(d) => J::from(d.to_string()),
             Value::Timestamp { at, utc } => J::from(if *utc {
-                format!("{}Z", at.format("%Y-%m-%dT%H:%M:%S%.6f"))
+                let fmt = fraction("%Y-%m-%dT%H:%M:%S", at.nanosecond());
+                format!("{}Z", at.format(&fmt))
             } else {
-                at.format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
+                let fmt = fraction("%Y-%m-%dT%H:%M:%S", at.nanosecond());
+                at.format(&fmt).to_string()
             }),
-            Value::Time(t) => J::from(t.format("%H:%M:%S%.6f").to_string()),
+            Value::Time(t) => {
+                let fmt = fraction("%H:%M:%S", t.nanosecond());
+                J::from(t.format(&fmt).to_string())
+            }
             Value::Bytes(b) => J::from(format!("\\x{}", hex::encode(b))),
         }
     }
@@ -129,16 +165,19 @@ impl Value {
             Value::Timestamp { at, utc } if (0..=9999).contains(&at.year()) => {
                 let _ = write!(
                     out,
-                    "\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}{}\"",
+                    "\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
                     at.year(),
                     at.month(),
                     at.day(),
                     at.hour(),
                     at.minute(),
                     at.second(),
-                    at.nanosecond() / 1000,
-                    if *utc { "Z" } else { "" }
                 );
+                write_fraction(out, at.nanosecond());
+                if *utc {
+                    out.push(b'Z');
+                }
+                out.push(b'"');
             }
             other => serde_json::to_writer(&mut *out, &other.to_json()).expect("writing to memory"),
         }
@@ -262,7 +301,7 @@ pub fn write_cell_json(
             }
         }
         (CellKind::Timestamp(utc), DataType::Timestamp(unit, _)) => {
-            match chrono::DateTime::from_timestamp_micros(timestamp_micros(a, *unit, i)) {
+            match timestamp_at(a, *unit, i) {
                 Some(t) if (0..=9999).contains(&t.year()) => {
                     out.push(b'"');
                     write_date(out, t.year(), t.month(), t.day());
@@ -273,7 +312,7 @@ pub fn write_cell_json(
                     out.push(b':');
                     write_digits(out, t.second(), 2);
                     out.push(b'.');
-                    write_digits(out, t.nanosecond() / 1000, 6);
+                    write_fraction(out, t.nanosecond());
                     if utc {
                         out.push(b'Z');
                     }
@@ -287,14 +326,43 @@ pub fn write_cell_json(
     Ok(())
 }
 
-/// Row `i` of the timestamp array `a` (of unit `unit`) in microseconds, nanoseconds
-/// truncated.
-fn timestamp_micros(a: &dyn Array, unit: TimeUnit, i: usize) -> i64 {
-    match unit {
-        TimeUnit::Second => a.as_primitive::<TimestampSecondType>().value(i) * 1_000_000,
-        TimeUnit::Millisecond => a.as_primitive::<TimestampMillisecondType>().value(i) * 1000,
-        TimeUnit::Microsecond => a.as_primitive::<TimestampMicrosecondType>().value(i),
-        TimeUnit::Nanosecond => a.as_primitive::<TimestampNanosecondType>().value(i) / 1000,
+/// Row `i` of the timestamp array `a` (of unit `unit`), exactly; `None` out of
+/// chrono's range.
+fn timestamp_at(a: &dyn Array, unit: TimeUnit, i: usize) -> Option<NaiveDateTime> {
+    let at = match unit {
+        TimeUnit::Second => {
+            chrono::DateTime::from_timestamp(a.as_primitive::<TimestampSecondType>().value(i), 0)
+        }
+        TimeUnit::Millisecond => chrono::DateTime::from_timestamp_millis(
+            a.as_primitive::<TimestampMillisecondType>().value(i),
+        ),
+        TimeUnit::Microsecond => chrono::DateTime::from_timestamp_micros(
+            a.as_primitive::<TimestampMicrosecondType>().value(i),
+        ),
+        TimeUnit::Nanosecond => Some(chrono::DateTime::from_timestamp_nanos(
+            a.as_primitive::<TimestampNanosecondType>().value(i),
+        )),
+    };
+    at.map(|t| t.naive_utc())
+}
+
+/// A chrono format of `base` with a fraction of six digits, or nine when `nanos` has
+/// a part finer than a microsecond: no value is rounded.
+fn fraction(base: &str, nanos: u32) -> String {
+    if nanos.is_multiple_of(1000) {
+        format!("{base}%.6f")
+    } else {
+        format!("{base}%.9f")
+    }
+}
+
+/// Appends the fraction of a second: six digits, or nine when finer than a microsecond.
+fn write_fraction(out: &mut Vec<u8>, nanos: u32) {
+    let nanos = nanos % 1_000_000_000;
+    if nanos.is_multiple_of(1000) {
+        write_digits(out, nanos / 1000, 6);
+    } else {
+        write_digits(out, nanos, 9);
     }
 }
 

@@ -42,6 +42,9 @@ pub struct DiffArgs {
     pub format: Format,
     #[command(flatten)]
     pub lock: super::LockArgs,
+    /// Which key-summary plan to start from: auto, merge, join or aggregation (tests).
+    #[arg(long, hide = true, default_value = "auto")]
+    pub key_plan: crate::diff::plan::KeyPlan,
 }
 
 pub async fn run(args: DiffArgs, global: &GlobalArgs) -> Result<ExitCode> {
@@ -99,6 +102,7 @@ pub async fn run(args: DiffArgs, global: &GlobalArgs) -> Result<ExitCode> {
         lock: args.lock.mode(),
         progress: global.progress(),
         export: false,
+        key_plan: args.key_plan,
     };
     let outcome = crate::run::run(&job, &opts).await?;
     if !global.quiet {

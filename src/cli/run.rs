@@ -41,6 +41,9 @@ pub struct RunArgs {
     pub no_export: bool,
     #[command(flatten)]
     pub lock: super::LockArgs,
+    /// Which key-summary plan to start from: auto, merge, join or aggregation (tests).
+    #[arg(long, hide = true, default_value = "auto")]
+    pub key_plan: crate::diff::plan::KeyPlan,
 }
 
 pub async fn run(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
@@ -68,6 +71,7 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
         lock: args.lock.mode(),
         progress: global.progress(),
         export: !args.no_export,
+        key_plan: args.key_plan,
     };
     let outcome = crate::run::run(&job, &opts).await?;
     if !global.quiet {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
 use arrow::compute::cast;
 use arrow::compute::kernels::cmp::distinct;
-use arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, TimeUnit};
+use arrow::datatypes::{DataType, Decimal256Type, Float64Type, Int64Type, TimeUnit, i256};
 use datafusion::common::{Result as DfResult, exec_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
@@ -87,12 +87,16 @@ impl FieldComparator {
                     out.append_option(r);
                 }
             }
-            t if t.is_integer() || matches!(t, DataType::Decimal128(..)) => {
-                let (a, scale) = as_decimal(a)?;
-                let (b, _) = as_decimal(b)?;
+            t if is_exact_numeric(t) => {
+                let scale = match t {
+                    DataType::Decimal128(_, s) | DataType::Decimal256(_, s) => (*s).max(0) as u32,
+                    _ => 0,
+                };
+                let wide = DataType::Decimal256(76, scale as i8);
+                let (a, b) = (cast(a, &wide)?, cast(b, &wide)?);
                 let (a, b) = (
-                    a.as_primitive::<Decimal128Type>(),
-                    b.as_primitive::<Decimal128Type>(),
+                    a.as_primitive::<Decimal256Type>(),
+                    b.as_primitive::<Decimal256Type>(),
                 );
                 for i in 0..a.len() {
                     let r = match (a.is_valid(i), b.is_valid(i)) {
@@ -159,12 +163,9 @@ impl ScalarUDFImpl for FieldComparator {
     }
 }
 
-/// Integers and decimals as Decimal128 of one scale, so they compare exactly.
-fn as_decimal(a: &ArrayRef) -> DfResult<(ArrayRef, u32)> {
-    match a.data_type() {
-        DataType::Decimal128(_, s) => Ok((Arc::clone(a), (*s).max(0) as u32)),
-        _ => Ok((cast(a, &DataType::Decimal128(38, 0))?, 0)),
-    }
+/// Integers and decimals: compared in exact decimal arithmetic.
+fn is_exact_numeric(t: &DataType) -> bool {
+    t.is_integer() || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..))
 }
 
 pub(super) fn truncation_factor(unit: TimeUnit, precision: TimeUnit) -> i64 {
@@ -179,53 +180,114 @@ pub(super) fn truncation_factor(unit: TimeUnit, precision: TimeUnit) -> i64 {
     (per_second(unit) / per_second(precision)).max(1)
 }
 
-/// Float equality: NaN equals NaN, -0.0 equals 0.0, tolerances inclusive. The boundary
-/// allows a few ulps of the operands so that `1.1` vs `1.0` is within `abs_tol = 0.1`.
+/// Float equality under the rule, in f64 arithmetic as written: equal when exactly
+/// equal (NaN equals NaN, -0.0 equals 0.0, an infinity equals itself); otherwise only
+/// when both are finite and |a − b| ≤ abs_tol or |a − b| ≤ rel_tol · max(|a|, |b|).
+/// No slack: `1.1 − 1.0` is `0.10000000000000009` in f64, outside `abs_tol = 0.1`.
 pub fn floats_equal(rule: &CompareRule, a: f64, b: f64) -> bool {
     if a == b || (a.is_nan() && b.is_nan()) {
         return true;
     }
-    if !rule.is_numeric() {
+    if !rule.is_numeric() || !a.is_finite() || !b.is_finite() {
         return false;
     }
     let diff = (a - b).abs();
-    let magnitude = a.abs().max(b.abs());
-    let slack = 4.0 * f64::EPSILON * magnitude;
-    let abs_ok = rule
-        .abs_tol
-        .is_some_and(|t| diff <= t.value + slack.max(4.0 * f64::EPSILON * t.value));
-    let rel_ok = rule.rel_tol.is_some_and(|r| diff <= r * magnitude + slack);
+    let abs_ok = rule.abs_tol.is_some_and(|t| diff <= t.value);
+    let rel_ok = rule
+        .rel_tol
+        .is_some_and(|r| diff <= r.value * a.abs().max(b.abs()));
     abs_ok || rel_ok
 }
 
-/// Exact decimal equality with inclusive tolerances; `a` and `b` share `scale`.
-pub fn decimals_equal(rule: &CompareRule, a: i128, b: i128, scale: u32) -> bool {
+/// Exact decimal equality with inclusive tolerances taken from their decimal text;
+/// `a` and `b` are mantissas at `scale`. Every product is formed in 512 bits, so no
+/// value of a Decimal256 (or of any integer type) overflows.
+pub fn decimals_equal(rule: &CompareRule, a: i256, b: i256, scale: u32) -> bool {
     if a == b {
         return true;
     }
-    let Some(diff) = a.checked_sub(b).map(i128::unsigned_abs) else {
-        return false;
-    };
+    // |a|, |b| < 10^76 < 2^253, so the difference fits.
+    let diff = magnitude(a.wrapping_sub(b));
     let abs_ok = rule.abs_tol.is_some_and(|t| {
         // diff × 10^-scale <= m × 10^-t  ⇔  diff × 10^(k-scale) <= m × 10^(k-t)
         let k = scale.max(t.scale);
-        let lhs = 10u128
-            .checked_pow(k - scale)
-            .and_then(|p| diff.checked_mul(p));
-        let rhs = 10u128
-            .checked_pow(k - t.scale)
-            .and_then(|p| (t.mantissa as u128).checked_mul(p));
-        match (lhs, rhs) {
-            (Some(l), Some(r)) => l <= r,
-            (None, Some(_)) => false,
-            (_, None) => true,
-        }
+        product(diff, pow10(k - scale))
+            <= product(from_u128(t.mantissa as u128), pow10(k - t.scale))
     });
     let rel_ok = rule.rel_tol.is_some_and(|r| {
-        let magnitude = a.unsigned_abs().max(b.unsigned_abs()) as f64;
-        (diff as f64) <= r * magnitude * (1.0 + 4.0 * f64::EPSILON)
+        // diff <= r × max(|a|, |b|), both at `scale`:  diff × 10^r.scale <= m × max
+        let largest = magnitude(a).max(magnitude(b));
+        product(diff, pow10(r.scale)) <= product(from_u128(r.mantissa as u128), largest)
     });
     abs_ok || rel_ok
+}
+
+/// An unsigned 256-bit number as little-endian 64-bit limbs, compared from the top.
+type U256 = [u64; 4];
+
+fn magnitude(v: i256) -> Wide<4> {
+    let v = if v.is_negative() { v.wrapping_neg() } else { v };
+    let bytes = v.to_le_bytes();
+    let mut limbs = [0u64; 4];
+    for (i, l) in limbs.iter_mut().enumerate() {
+        *l = u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    }
+    Wide(limbs)
+}
+
+fn from_u128(v: u128) -> Wide<4> {
+    Wide([v as u64, (v >> 64) as u64, 0, 0])
+}
+
+/// 10^n for n ≤ 76 (the largest that fits 256 bits).
+fn pow10(n: u32) -> Wide<4> {
+    let mut out = from_u128(1);
+    for _ in 0..n {
+        out = Wide(mul_small(out.0, 10));
+    }
+    out
+}
+
+fn mul_small(a: U256, m: u64) -> U256 {
+    let mut out = [0u64; 4];
+    let mut carry = 0u128;
+    for i in 0..4 {
+        let t = a[i] as u128 * m as u128 + carry;
+        out[i] = t as u64;
+        carry = t >> 64;
+    }
+    out
+}
+
+/// The full 512-bit product of two 256-bit numbers.
+fn product(a: Wide<4>, b: Wide<4>) -> Wide<8> {
+    let mut out = [0u64; 8];
+    for i in 0..4 {
+        let mut carry = 0u128;
+        for j in 0..4 {
+            let t = a.0[i] as u128 * b.0[j] as u128 + out[i + j] as u128 + carry;
+            out[i + j] = t as u64;
+            carry = t >> 64;
+        }
+        out[i + 4] = carry as u64;
+    }
+    Wide(out)
+}
+
+/// An unsigned number of `N` little-endian 64-bit limbs, ordered by value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Wide<const N: usize>([u64; N]);
+
+impl<const N: usize> PartialOrd for Wide<N> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<const N: usize> Ord for Wide<N> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.iter().rev().cmp(other.0.iter().rev())
+    }
 }
 
 /// Text comparison under the rule; the reason says what kind of difference remains.
@@ -312,24 +374,73 @@ mod tests {
         assert!(!floats_equal(&rule(), 1.0, 1.0000001));
     }
 
+    fn dec(v: i128) -> i256 {
+        i256::from_i128(v)
+    }
+
     #[test]
-    fn tolerance_boundaries_are_inclusive() {
+    fn float_tolerances_hold_exactly_as_documented() {
         let mut r = rule();
+        r.abs_tol = Tolerance::from_f64(0.5);
+        assert!(floats_equal(&r, 1.5, 1.0));
+        // Regression: one ulp outside the tolerance compared equal through a slack.
+        assert!(!floats_equal(&r, 1.5f64.next_up(), 1.0));
+        // In f64, 1.1 - 1.0 is a little more than 0.1.
         r.abs_tol = Tolerance::from_f64(0.1);
-        assert!(floats_equal(&r, 1.1, 1.0));
-        assert!(!floats_equal(&r, 1.2, 1.0));
-        r.abs_tol = Tolerance::from_f64(0.01);
-        // 10.01 vs 10.00 at scale 2: exactly at the boundary.
-        assert!(decimals_equal(&r, 1001, 1000, 2));
-        assert!(!decimals_equal(&r, 1002, 1000, 2));
-        // scale 4 values, tolerance 0.01 = 100 at scale 4
-        assert!(decimals_equal(&r, 100_100, 100_000, 4));
-        assert!(!decimals_equal(&r, 100_101, 100_000, 4));
+        assert!(!floats_equal(&r, 1.1, 1.0));
+        // Regression: infinities compared equal to each other and to finite values.
+        r.abs_tol = Tolerance::from_f64(1e300);
+        assert!(!floats_equal(&r, f64::INFINITY, f64::NEG_INFINITY));
+        assert!(!floats_equal(&r, f64::INFINITY, 1.0));
+        assert!(floats_equal(&r, f64::INFINITY, f64::INFINITY));
+        assert!(!floats_equal(&r, f64::NAN, 1.0));
+        assert!(!floats_equal(&r, f64::MAX, -f64::MAX));
         let mut r = rule();
-        r.rel_tol = Some(0.01);
-        assert!(decimals_equal(&r, 101, 100, 0));
-        assert!(!decimals_equal(&r, 103, 100, 0));
-        assert!(floats_equal(&r, 101.0, 100.0));
+        r.rel_tol = Tolerance::from_f64(0.5);
+        assert!(floats_equal(&r, 2.0, 1.0));
+        assert!(!floats_equal(&r, 2.0f64.next_up(), 1.0));
+        assert!(!floats_equal(&r, f64::INFINITY, f64::MAX));
+    }
+
+    #[test]
+    fn decimal_tolerances_are_exact_at_the_boundary() {
+        let mut r = rule();
+        r.abs_tol = Tolerance::from_f64(0.05);
+        // 10.00 vs 10.05 under 0.05: on the boundary, equal.
+        assert!(decimals_equal(&r, dec(1005), dec(1000), 2));
+        assert!(!decimals_equal(&r, dec(1006), dec(1000), 2));
+        // scale 4 values, tolerance 0.05 = 500 at scale 4
+        assert!(decimals_equal(&r, dec(100_500), dec(100_000), 4));
+        assert!(!decimals_equal(&r, dec(100_501), dec(100_000), 4));
+        let mut r = rule();
+        r.rel_tol = Tolerance::from_f64(0.01);
+        assert!(decimals_equal(&r, dec(101), dec(100), 0));
+        assert!(!decimals_equal(&r, dec(103), dec(100), 0));
+        // 0.1 of 1.000 is 0.1000: 1.100 vs 1.000 is on the boundary.
+        r.rel_tol = Tolerance::from_f64(0.1);
+        assert!(decimals_equal(&r, dec(1100), dec(1000), 3));
+        assert!(!decimals_equal(&r, dec(1112), dec(1000), 3));
+    }
+
+    #[test]
+    fn integer_extremes_never_overflow() {
+        let mut r = rule();
+        r.abs_tol = Tolerance::from_f64(1.0);
+        let (min, max) = (dec(i64::MIN as i128), dec(i64::MAX as i128));
+        assert!(!decimals_equal(&r, min, max, 0));
+        assert!(decimals_equal(&r, max, dec(i64::MAX as i128 - 1), 0));
+        let umax = dec(u64::MAX as i128);
+        assert!(!decimals_equal(&r, umax, min, 0));
+        let big = i256::from_string(
+            "99999999999999999999999999999999999999999999999999999999999999999999999999",
+        )
+        .unwrap();
+        assert!(!decimals_equal(&r, big, big.wrapping_neg(), 0));
+        let mut r = rule();
+        r.rel_tol = Tolerance::from_f64(1.0);
+        assert!(!decimals_equal(&r, big, big.wrapping_neg(), 0));
+        r.rel_tol = Tolerance::from_f64(2.0);
+        assert!(decimals_equal(&r, big, big.wrapping_neg(), 0));
     }
 
     #[test]

@@ -105,19 +105,7 @@ fn normalise(a: &ArrayRef, rule: &CompareRule) -> DfResult<ArrayRef> {
                 .collect();
             Arc::new(out)
         }
-        DataType::Float16 | DataType::Float32 | DataType::Float64 => {
-            let f = cast(a, &DataType::Float64)?;
-            let f: Float64Array = f.as_primitive::<Float64Type>().unary(|v| {
-                if v == 0.0 {
-                    0.0
-                } else if v.is_nan() {
-                    f64::NAN
-                } else {
-                    v
-                }
-            });
-            Arc::new(f)
-        }
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => normal_floats(a)?,
         DataType::Timestamp(unit, _) if rule.precision.is_some() => {
             let factor = truncation_factor(*unit, rule.precision.expect("checked"));
             let t = cast(a, &DataType::Int64)?;
@@ -128,6 +116,58 @@ fn normalise(a: &ArrayRef, rule: &CompareRule) -> DfResult<ArrayRef> {
         }
         _ => Arc::clone(a),
     })
+}
+
+/// Floats in their normal form, as Float64: every NaN one NaN, -0.0 as 0.0, so that
+/// values equal under the rules are equal bit for bit (hashing, grouping and joining
+/// compare floats by their bits).
+pub fn normal_floats(a: &ArrayRef) -> DfResult<ArrayRef> {
+    let f = cast(a, &DataType::Float64)?;
+    let f: Float64Array = f.as_primitive::<Float64Type>().unary(|v| {
+        if v == 0.0 {
+            0.0
+        } else if v.is_nan() {
+            f64::NAN
+        } else {
+            v
+        }
+    });
+    Ok(Arc::new(f))
+}
+
+/// The name of [`NormalFloatKey`].
+pub const NORMAL_FLOAT_KEY: &str = "recon_normal_float_key";
+
+/// `recon_normal_float_key(k)`: a Float64 key column in normal form ([`normal_floats`]),
+/// so that a NaN key matches a NaN key and -0.0 matches 0.0 on every plan: the merge,
+/// the join and the aggregation alike.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct NormalFloatKey {
+    signature: Signature,
+}
+
+impl NormalFloatKey {
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(NormalFloatKey {
+            signature: Signature::exact(vec![DataType::Float64], Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for NormalFloatKey {
+    fn name(&self) -> &str {
+        NORMAL_FLOAT_KEY
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Float64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        Ok(ColumnarValue::Array(normal_floats(&arrays[0])?))
+    }
 }
 
 impl ScalarUDFImpl for Fingerprint {

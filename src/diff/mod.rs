@@ -3,6 +3,7 @@
 
 pub mod compare;
 pub mod fingerprint;
+pub mod fit;
 pub mod merge;
 pub mod plan;
 pub mod progress;
@@ -35,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::job::{DeletePolicy, Owner};
 use crate::snapshot::{Snapshot, StatsOrder};
 use crate::write::{FileEntry, ManifestFile, ParquetSink, RunLayout, discrepancy_schema};
-use plan::{EntityPlan, Side, SoftColumn, SoftMarker};
+use plan::{EntityPlan, KeyPlan, Side, SoftColumn, SoftMarker};
 
 /// Discrepancy kinds.
 pub const MISSING_IN_REPLICA: &str = "missing_in_replica";
@@ -43,6 +44,10 @@ pub const EXTRA_IN_REPLICA: &str = "extra_in_replica";
 pub const FIELD_MISMATCH: &str = "field_mismatch";
 pub const DUPLICATE_KEY: &str = "duplicate_key";
 pub const NULL_KEY: &str = "null_key";
+
+/// The reason of a discrepancy whose correction is withheld because the corrected
+/// column cannot hold the value exactly (see [`fit`]).
+pub const UNREPRESENTABLE: &str = "unrepresentable";
 
 /// How a diff session is set up.
 #[derive(Debug, Clone, Copy)]
@@ -142,6 +147,9 @@ pub struct Count {
 #[derive(Debug)]
 pub struct EntityResult {
     pub counts: Vec<Count>,
+    /// Corrections withheld because the corrected column cannot hold the value exactly,
+    /// per field (source name).
+    pub unrepresentable: BTreeMap<String, u64>,
     /// system → op → count
     pub corrections: BTreeMap<String, BTreeMap<Op, u64>>,
     pub discrepancy_file: ManifestFile,
@@ -219,7 +227,11 @@ pub async fn run_entity(
         Ok::<_, Error>(out)
     };
 
-    if let Some(merge) = merge_plan(ctx, plan, inputs, progress).await? {
+    let merge = match plan.key_plan {
+        KeyPlan::Auto | KeyPlan::Merge => merge_plan(ctx, plan, inputs, progress).await?,
+        KeyPlan::Join | KeyPlan::Aggregation => None,
+    };
+    if let Some(merge) = merge {
         // The key summary and the diff in one pass: the diff query reads the merge's
         // pairs as they come, in key order, so nothing is held in between. No key
         // repeats in a merge, so there are no duplicate keys to report.
@@ -476,7 +488,9 @@ where
         _ => u64::MAX,
     };
     let held = keyed[0].saturating_mul(PAIR_BYTES_PER_ROW);
-    if held <= limit / 2 {
+    if plan.key_plan == KeyPlan::Aggregation {
+        tracing::debug!(entity = %entity, "key summary by aggregation, as asked");
+    } else if held <= limit / 2 {
         let sql = plan.key_pairs_sql("source", "replica");
         match query("key summary", context.clone(), sql, Tuning::Pairs).await {
             Ok((schema, pairs, physical)) => match pairs_are_exact(&pairs, &physical, keyed) {
@@ -789,6 +803,9 @@ struct Tally {
     extra: u64,
     /// Field mismatches per compared field (index into `plan.fields`).
     mismatches: Vec<u64>,
+    /// Corrections withheld because the corrected column cannot hold the value, per
+    /// mapped column (index into `plan.mapped`).
+    unrepresentable: Vec<u64>,
 }
 
 /// The outputs of one diff batch.
@@ -818,6 +835,8 @@ struct Classifier<'a> {
     /// Data-quality rows not yet written.
     rows: DiscrepancyRows,
     counts: BTreeMap<(String, Option<String>), u64>,
+    /// Corrections withheld as unrepresentable, per field (source name).
+    unrepresentable: BTreeMap<String, u64>,
     corrections: [CorrectionSink; 2],
     rules: Arc<Rules>,
 }
@@ -857,6 +876,7 @@ impl<'a> Classifier<'a> {
             discrepancies,
             rows: DiscrepancyRows::default(),
             counts: BTreeMap::new(),
+            unrepresentable: BTreeMap::new(),
             corrections: Default::default(),
             rules: Arc::new(rules),
         })
@@ -918,6 +938,11 @@ impl<'a> Classifier<'a> {
         let plan = self.plan;
         for (f, n) in plan.fields.iter().zip(c.tally.mismatches) {
             self.count(FIELD_MISMATCH, Some(&plan.field_column(f).source), n);
+        }
+        for (m, n) in plan.mapped.iter().zip(c.tally.unrepresentable) {
+            if n > 0 {
+                *self.unrepresentable.entry(m.source.clone()).or_default() += n;
+            }
         }
         for (slot, out) in c.corrections.into_iter().enumerate() {
             let Some(SlotCorrections {
@@ -1005,6 +1030,7 @@ impl<'a> Classifier<'a> {
         counts.sort();
         Ok(EntityResult {
             counts,
+            unrepresentable: self.unrepresentable,
             corrections,
             discrepancy_file,
             correction_files,
@@ -1053,7 +1079,9 @@ impl Rules {
                 missing: 0,
                 extra: 0,
                 mismatches: vec![0; plan.fields.len()],
+                unrepresentable: vec![0; plan.mapped.len()],
             },
+            fits: [Side::Replica, Side::Source].map(|to| Fits::new(plan, batch, to)),
         };
         let replica = self.stamp.replica.as_str();
         for row in 0..batch.num_rows() {
@@ -1061,9 +1089,30 @@ impl Rules {
             let r = row as u32;
             match class.value(row) {
                 "missing_in_replica" => {
-                    let id = correction_id(&self.stamp.job, entity, replica, Op::Insert, &key, &[]);
-                    out.push_row(&key, MISSING_IN_REPLICA, "correct_replica", Some(&id));
                     out.tally.missing += 1;
+                    // An insert sets every column: withheld when one cannot hold its value.
+                    if let Some(j) = out.fits[0].first_lost(row, 0..plan.mapped.len()) {
+                        out.tally.unrepresentable[j] += 1;
+                        let field = plan.mapped[j].source.as_str();
+                        out.push_row(
+                            &key,
+                            MISSING_IN_REPLICA,
+                            "report_only",
+                            None,
+                            Some(field),
+                            Some(UNREPRESENTABLE),
+                        );
+                        continue;
+                    }
+                    let id = correction_id(&self.stamp.job, entity, replica, Op::Insert, &key, &[]);
+                    out.push_row(
+                        &key,
+                        MISSING_IN_REPLICA,
+                        "correct_replica",
+                        Some(&id),
+                        None,
+                        None,
+                    );
                     out.pending[0].push(PendingCorrection {
                         row: r,
                         op: Op::Insert,
@@ -1079,7 +1128,7 @@ impl Rules {
                     } else {
                         "report_only"
                     };
-                    out.push_row(&key, EXTRA_IN_REPLICA, action, id.as_deref());
+                    out.push_row(&key, EXTRA_IN_REPLICA, action, id.as_deref(), None, None);
                     out.tally.extra += 1;
                     if let (Some(op), Some(id)) = (delete, id) {
                         out.pending[0].push(PendingCorrection {
@@ -1130,11 +1179,62 @@ struct Batch<'r> {
     /// Per correction slot.
     pending: [Vec<PendingCorrection>; 2],
     tally: Tally,
+    /// Per correction slot: where its values to set do not fit.
+    fits: [Fits; 2],
+}
+
+/// Where the values to set on one side are lost: NULL after the exact cast
+/// ([`fit::ExactCast`]) while the value they come from is not.
+struct Fits {
+    /// Per mapped column that needs the exact cast: (index, values to set, values
+    /// they come from).
+    columns: Vec<(usize, ArrayRef, ArrayRef)>,
+}
+
+impl Fits {
+    fn new(plan: &EntityPlan, batch: &RecordBatch, to: Side) -> Self {
+        let (set, from) = match to {
+            Side::Replica => ("rset", "scur"),
+            Side::Source => ("sset", "rcur"),
+        };
+        let columns = (0..plan.mapped.len())
+            .filter(|&j| plan.needs_fit(to, j))
+            .map(|j| {
+                (
+                    j,
+                    Arc::clone(column(batch, &format!("{set}{j}"))),
+                    Arc::clone(column(batch, &format!("{from}{j}"))),
+                )
+            })
+            .collect();
+        Fits { columns }
+    }
+
+    /// Whether mapped column `j`'s value to set in `row` is lost.
+    fn lost(&self, row: usize, j: usize) -> bool {
+        self.columns
+            .iter()
+            .any(|(c, set, from)| *c == j && set.is_null(row) && from.is_valid(row))
+    }
+
+    /// The first of `columns` whose value to set in `row` is lost.
+    fn first_lost(&self, row: usize, columns: std::ops::Range<usize>) -> Option<usize> {
+        columns.into_iter().find(|&j| self.lost(row, j))
+    }
 }
 
 impl Batch<'_> {
-    /// A discrepancy row for a key on one side only.
-    fn push_row(&mut self, key: &str, kind: &str, action: &str, id: Option<&str>) {
+    /// A discrepancy row for a key on one side only; `field` and `reason` only when its
+    /// correction is withheld (the column that cannot hold its value).
+    fn push_row(
+        &mut self,
+        key: &str,
+        kind: &str,
+        action: &str,
+        id: Option<&str>,
+        field: Option<&str>,
+        reason: Option<&str>,
+    ) {
         let stamp = &self.rules.stamp;
         let entity = &self.rules.plan.entity.name;
         self.rows.push(
@@ -1142,12 +1242,12 @@ impl Batch<'_> {
             entity,
             key,
             kind,
-            None,
+            field,
             None,
             None,
             Some("source"),
             action,
-            None,
+            reason,
             None,
             id,
         );
@@ -1178,11 +1278,22 @@ impl Batch<'_> {
             };
             differing.push((i, corrected));
         }
+        // Fields whose value the corrected side cannot hold: reported, never corrected.
+        let lost: Vec<bool> = differing
+            .iter()
+            .map(|(i, s)| match s {
+                Some(Side::Replica) => self.fits[0].lost(row, plan.fields[*i].column),
+                Some(Side::Source) => self.fits[1].lost(row, plan.fields[*i].column),
+                None => false,
+            })
+            .collect();
         let mut ids: [Option<String>; 2] = [None, None];
         for (slot, (side, system, _)) in rules.slots.iter().enumerate() {
             let changed: Vec<(usize, &str, Option<&str>, Option<&str>)> = differing
                 .iter()
-                .filter(|(_, s)| *s == Some(*side))
+                .zip(&lost)
+                .filter(|((_, s), lost)| *s == Some(*side) && !**lost)
+                .map(|(d, _)| d)
                 .map(|(i, _)| {
                     let m = plan.field_column(&plan.fields[*i]);
                     (
@@ -1210,15 +1321,19 @@ impl Batch<'_> {
             });
             ids[slot] = Some(id);
         }
-        for (i, corrected) in differing {
+        for ((i, corrected), lost) in differing.into_iter().zip(lost) {
             let f = &plan.fields[i];
             let name = plan.field_column(f).source.as_str();
-            let (action, id) = match corrected {
-                Some(Side::Replica) => ("correct_replica", ids[0].as_deref()),
-                Some(Side::Source) => ("correct_source", ids[1].as_deref()),
-                None => ("report_only", None),
-            };
             let fc = &fields[i];
+            let (action, id, reason) = match corrected {
+                _ if lost => {
+                    self.tally.unrepresentable[f.column] += 1;
+                    ("report_only", None, UNREPRESENTABLE)
+                }
+                Some(Side::Replica) => ("correct_replica", ids[0].as_deref(), fc.reason.value(row)),
+                Some(Side::Source) => ("correct_source", ids[1].as_deref(), fc.reason.value(row)),
+                None => ("report_only", None, fc.reason.value(row)),
+            };
             self.rows.push(
                 &rules.stamp,
                 entity,
@@ -1229,7 +1344,7 @@ impl Batch<'_> {
                 fc.replica_text(row),
                 Some(f.rule.owner.as_str()),
                 action,
-                Some(fc.reason.value(row)),
+                Some(reason),
                 fc.delta(row),
                 id,
             );
@@ -1483,6 +1598,8 @@ pub(crate) fn json_string(out: &mut Vec<u8>, s: &str) {
 /// A key column read for JSON rendering.
 enum KeyColumn {
     Int(ArrayRef),
+    /// An exact number beyond Int64 (UInt64, decimals): its digits, unquoted.
+    Number(StringArray),
     Text(ArrayRef),
     Bool(ArrayRef),
     Other(StringArray),
@@ -1493,6 +1610,11 @@ impl KeyColumn {
         let t = a.data_type();
         Ok(if t.is_integer() && *t != DataType::UInt64 {
             KeyColumn::Int(cast(a, &DataType::Int64).map_err(|e| Error::Internal(e.to_string()))?)
+        } else if matches!(
+            t,
+            DataType::UInt64 | DataType::Decimal128(..) | DataType::Decimal256(..)
+        ) {
+            KeyColumn::Number(canonical_text(a)?)
         } else if matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
             KeyColumn::Text(cast(a, &DataType::Utf8).map_err(|e| Error::Internal(e.to_string()))?)
         } else if *t == DataType::Boolean {
@@ -1518,6 +1640,9 @@ impl KeyColumn {
                 } else {
                     b"false"
                 })
+            }
+            KeyColumn::Number(a) if a.is_valid(row) => {
+                out.extend_from_slice(a.value(row).as_bytes())
             }
             KeyColumn::Other(a) if a.is_valid(row) => json_string(out, a.value(row)),
             _ => out.extend_from_slice(b"null"),

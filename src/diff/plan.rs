@@ -7,6 +7,7 @@ use datafusion::logical_expr::ScalarUDF;
 
 use super::compare::FieldComparator;
 use super::fingerprint::{self, Fingerprint};
+use super::fit::ExactCast;
 use crate::error::{Error, Result};
 use crate::job::{DeletePolicy, EntityConfig, FieldRule, Owner};
 
@@ -29,6 +30,13 @@ pub enum Side {
 }
 
 impl Side {
+    pub fn other(self) -> Side {
+        match self {
+            Side::Source => Side::Replica,
+            Side::Replica => Side::Source,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Side::Source => "source",
@@ -72,9 +80,11 @@ impl MappedColumn {
 /// point into the decoded Parquet pages instead of copying every value into an offset
 /// buffer; what recon writes is cast back to the snapshot's declared types, so the output
 /// contract does not change. Other types are read as declared.
+/// Dictionary-encoded columns are read as their values.
 pub fn scan_type(t: &DataType) -> DataType {
     match t {
         DataType::Utf8 | DataType::LargeUtf8 => DataType::Utf8View,
+        DataType::Dictionary(_, v) => scan_type(v),
         t => t.clone(),
     }
 }
@@ -127,6 +137,39 @@ pub struct EntityPlan {
     pub newest: Vec<(usize, DataType)>,
     pub source_soft: Option<SoftColumn>,
     pub replica_soft: Option<SoftColumn>,
+    /// Which key-summary plans may be tried ([`KeyPlan::Auto`] unless a test forces one).
+    pub key_plan: KeyPlan,
+}
+
+/// Which plan matches the two sides by key. Every plan gives the same outputs; only
+/// time and memory differ. `Auto` tries the merge, then the join, then the aggregation,
+/// as each applies; the others start at that plan (a forced merge that cannot run still
+/// falls back), so the differential tests can run every case through every plan. Set
+/// by the hidden `--key-plan` option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyPlan {
+    #[default]
+    Auto,
+    Merge,
+    Join,
+    Aggregation,
+}
+
+impl std::str::FromStr for KeyPlan {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s {
+            "auto" => KeyPlan::Auto,
+            "merge" => KeyPlan::Merge,
+            "join" => KeyPlan::Join,
+            "aggregation" => KeyPlan::Aggregation,
+            other => {
+                return Err(format!(
+                    "unknown key plan `{other}` (expected auto, merge, join or aggregation)"
+                ));
+            }
+        })
+    }
 }
 
 pub fn quote(ident: &str) -> String {
@@ -196,14 +239,25 @@ impl EntityPlan {
                 .cloned()
                 .unwrap_or_else(|| s.to_string())
         };
-        for from in entity.rename.keys() {
+        for (from, to) in &entity.rename {
             if source.field_with_name(from).is_err() {
                 return Err(err(format!(
                     "rename names column `{from}`, which is not in the source snapshot ({})",
                     columns(source)
                 )));
             }
+            if replica.field_with_name(to).is_err() {
+                return Err(err(format!(
+                    "rename maps `{from}` to `{to}`, which is not in the replica snapshot ({})",
+                    columns(replica)
+                )));
+            }
         }
+        // A source column the job does not rename whose name another column is renamed
+        // to has no partner: the replica's column of that name is the renamed one's.
+        let shadowed = |name: &str| {
+            !entity.rename.contains_key(name) && entity.rename.values().any(|t| t == name)
+        };
         let lookup = |name: &str, what: &str| -> Result<MappedColumn> {
             let s = source.field_with_name(name).map_err(|_| {
                 err(format!(
@@ -240,7 +294,7 @@ impl EntityPlan {
             lookup(name, "field")?;
         }
         for f in source.fields() {
-            if entity.key.contains(f.name()) {
+            if entity.key.contains(f.name()) || shadowed(f.name()) {
                 continue;
             }
             if replica.field_with_name(&replica_name(f.name())).is_ok() {
@@ -345,6 +399,7 @@ impl EntityPlan {
             newest,
             source_soft,
             replica_soft,
+            key_plan: KeyPlan::Auto,
         })
     }
 
@@ -389,12 +444,20 @@ impl EntityPlan {
     }
 
     /// Keys of `table` (one side's raw snapshot) with a NULL part, with their row counts.
+    /// The keys are in their common types, so that a key renders alike on both sides
+    /// and in every kind of row.
     pub fn null_keys_sql(&self, side: Side, table: &str) -> String {
-        let (keys, is_null, _) = self.key_lists(side, "");
+        let (_, is_null, _) = self.key_lists(side, "t.");
+        let keys = self.key_projection(side);
+        let groups: Vec<&str> = keys
+            .iter()
+            .map(|k| k.rsplit_once(" AS ").map_or(k.as_str(), |(e, _)| e))
+            .collect();
         fill(
             NULL_KEYS_SQL,
             &[
-                ("keys", &keys),
+                ("keys", &keys.join(", ")),
+                ("groups", &groups.join(", ")),
                 ("key_is_null", &is_null),
                 ("table", &quote(table)),
             ],
@@ -402,22 +465,9 @@ impl EntityPlan {
     }
 
     /// Complete keys of one side that occur more than once, with their row counts, in
-    /// the side's column names and types, read from the key summary table `summary`.
+    /// the common key types, read from the key summary table `summary`.
     pub fn duplicate_keys_sql(&self, side: Side, summary: &str) -> String {
-        let keys = self
-            .keys()
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                let common = k.common.as_ref().expect("keys have a common type");
-                format!(
-                    "{} AS {}",
-                    cast_to(&format!("\"k{i}\""), &scan_type(common), k.data_type(side)),
-                    quote(k.name(side))
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let keys = self.key_names("");
         let rows = match side {
             Side::Source => "\"__source_rows\"",
             Side::Replica => "\"__replica_rows\"",
@@ -442,6 +492,11 @@ impl EntityPlan {
                 let common = k.common.as_ref().expect("keys have a common type");
                 let col = format!("t.{}", quote(k.name(side)));
                 let key = cast_to(&col, &k.scan_type(side), &scan_type(common));
+                let key = if common.is_floating() {
+                    format!("{}({key})", fingerprint::NORMAL_FLOAT_KEY)
+                } else {
+                    key
+                };
                 format!("{key} AS \"k{i}\"")
             })
             .collect()
@@ -466,11 +521,47 @@ impl EntityPlan {
         .into_udf()
     }
 
-    /// Every function the entity's queries call: the comparators and the fingerprint.
+    /// Every function the entity's queries call: the comparators, the fingerprint and
+    /// the exact casts of correction values.
     pub fn functions(&self) -> Vec<ScalarUDF> {
         let mut udfs = self.comparators();
         udfs.push(self.fingerprint());
+        udfs.push(fingerprint::NormalFloatKey::udf());
+        for (j, m) in self.mapped.iter().enumerate() {
+            for to in [Side::Source, Side::Replica] {
+                let from = to.other();
+                if self.needs_fit(to, j) {
+                    udfs.push(
+                        ExactCast::new(
+                            fit_name(to, j),
+                            m.data_type(from).clone(),
+                            m.data_type(to).clone(),
+                        )
+                        .into_udf(),
+                    );
+                }
+            }
+        }
         udfs
+    }
+
+    /// Whether mapped column `j`'s values from the other side need [`ExactCast`] to be
+    /// set on side `to`: when `to`'s type may not hold them all.
+    pub fn needs_fit(&self, to: Side, j: usize) -> bool {
+        let m = &self.mapped[j];
+        !holds_all(m.data_type(to.other()), m.data_type(to))
+    }
+
+    /// The value mapped column `j` is set to on side `to`, from `expr`, the other side's
+    /// raw value: cast when `to`'s type holds every value, else an exact cast that is
+    /// NULL where it does not hold this one.
+    fn set_value(&self, to: Side, j: usize, expr: String) -> String {
+        let m = &self.mapped[j];
+        if self.needs_fit(to, j) {
+            format!("{}({expr})", fit_name(to, j))
+        } else {
+            cast_to(&expr, m.data_type(to.other()), m.data_type(to))
+        }
     }
 
     /// The type a compared field is fingerprinted in: its common type, except that an
@@ -744,8 +835,8 @@ impl EntityPlan {
             }
         }
         for (j, m) in self.mapped.iter().enumerate() {
-            let rset = value(Side::Source, j, &m.replica_type);
-            let sset = value(Side::Replica, j, &m.source_type);
+            let rset = self.set_value(Side::Replica, j, raw(Side::Source, j));
+            let sset = self.set_value(Side::Source, j, raw(Side::Replica, j));
             let (rcur, scur) = (raw(Side::Replica, j), raw(Side::Source, j));
             if m.is_key {
                 // Keys to set come from whichever side has the row.
@@ -871,6 +962,76 @@ impl EntityPlan {
     }
 }
 
+/// The name of the exact cast of mapped column `j`'s values to side `to`.
+fn fit_name(to: Side, j: usize) -> String {
+    match to {
+        Side::Replica => format!("recon_fit_r{j}"),
+        Side::Source => format!("recon_fit_s{j}"),
+    }
+}
+
+/// Whether `to` holds every value of `from` exactly, so a plain cast never rounds,
+/// overflows or fails: the same type, a wider integer, another string or variable
+/// binary layout, a wider float, a decimal with at least as many integer and fraction
+/// digits, a date as Date64.
+pub fn holds_all(from: &DataType, to: &DataType) -> bool {
+    use DataType::*;
+    let int_bits = |t: &DataType| -> Option<(bool, u32)> {
+        Some(match t {
+            Int8 => (true, 8),
+            Int16 => (true, 16),
+            Int32 => (true, 32),
+            Int64 => (true, 64),
+            UInt8 => (false, 8),
+            UInt16 => (false, 16),
+            UInt32 => (false, 32),
+            UInt64 => (false, 64),
+            _ => return None,
+        })
+    };
+    let digits = |t: &DataType| -> Option<(i16, i16)> {
+        match t {
+            Decimal128(p, s) | Decimal256(p, s) => Some((*p as i16 - *s as i16, *s as i16)),
+            t => int_bits(t).map(|(signed, bits)| {
+                let digits = match (signed, bits) {
+                    (_, 8) => 3,
+                    (_, 16) => 5,
+                    (_, 32) => 10,
+                    (true, _) => 19,
+                    (false, _) => 20,
+                };
+                (digits, 0)
+            }),
+        }
+    };
+    if from == to {
+        return true;
+    }
+    match (from, to) {
+        (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View) => true,
+        (
+            Binary | LargeBinary | BinaryView | FixedSizeBinary(_),
+            Binary | LargeBinary | BinaryView,
+        ) => true,
+        (Float16, Float32 | Float64) | (Float32, Float64) => true,
+        (Date32, Date64) => true,
+        (Decimal128(..) | Decimal256(..), Decimal128(..) | Decimal256(..)) => {
+            let ((fi, fs), (ti, ts)) =
+                (digits(from).expect("decimal"), digits(to).expect("decimal"));
+            ti >= fi && ts >= fs
+        }
+        (f, t) if int_bits(f).is_some() && int_bits(t).is_some() => {
+            let ((fs, fb), (ts, tb)) = (int_bits(f).expect("int"), int_bits(t).expect("int"));
+            (fs == ts && tb >= fb) || (!fs && ts && tb > fb)
+        }
+        (f, Decimal128(..) | Decimal256(..)) if int_bits(f).is_some() => {
+            let ((fi, _), (ti, _)) = (digits(f).expect("int"), digits(to).expect("decimal"));
+            ti >= fi
+        }
+        _ => false,
+    }
+}
+
 /// The prefix of the raw mapped columns a side's pairs carry: `sv{j}` for the source,
 /// `v{j}` for the replica.
 fn carried_prefix(side: Side) -> &'static str {
@@ -909,8 +1070,13 @@ fn columns(schema: &Schema) -> String {
 }
 
 fn type_clash(what: &str, m: &MappedColumn) -> String {
+    let hint = if is_nested(&m.source_type) || is_nested(&m.replica_type) {
+        " (struct, list and map columns are not compared: give the field `ignore = true`)"
+    } else {
+        ""
+    };
     format!(
-        "{what} `{}` cannot be compared: {} in the source snapshot, {} in the replica snapshot (as `{}`)",
+        "{what} `{}` cannot be compared: {} in the source snapshot, {} in the replica snapshot (as `{}`){hint}",
         m.source, m.source_type, m.replica_type, m.replica
     )
 }
@@ -932,21 +1098,34 @@ fn check_rule(rule: &FieldRule, t: &DataType) -> std::result::Result<(), String>
 }
 
 pub fn is_numeric(t: &DataType) -> bool {
-    t.is_integer() || t.is_floating() || matches!(t, DataType::Decimal128(..))
+    t.is_integer()
+        || t.is_floating()
+        || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..))
 }
 
 /// The type two columns are compared in, or `None` if they cannot be compared by value.
-/// Integers of any width compare as Int64 (UInt64 as Decimal(20,0)); decimals at the
-/// larger scale; any float makes Float64; string layouts unify; timestamps compare at
-/// the finer unit, in UTC when either side has a zone (naive values are taken as UTC).
-/// The key summary sees it as its [`scan_type`].
+/// It always holds every value of both sides: nothing is cast down. Dictionary-encoded
+/// columns compare as their values. Integers of any width compare as Int64 (UInt64, and
+/// UInt64 against any signed type, as Decimal(20,0)); decimals at the larger scale, as
+/// Decimal256 when 38 digits do not hold both; integers against decimals as decimals;
+/// any float makes Float64; string layouts unify, as do binary layouts (fixed-size
+/// binary, such as UUIDs, included); dates compare as Date64 when either side is one;
+/// times, durations and timestamps at the finer unit, timestamps in UTC when either side
+/// has a zone (naive values are taken as UTC). Intervals compare only with the same
+/// interval type. Nested types (struct, list, map) are not compared. The key summary
+/// sees the common type as its [`scan_type`].
 pub fn common_type(a: &DataType, b: &DataType) -> Option<DataType> {
     use DataType::*;
-    let int_digits = |t: &DataType| -> Option<(u8, i8)> {
+    let (a, b) = (value_type(a), value_type(b));
+    if is_nested(a) || is_nested(b) {
+        return None;
+    }
+    // (integer digits, scale) of an exact number.
+    let digits = |t: &DataType| -> Option<(i16, i16)> {
         match t {
             UInt64 => Some((20, 0)),
             t if t.is_integer() => Some((19, 0)),
-            Decimal128(p, s) => Some((*p, *s)),
+            Decimal128(p, s) | Decimal256(p, s) => Some((*p as i16 - *s as i16, *s as i16)),
             _ => None,
         }
     };
@@ -960,15 +1139,23 @@ pub fn common_type(a: &DataType, b: &DataType) -> Option<DataType> {
         (a, b) if a.is_floating() && is_numeric(b) || b.is_floating() && is_numeric(a) => Float64,
         (a, b) if a.is_integer() && b.is_integer() && *a != UInt64 && *b != UInt64 => Int64,
         (a, b) if is_numeric(a) && is_numeric(b) => {
-            let (pa, sa) = int_digits(a)?;
-            let (pb, sb) = int_digits(b)?;
+            let (ia, sa) = digits(a)?;
+            let (ib, sb) = digits(b)?;
             let s = sa.max(sb).max(0);
-            let ints = (pa as i16 - sa as i16).max(pb as i16 - sb as i16);
-            let p = (ints + s as i16).clamp(1, 38) as u8;
-            Decimal128(p, s)
+            let p = (ia.max(ib) + s).max(1);
+            if p <= 38 {
+                Decimal128(p as u8, s as i8)
+            } else if p <= 76 {
+                Decimal256(p as u8, s as i8)
+            } else {
+                return None;
+            }
         }
         (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View) => Utf8,
-        (Binary | LargeBinary | BinaryView, Binary | LargeBinary | BinaryView) => Binary,
+        (
+            Binary | LargeBinary | BinaryView | FixedSizeBinary(_),
+            Binary | LargeBinary | BinaryView | FixedSizeBinary(_),
+        ) => Binary,
         (Timestamp(ua, za), Timestamp(ub, zb)) => {
             let unit = finer(*ua, *ub);
             let zone = if za.is_some() || zb.is_some() {
@@ -978,9 +1165,27 @@ pub fn common_type(a: &DataType, b: &DataType) -> Option<DataType> {
             };
             Timestamp(unit, zone)
         }
-        (Date32 | Date64, Date32 | Date64) => Date32,
+        (Date32 | Date64, Date32 | Date64) => Date64,
+        (Time32(ua) | Time64(ua), Time32(ub) | Time64(ub)) => match finer(*ua, *ub) {
+            u @ (TimeUnit::Second | TimeUnit::Millisecond) => Time32(u),
+            u => Time64(u),
+        },
+        (Duration(ua), Duration(ub)) => Duration(finer(*ua, *ub)),
         _ => return None,
     })
+}
+
+/// The type of a column's values: a dictionary's value type, any other type itself.
+pub fn value_type(t: &DataType) -> &DataType {
+    match t {
+        DataType::Dictionary(_, v) => value_type(v),
+        t => t,
+    }
+}
+
+/// Struct, list and map columns: not compared (see [`common_type`]).
+pub fn is_nested(t: &DataType) -> bool {
+    t.is_nested()
 }
 
 fn finer(a: TimeUnit, b: TimeUnit) -> TimeUnit {
@@ -999,6 +1204,7 @@ fn finer(a: TimeUnit, b: TimeUnit) -> TimeUnit {
 mod tests {
     use super::*;
     use std::str::FromStr;
+    use std::sync::Arc;
 
     #[test]
     fn the_diff_carries_each_value_once() {
@@ -1068,6 +1274,104 @@ mod tests {
         );
         assert_eq!(common_type(&Utf8, &Int64), None);
         assert_eq!(common_type(&Utf8View, &Utf8), Some(Utf8));
+    }
+
+    #[test]
+    fn common_types_hold_both_sides() {
+        use DataType::*;
+        let dict = |v: DataType| Dictionary(Box::new(Int32), Box::new(v));
+        assert_eq!(common_type(&dict(Utf8), &Utf8View), Some(Utf8));
+        assert_eq!(common_type(&dict(Int16), &Int64), Some(Int64));
+        assert_eq!(common_type(&UInt64, &Int64), Some(Decimal128(20, 0)));
+        assert_eq!(
+            common_type(&Decimal128(38, 0), &Decimal128(38, 10)),
+            Some(Decimal256(48, 10))
+        );
+        assert_eq!(
+            common_type(&Decimal256(50, 2), &Int64),
+            Some(Decimal256(50, 2))
+        );
+        assert_eq!(common_type(&Date32, &Date64), Some(Date64));
+        assert_eq!(
+            common_type(&Time32(TimeUnit::Second), &Time64(TimeUnit::Nanosecond)),
+            Some(Time64(TimeUnit::Nanosecond))
+        );
+        assert_eq!(common_type(&FixedSizeBinary(16), &Binary), Some(Binary));
+        let list = List(Arc::new(arrow::datatypes::Field::new("item", Int64, true)));
+        assert_eq!(common_type(&list, &list), None);
+    }
+
+    #[test]
+    fn holds_all_only_when_no_value_is_lost() {
+        use DataType::*;
+        assert!(holds_all(&Int32, &Int64));
+        assert!(holds_all(&UInt32, &Int64));
+        assert!(!holds_all(&UInt64, &Int64));
+        assert!(!holds_all(&Int64, &Int32));
+        assert!(!holds_all(&Int8, &UInt64));
+        assert!(holds_all(&Int64, &Decimal128(19, 0)));
+        assert!(!holds_all(&Int64, &Decimal128(18, 0)));
+        assert!(holds_all(&Decimal128(10, 2), &Decimal128(12, 4)));
+        assert!(!holds_all(&Decimal128(10, 4), &Decimal128(10, 2)));
+        assert!(!holds_all(&Float64, &Float32));
+        assert!(!holds_all(&Float64, &Int64));
+        assert!(!holds_all(&Int64, &Float64));
+        assert!(!holds_all(
+            &Timestamp(TimeUnit::Nanosecond, None),
+            &Timestamp(TimeUnit::Microsecond, None)
+        ));
+    }
+
+    #[test]
+    fn renames_are_checked_against_both_snapshots() {
+        use DataType::*;
+        use arrow::datatypes::Field;
+        let plan = |entity: &str, source: &[&str], replica: &[&str]| {
+            let entity = crate::job::parse_entity(entity).unwrap();
+            let schema = |names: &[&str]| {
+                Schema::new(
+                    names
+                        .iter()
+                        .map(|n| Field::new(*n, Int64, true))
+                        .collect::<Vec<_>>(),
+                )
+            };
+            EntityPlan::try_new(
+                &entity,
+                &schema(source),
+                &schema(replica),
+                std::path::Path::new("t"),
+            )
+        };
+        // Regression: a rename to a column the replica lacks was accepted silently.
+        let e = plan(
+            "name = \"t\"\nkey = [\"id\"]\nrename = { amount = \"amt\" }",
+            &["id", "amount"],
+            &["id", "amount"],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("rename maps `amount` to `amt`, which is not in the replica snapshot"),
+            "{e}"
+        );
+        // Regression: a source column named like a rename's target was compared with
+        // the replica's renamed column too, and the run aborted.
+        let p = plan(
+            "name = \"t\"\nkey = [\"id\"]\nrename = { amount = \"amt\" }",
+            &["id", "amount", "amt"],
+            &["id", "amt"],
+        )
+        .unwrap();
+        let compared: Vec<(&str, &str)> = p
+            .fields
+            .iter()
+            .map(|f| {
+                let m = p.field_column(f);
+                (m.source.as_str(), m.replica.as_str())
+            })
+            .collect();
+        assert_eq!(compared, [("amount", "amt")]);
     }
 
     #[test]

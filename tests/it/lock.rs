@@ -29,6 +29,7 @@ fn opts(run_id: &str) -> RunOptions {
         lock: LockMode::default(),
         progress: false,
         export: false,
+        key_plan: Default::default(),
     }
 }
 

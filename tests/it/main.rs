@@ -11,3 +11,4 @@ mod lock;
 mod s3;
 mod sample;
 mod store;
+mod trust;

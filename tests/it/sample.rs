@@ -20,6 +20,7 @@ fn opts(run_id: &str) -> RunOptions {
         lock: recon::run::LockMode::default(),
         progress: false,
         export: false,
+        key_plan: Default::default(),
     }
 }
 

@@ -1,0 +1,190 @@
+//! `recon_fit_…(value)`: a correction value cast to the type of the column it is to be
+//! written to, or NULL when that column cannot hold it exactly. Corrections are exact or
+//! absent: a value with more decimal places than the target's scale, a timestamp finer
+//! than its unit, an integer out of its range or a fraction bound for an integer column
+//! is never rounded; the classifier sees the NULL against a value and withholds the
+//! correction (reason `unrepresentable`).
+//!
+//! A value fits when it survives the round trip: cast to the target type and back, it
+//! is the value it was (floats compared by value, so -0.0 fits an integer column as 0).
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
+use arrow::compute::kernels::cmp::distinct;
+use arrow::compute::{CastOptions, cast_with_options, nullif};
+use arrow::datatypes::{DataType, Float64Type};
+use datafusion::common::{Result as DfResult, exec_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+
+/// A cast from one column's type to another's that refuses to round.
+#[derive(Debug)]
+pub struct ExactCast {
+    name: String,
+    to: DataType,
+    signature: Signature,
+}
+
+impl PartialEq for ExactCast {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.to == other.to && self.signature == other.signature
+    }
+}
+impl Eq for ExactCast {}
+impl Hash for ExactCast {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl ExactCast {
+    pub fn new(name: impl Into<String>, from: DataType, to: DataType) -> Self {
+        ExactCast {
+            name: name.into(),
+            to,
+            signature: Signature::exact(vec![from], Volatility::Immutable),
+        }
+    }
+
+    pub fn into_udf(self) -> ScalarUDF {
+        ScalarUDF::new_from_impl(self)
+    }
+
+    /// `a` in the target type, NULL where the target cannot hold the value exactly.
+    pub fn fit(&self, a: &ArrayRef) -> DfResult<ArrayRef> {
+        exact_cast(a, &self.to)
+    }
+}
+
+/// `a` cast to `to`, NULL where `to` cannot hold a value exactly.
+pub fn exact_cast(a: &ArrayRef, to: &DataType) -> DfResult<ArrayRef> {
+    if a.data_type() == to {
+        return Ok(Arc::clone(a));
+    }
+    let safe = CastOptions {
+        safe: true,
+        ..Default::default()
+    };
+    let out = cast_with_options(a, to, &safe)?;
+    let back = cast_with_options(&out, a.data_type(), &safe)?;
+    let lost = lost(a, &back)?;
+    if lost.true_count() == 0 {
+        return Ok(out);
+    }
+    Ok(nullif(&out, &lost)?)
+}
+
+/// Where `back` (the round trip of `a`) no longer holds `a`'s value.
+fn lost(a: &ArrayRef, back: &ArrayRef) -> DfResult<BooleanArray> {
+    if a.data_type().is_floating() {
+        let f64s = DataType::Float64;
+        let (a, back) = (
+            arrow::compute::cast(a, &f64s)?,
+            arrow::compute::cast(back, &f64s)?,
+        );
+        let (a, back) = (
+            a.as_primitive::<Float64Type>(),
+            back.as_primitive::<Float64Type>(),
+        );
+        return Ok((0..a.len())
+            .map(|i| {
+                Some(match (a.is_valid(i), back.is_valid(i)) {
+                    (true, true) => {
+                        let (x, y) = (a.value(i), back.value(i));
+                        !(x == y || x.is_nan() && y.is_nan())
+                    }
+                    (valid, _) => valid,
+                })
+            })
+            .collect());
+    }
+    let differs = distinct(a, back)?;
+    // A NULL that stays NULL is kept; `distinct` is never NULL itself.
+    Ok(differs)
+}
+
+impl ScalarUDFImpl for ExactCast {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(self.to.clone())
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let [a] = arrays.as_slice() else {
+            return exec_err!("{} takes one argument", self.name);
+        };
+        Ok(ColumnarValue::Array(self.fit(a)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{
+        Decimal128Array, Float64Array, Int32Array, Int64Array, TimestampMicrosecondArray,
+        UInt64Array,
+    };
+    use arrow::datatypes::TimeUnit;
+
+    fn nulls(a: &ArrayRef) -> Vec<bool> {
+        (0..a.len()).map(|i| a.is_null(i)).collect()
+    }
+
+    #[test]
+    fn values_that_do_not_fit_become_null() {
+        // An integer out of the target's range.
+        let a: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), Some(1 << 31), None]));
+        let out = exact_cast(&a, &DataType::Int32).unwrap();
+        assert_eq!(nulls(&out), [false, true, true]);
+        assert_eq!(
+            out.as_primitive::<arrow::datatypes::Int32Type>().value(0),
+            1
+        );
+        // UInt64 above i64::MAX into Int64.
+        let a: ArrayRef = Arc::new(UInt64Array::from(vec![u64::MAX, 5]));
+        assert_eq!(
+            nulls(&exact_cast(&a, &DataType::Int64).unwrap()),
+            [true, false]
+        );
+        // More decimal places than the target's scale.
+        let a: ArrayRef = Arc::new(
+            Decimal128Array::from(vec![12345, 12300])
+                .with_precision_and_scale(10, 4)
+                .unwrap(),
+        );
+        let out = exact_cast(&a, &DataType::Decimal128(10, 2)).unwrap();
+        assert_eq!(nulls(&out), [true, false]);
+        // A timestamp finer than the target's unit.
+        let a: ArrayRef = Arc::new(TimestampMicrosecondArray::from(vec![1_000_001, 2_000_000]));
+        let out = exact_cast(&a, &DataType::Timestamp(TimeUnit::Second, None)).unwrap();
+        assert_eq!(nulls(&out), [true, false]);
+        // A fraction, an infinity or NaN into an integer column; -0.0 fits as 0.
+        let a: ArrayRef = Arc::new(Float64Array::from(vec![
+            1.5,
+            f64::INFINITY,
+            f64::NAN,
+            -0.0,
+            3.0,
+        ]));
+        let out = exact_cast(&a, &DataType::Int32).unwrap();
+        assert_eq!(nulls(&out), [true, true, true, false, false]);
+        // Float64 into Float32: 0.1 is not a Float32, NaN is.
+        let a: ArrayRef = Arc::new(Float64Array::from(vec![0.1, 0.5, f64::NAN]));
+        let out = exact_cast(&a, &DataType::Float32).unwrap();
+        assert_eq!(nulls(&out), [true, false, false]);
+        // Widening always fits.
+        let a: ArrayRef = Arc::new(Int32Array::from(vec![i32::MIN, i32::MAX]));
+        assert_eq!(
+            nulls(&exact_cast(&a, &DataType::Int64).unwrap()),
+            [false, false]
+        );
+    }
+}
