@@ -1134,6 +1134,8 @@ pub fn common_type(a: &DataType, b: &DataType) -> Option<DataType> {
             Float16 | Float32 => Float64,
             Int8 | Int16 | Int32 | UInt8 | UInt16 | UInt32 => Int64,
             UInt64 => Decimal128(20, 0),
+            // One rendering of an instant, whatever zone both sides were written in.
+            Timestamp(unit, Some(_)) => Timestamp(*unit, Some("UTC".into())),
             other => other.clone(),
         },
         (a, b) if a.is_floating() && is_numeric(b) || b.is_floating() && is_numeric(a) => Float64,

@@ -363,3 +363,168 @@ fn a_correction_share_of_one_releases_every_entity() {
     let corrections = o.rows.iter().filter(|r| r.len() != 13).count();
     assert_eq!(corrections, 6);
 }
+
+#[test]
+fn every_column_kind_compares_renders_and_corrects() {
+    use arrow::array::{
+        BinaryViewArray, BooleanArray, Date32Array, Decimal256Array, DurationNanosecondArray,
+        FixedSizeBinaryArray, Float32Array, Int8Array, IntervalYearMonthArray, LargeBinaryArray,
+        LargeStringArray, StringViewArray, Time32MillisecondArray, Time64NanosecondArray,
+        TimestampMillisecondArray, UInt16Array,
+    };
+    use arrow::datatypes::i256;
+    // One row equal, one row differing in every column; both sides of one type.
+    let side = |d: bool| -> RecordBatch {
+        let two = |a: i64, b: i64| if d { [a, b] } else { [a, a] };
+        let [_, x] = two(1, 2);
+        batch(vec![
+            ("id", Arc::new(Int8Array::from(vec![1, 2])) as ArrayRef),
+            ("u16", Arc::new(UInt16Array::from(vec![1, x as u16]))),
+            (
+                "f16",
+                arrow::compute::cast(
+                    &Float32Array::from(vec![1.5, if d { 2.5 } else { 1.5 }]),
+                    &arrow::datatypes::DataType::Float16,
+                )
+                .unwrap(),
+            ),
+            ("f32", Arc::new(Float32Array::from(vec![1.5, x as f32]))),
+            (
+                "d256",
+                Arc::new(
+                    Decimal256Array::from(vec![i256::from_i128(1), i256::from_i128(x as i128)])
+                        .with_precision_and_scale(50, 3)
+                        .unwrap(),
+                ),
+            ),
+            (
+                "ls",
+                Arc::new(LargeStringArray::from(vec!["a", if d { "b" } else { "a" }])),
+            ),
+            (
+                "sv",
+                Arc::new(StringViewArray::from(vec!["a", if d { "b" } else { "a" }])),
+            ),
+            (
+                "lb",
+                Arc::new(LargeBinaryArray::from(vec![&b"a"[..], &[x as u8][..]])),
+            ),
+            (
+                "bv",
+                Arc::new(BinaryViewArray::from(vec![&b"a"[..], &[x as u8][..]])),
+            ),
+            (
+                "uuid",
+                Arc::new(
+                    FixedSizeBinaryArray::try_from_iter(vec![[0u8; 16], [x as u8; 16]].into_iter())
+                        .unwrap(),
+                ),
+            ),
+            ("b", Arc::new(BooleanArray::from(vec![true, !d]))),
+            ("d32", Arc::new(Date32Array::from(vec![1, x as i32]))),
+            (
+                "t32",
+                Arc::new(Time32MillisecondArray::from(vec![1, x as i32])),
+            ),
+            ("t64", Arc::new(Time64NanosecondArray::from(vec![1, x]))),
+            ("dur", Arc::new(DurationNanosecondArray::from(vec![1, x]))),
+            (
+                "iv",
+                Arc::new(IntervalYearMonthArray::from(vec![1, x as i32])),
+            ),
+            (
+                "ts",
+                Arc::new(TimestampMillisecondArray::from(vec![1, x]).with_timezone("+02:00")),
+            ),
+        ])
+    };
+    let o = run_case("key = [\"id\"]", &side(false), &side(true));
+    let fields: Vec<String> = discrepancies(&o)
+        .iter()
+        .inspect(|r| {
+            assert_eq!(r[0], "{\"id\":2}");
+            assert_eq!(r[1], "field_mismatch");
+            assert_eq!(r[5], "correct_replica", "{r:?}");
+            assert!(!r[3].is_empty() && r[3] != r[4], "{r:?}");
+        })
+        .map(|r| r[2].clone())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "u16", "f16", "f32", "d256", "ls", "sv", "lb", "bv", "uuid", "b", "d32", "t32", "t64",
+            "dur", "iv", "ts"
+        ]
+    );
+    let d = discrepancies(&o);
+    let text = |field: &str| {
+        let r = d.iter().find(|r| r[2] == field).unwrap();
+        (r[3].as_str(), r[4].as_str())
+    };
+    assert_eq!(text("d256"), ("0.001", "0.002"));
+    assert_eq!(text("uuid").0, "01".repeat(16));
+    assert_eq!(text("t64"), ("00:00:00.000000001", "00:00:00.000000002"));
+    // Zoned timestamps render in UTC, whatever zone they were written in.
+    assert_eq!(text("ts").0, "1970-01-01T00:00:00.001Z");
+    let updates: Vec<&Vec<String>> = o.rows.iter().filter(|r| r.len() != 13).collect();
+    assert_eq!(updates.len(), 1);
+    assert_eq!(o.events.lines().count(), 1, "{}", o.events);
+}
+
+#[test]
+fn nested_columns_are_an_error_naming_entity_and_column_unless_ignored() {
+    use arrow::array::ListArray;
+    use arrow::datatypes::Int64Type;
+    let list = || -> ArrayRef {
+        Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>(vec![
+            Some(vec![Some(1)]),
+        ]))
+    };
+    let side = batch(vec![
+        ("id", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
+        ("tags", list()),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    for system in ["src", "rep"] {
+        write(
+            &dir.path().join(format!(
+                "lake/snapshots/{system}/t/run_date=2024-06-01/part-0.parquet"
+            )),
+            &side,
+        );
+    }
+    let job_text = |extra: &str| {
+        format!(
+            "[job]\nname = \"j\"\nlake = \"lake\"\noutput = \"out\"\n[systems]\nsource = \"src\"\nreplica = \"rep\"\n[[entities]]\nname = \"t\"\nkey = [\"id\"]\n{extra}"
+        )
+    };
+    let run = |extra: &str| {
+        let path = dir.path().join("job.toml");
+        std::fs::write(&path, job_text(extra)).unwrap();
+        let job = JobConfig::load(&path).unwrap();
+        let opts = RunOptions {
+            run_date: recon::generate::sample_run_date(),
+            run_id: None,
+            entities: vec![],
+            max_correction_share: None,
+            target_partitions: 1,
+            memory_limit: 1 << 30,
+            lock: LockMode::Disabled,
+            progress: false,
+            export: false,
+            key_plan: KeyPlan::Auto,
+        };
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(recon::run::run(&job, &opts))
+    };
+    let e = run("").err().unwrap();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("entity `t`") && msg.contains("`tags`") && msg.contains("ignore = true"),
+        "{msg}"
+    );
+    assert_eq!(e.exit_code(), recon::ExitCode::InputData, "{msg}");
+    let o = run("fields.tags = { ignore = true }").unwrap();
+    assert_eq!(o.summary.status, "success");
+}
