@@ -528,3 +528,66 @@ fn nested_columns_are_an_error_naming_entity_and_column_unless_ignored() {
     let o = run("fields.tags = { ignore = true }").unwrap();
     assert_eq!(o.summary.status, "success");
 }
+
+#[test]
+fn keys_of_every_kind_match_on_every_plan() {
+    use arrow::array::{FixedSizeBinaryArray, TimestampMillisecondArray, TimestampSecondArray};
+    // A composite key of a UUID, a decimal of differing scales, a timestamp of
+    // differing units and zones and a Date64; sorted, so the merge runs too.
+    let uuid = |v: Vec<u8>| -> ArrayRef {
+        Arc::new(FixedSizeBinaryArray::try_from_iter(v.into_iter().map(|b| [b; 16])).unwrap())
+    };
+    let source = batch(vec![
+        ("u", uuid(vec![1, 1, 2])),
+        (
+            "d",
+            Arc::new(
+                Decimal128Array::from(vec![150, 250, 150])
+                    .with_precision_and_scale(10, 2)
+                    .unwrap(),
+            ) as ArrayRef,
+        ),
+        (
+            "t",
+            Arc::new(TimestampSecondArray::from(vec![1, 2, 3]).with_timezone("UTC")),
+        ),
+        ("day", Arc::new(Date64Array::from(vec![0, 0, 86_400_000]))),
+        ("v", Arc::new(Int64Array::from(vec![1, 2, 3]))),
+    ]);
+    let replica = batch(vec![
+        ("u", uuid(vec![1, 1, 3])),
+        (
+            "d",
+            Arc::new(
+                Decimal128Array::from(vec![15000, 25000, 15000])
+                    .with_precision_and_scale(12, 4)
+                    .unwrap(),
+            ) as ArrayRef,
+        ),
+        (
+            "t",
+            Arc::new(TimestampMillisecondArray::from(vec![1000, 2000, 3000])),
+        ),
+        ("day", Arc::new(Date64Array::from(vec![0, 0, 86_400_000]))),
+        ("v", Arc::new(Int64Array::from(vec![1, 5, 3]))),
+    ]);
+    let o = run_case("key = [\"u\", \"d\", \"t\", \"day\"]", &source, &replica);
+    let d: Vec<(String, String)> = discrepancies(&o)
+        .into_iter()
+        .map(|r| (r[1].clone(), r[2].clone()))
+        .collect();
+    let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        d,
+        [
+            s("field_mismatch", "v"),
+            s("missing_in_replica", ""),
+            s("extra_in_replica", "")
+        ]
+    );
+    let key = &discrepancies(&o)[0][0];
+    assert_eq!(
+        key,
+        "{\"d\":2.5000,\"day\":\"1970-01-01T00:00:00\",\"t\":\"1970-01-01T00:00:02Z\",\"u\":\"01010101010101010101010101010101\"}"
+    );
+}
