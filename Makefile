@@ -4,12 +4,14 @@ CARGO ?= cargo
 RECON = $(CARGO_TARGET_DIR)/debug/recon
 SAMPLE_DATE = 2024-06-01
 
-.PHONY: help build run test tools bench bench-diff bench-scale bench-export fmt lint sample-data clean
+.PHONY: help build run test fuzz-diff tools bench bench-diff bench-scale bench-export fmt lint sample-data clean
 BENCH_SIZES ?= 1000000,5000000,20000000
 BENCH_RUNS ?= 3
 EXPORT_ROWS ?= 5000000
 SCALE_SIZES ?= 20000000,100000000
 SCALE_MEMORY ?= 4GiB
+SEED ?= 0x5eed20240601
+CASES ?= 20000
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -27,6 +29,10 @@ test: tools ## Run every test: unit, SQL logic (.slt), integration (files, memor
 
 tools: ## Install the S3 servers the tests start (moto, Garage) into ~/.cache/recon-tools
 	bash scripts/tools.sh
+
+fuzz-diff: ## Differential fuzzing against the reference, every class on (SEED, CASES; e.g. make fuzz-diff SEED=7 CASES=20000)
+	RECON_FUZZ_ALL=1 RECON_FUZZ_ALL_PLANS=1 RECON_FUZZ_SEED=$(SEED) RECON_FUZZ_CASES=$(CASES) \
+		$(CARGO) test --locked --test it differential -- --nocapture
 
 bench: bench-diff bench-scale bench-export ## Every benchmark (results in bench/results)
 

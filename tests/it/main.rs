@@ -4,6 +4,7 @@ mod apply_db;
 mod cli;
 mod common;
 mod db;
+mod differential;
 mod export_db;
 mod export_files;
 mod export_http;
