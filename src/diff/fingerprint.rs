@@ -165,7 +165,7 @@ impl ScalarUDFImpl for NormalFloatKey {
         Ok(DataType::Float64)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let arrays = super::compare::arg_arrays(&args)?;
         Ok(ColumnarValue::Array(normal_floats(&arrays[0])?))
     }
 }
@@ -182,7 +182,7 @@ impl ScalarUDFImpl for Fingerprint {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let rows = args.number_rows;
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let arrays = super::compare::arg_arrays(&args)?;
         Ok(ColumnarValue::Array(Arc::new(self.hash(&arrays, rows)?)))
     }
 }

@@ -68,13 +68,82 @@ pub fn exact_cast(a: &ArrayRef, to: &DataType) -> DfResult<ArrayRef> {
         safe: true,
         ..Default::default()
     };
-    let out = cast_with_options(a, to, &safe)?;
-    let back = cast_with_options(&out, a.data_type(), &safe)?;
+    // Dictionaries are compared by their values.
+    let values = crate::diff::plan::value_type(a.data_type());
+    let a = &if values != a.data_type() {
+        cast_with_options(a, values, &safe)?
+    } else {
+        Arc::clone(a)
+    };
+    let out = cast_instant(a, to, &safe)?;
+    let back = cast_instant(&out, a.data_type(), &safe)?;
     let lost = lost(a, &back)?;
     if lost.true_count() == 0 {
         return Ok(out);
     }
     Ok(nullif(&out, &lost)?)
+}
+
+/// `a` cast to `to`; timestamps as the same instant, naive values being UTC (Arrow's
+/// own cast keeps a naive value's wall-clock time in the target's zone instead).
+pub fn cast_instant(a: &ArrayRef, to: &DataType, options: &CastOptions) -> DfResult<ArrayRef> {
+    match (a.data_type(), to) {
+        (DataType::Timestamp(..), DataType::Timestamp(unit, zone)) => {
+            // To naive keeps the UTC value, converting only the unit.
+            let utc = cast_with_options(a, &DataType::Timestamp(*unit, None), options)?;
+            Ok(with_zone(&utc, zone.clone()))
+        }
+        // Variable binary layouts and fixed-size binary meet through Binary, which
+        // casts to and from every one of them (a value of another length is lost).
+        (from, to)
+            if is_binary(from) && is_binary(to) && !arrow::compute::can_cast_types(from, to) =>
+        {
+            let binary = cast_with_options(a, &DataType::Binary, options)?;
+            Ok(cast_with_options(&binary, to, options)?)
+        }
+        _ => Ok(cast_with_options(a, to, options)?),
+    }
+}
+
+fn is_binary(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView
+            | DataType::FixedSizeBinary(_)
+    )
+}
+
+/// A timestamp array with its zone set to `zone`, values unchanged.
+fn with_zone(a: &ArrayRef, zone: Option<Arc<str>>) -> ArrayRef {
+    use arrow::datatypes::{
+        TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+        TimestampSecondType,
+    };
+    match a.data_type() {
+        DataType::Timestamp(TimeUnit::Second, _) => Arc::new(
+            a.as_primitive::<TimestampSecondType>()
+                .clone()
+                .with_timezone_opt(zone),
+        ),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => Arc::new(
+            a.as_primitive::<TimestampMillisecondType>()
+                .clone()
+                .with_timezone_opt(zone),
+        ),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => Arc::new(
+            a.as_primitive::<TimestampMicrosecondType>()
+                .clone()
+                .with_timezone_opt(zone),
+        ),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => Arc::new(
+            a.as_primitive::<TimestampNanosecondType>()
+                .clone()
+                .with_timezone_opt(zone),
+        ),
+        _ => Arc::clone(a),
+    }
 }
 
 /// Where `back` (the round trip of `a`) no longer holds `a`'s value.
@@ -117,7 +186,7 @@ impl ScalarUDFImpl for ExactCast {
         Ok(self.to.clone())
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let arrays = super::compare::arg_arrays(&args)?;
         let [a] = arrays.as_slice() else {
             return exec_err!("{} takes one argument", self.name);
         };
@@ -180,6 +249,19 @@ mod tests {
         let a: ArrayRef = Arc::new(Float64Array::from(vec![0.1, 0.5, f64::NAN]));
         let out = exact_cast(&a, &DataType::Float32).unwrap();
         assert_eq!(nulls(&out), [true, false, false]);
+        // Regression: a naive value into a zoned column is the same instant (naive
+        // values are UTC), not the same wall-clock time in the column's zone.
+        let a: ArrayRef = Arc::new(TimestampMicrosecondArray::from(vec![
+            -2_208_988_800_000_000,
+        ]));
+        let to = DataType::Timestamp(TimeUnit::Millisecond, Some("-05:00".into()));
+        let out = exact_cast(&a, &to).unwrap();
+        assert_eq!(out.data_type(), &to);
+        assert_eq!(
+            out.as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+                .value(0),
+            -2_208_988_800_000
+        );
         // Widening always fits.
         let a: ArrayRef = Arc::new(Int32Array::from(vec![i32::MIN, i32::MAX]));
         assert_eq!(

@@ -85,6 +85,11 @@ pub fn session_context(opts: &SessionOptions) -> Result<SessionContext> {
     let mut config = config
         .with_target_partitions(opts.target_partitions.max(1))
         .with_information_schema(true);
+    // No file statistics for the scans: DataFusion replaces a column whose statistics
+    // say min = max (and no NULL) with that constant, and Parquet's statistics leave NaN
+    // out, so a file holding NaN and 1e20 would read as 1e20 twice. recon reads the
+    // footers it needs itself (row counts, key order).
+    config.options_mut().execution.collect_statistics = false;
     // Each sorting partition keeps this much back for merging its spill files; keep the
     // total well inside the limit.
     let per_partition = opts.memory_limit / (8 * opts.target_partitions.max(1));
@@ -1061,9 +1066,7 @@ impl Rules {
             .fields
             .iter()
             .enumerate()
-            .map(|(i, f)| {
-                FieldColumns::new(batch, i, f.newest.is_some(), plan::is_numeric(&f.common))
-            })
+            .map(|(i, f)| FieldColumns::new(batch, i, f.newest.is_some(), &f.common))
             .collect::<Result<_>>()?;
         let insert_columns: Vec<usize> = (plan.key_len..plan.mapped.len()).collect();
         let delete = match plan.entity.deletes {
@@ -1418,7 +1421,12 @@ fn soft_value(s: &SoftColumn, run_date: NaiveDate, deleted: bool) -> Result<Scal
                 .expect("midnight")
                 .and_utc()
                 .timestamp();
-            let seconds = ScalarValue::TimestampSecond(Some(midnight), None);
+            // Midnight UTC in the column's own zone, so that the cast keeps the instant.
+            let zone = match plan::value_type(&t) {
+                DataType::Timestamp(_, zone) => zone.clone(),
+                _ => None,
+            };
+            let seconds = ScalarValue::TimestampSecond(Some(midnight), zone);
             seconds
                 .cast_to(&t)
                 .map_err(|e| Error::Internal(format!("soft-delete value for `{}`: {e}", s.name)))?
@@ -1535,9 +1543,14 @@ fn build_corrections(
                     changed.values().append_value(&s.name);
                 }
             }
-            _ => {
+            op => {
                 for j in &p.changed {
                     changed.values().append_value(plan.mapped[*j].name(side));
+                }
+                // An insert also sets the replica's own soft-delete column, to live.
+                if let (Op::Insert, Side::Replica, Some(soft)) = (op, side, extra_soft_column(plan))
+                {
+                    changed.values().append_value(&soft.name);
                 }
             }
         }
@@ -1710,6 +1723,23 @@ pub fn canonical_text(a: &ArrayRef) -> Result<StringArray> {
             let b = b.as_binary::<i32>();
             Ok(b.iter().map(|v| v.map(hex::encode)).collect())
         }
+        DataType::Date64 => {
+            // A date, as Date64 is meant to hold; a time of day, when there is one, kept.
+            let t = cast(a, &DataType::Utf8).map_err(err)?;
+            let days = a.as_primitive::<arrow::datatypes::Date64Type>();
+            Ok(t.as_string::<i32>()
+                .iter()
+                .zip(days.iter())
+                .map(|(text, ms)| match (text, ms) {
+                    (Some(text), Some(ms)) if ms.rem_euclid(86_400_000) == 0 => Some(
+                        text.split_once('T')
+                            .map_or(text, |(day, _)| day)
+                            .to_string(),
+                    ),
+                    (text, _) => text.map(str::to_string),
+                })
+                .collect())
+        }
         _ => {
             let t = cast(a, &DataType::Utf8).map_err(err)?;
             Ok(t.as_string::<i32>().clone())
@@ -1727,19 +1757,58 @@ struct FieldColumns {
     /// row's would cost more than the rest of the classification.
     source_text: StringArray,
     replica_text: StringArray,
-    delta: Option<(ArrayRef, ArrayRef)>,
+    /// replica − source, for numbers (NULL where either is NULL).
+    delta: Option<ArrayRef>,
     replica_newer: Option<BooleanArray>,
 }
 
+/// replica − source of integers or decimals, exact until the one rounding to f64.
+fn exact_deltas(sc: &ArrayRef, rc: &ArrayRef, common: &DataType) -> Result<ArrayRef> {
+    let scale = match common {
+        DataType::Decimal128(_, s) | DataType::Decimal256(_, s) => (*s).max(0),
+        _ => 0,
+    };
+    let wide = DataType::Decimal256(76, scale);
+    let internal = |e: arrow::error::ArrowError| Error::Internal(e.to_string());
+    let (s, r) = (
+        cast(sc, &wide).map_err(internal)?,
+        cast(rc, &wide).map_err(internal)?,
+    );
+    let (s, r) = (
+        s.as_primitive::<arrow::datatypes::Decimal256Type>(),
+        r.as_primitive::<arrow::datatypes::Decimal256Type>(),
+    );
+    // |values| < 10^76 < 2^253: the difference fits; the decimal text parses to the
+    // nearest f64.
+    let out: arrow::array::Float64Array = (0..s.len())
+        .map(|row| {
+            (s.is_valid(row) && r.is_valid(row)).then(|| {
+                let d = r.value(row).wrapping_sub(s.value(row));
+                format!("{d}e-{scale}").parse::<f64>().unwrap_or(f64::NAN)
+            })
+        })
+        .collect();
+    Ok(Arc::new(out))
+}
+
 impl FieldColumns {
-    fn new(batch: &RecordBatch, i: usize, newest: bool, numeric: bool) -> Result<Self> {
+    /// `common`: the type both values are compared in (the type of `sc{i}`, `rc{i}`).
+    fn new(batch: &RecordBatch, i: usize, newest: bool, common: &DataType) -> Result<Self> {
         let sc = column(batch, &format!("sc{i}"));
         let rc = column(batch, &format!("rc{i}"));
-        let delta = if numeric {
-            let f = |a: &ArrayRef| {
-                cast(a, &DataType::Float64).map_err(|e| Error::Internal(e.to_string()))
-            };
-            Some((f(sc)?, f(rc)?))
+        let internal = |e: arrow::error::ArrowError| Error::Internal(e.to_string());
+        let delta = if common.is_floating() {
+            let (s, r) = (
+                cast(sc, &DataType::Float64).map_err(internal)?,
+                cast(rc, &DataType::Float64).map_err(internal)?,
+            );
+            let (s, r) = (
+                s.as_primitive::<Float64Type>(),
+                r.as_primitive::<Float64Type>(),
+            );
+            Some(arrow::compute::kernels::numeric::sub(r, s).map_err(internal)?)
+        } else if plan::is_numeric(common) {
+            Some(exact_deltas(sc, rc, common)?)
         } else {
             None
         };
@@ -1779,12 +1848,8 @@ impl FieldColumns {
     }
     /// replica − source, when both are numbers.
     fn delta(&self, row: usize) -> Option<f64> {
-        let (s, r) = self.delta.as_ref()?;
-        let (s, r) = (
-            s.as_primitive::<Float64Type>(),
-            r.as_primitive::<Float64Type>(),
-        );
-        (s.is_valid(row) && r.is_valid(row)).then(|| r.value(row) - s.value(row))
+        let d = self.delta.as_ref()?.as_primitive::<Float64Type>();
+        d.is_valid(row).then(|| d.value(row))
     }
 }
 

@@ -312,9 +312,10 @@ impl EntityPlan {
                     let Ok(f) = schema.field_with_name(name) else {
                         return Ok(None);
                     };
-                    let marker = match f.data_type() {
+                    let marker = match value_type(f.data_type()) {
                         DataType::Boolean => SoftMarker::Bool(deleted_value.unwrap_or(true)),
-                        t @ (DataType::Timestamp(..) | DataType::Date32 | DataType::Date64) => {
+                        DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => {
+                            let t = f.data_type();
                             if deleted_value.is_some() {
                                 return Err(err(format!(
                                     "deletes.deleted_value applies to a boolean column, but `{name}` is {t} in the {} snapshot",
@@ -458,6 +459,7 @@ impl EntityPlan {
             &[
                 ("keys", &keys.join(", ")),
                 ("groups", &groups.join(", ")),
+                ("order", &self.key_names("")),
                 ("key_is_null", &is_null),
                 ("table", &quote(table)),
             ],
@@ -476,6 +478,7 @@ impl EntityPlan {
             DUPLICATE_KEYS_SQL,
             &[
                 ("keys", &keys),
+                ("order", &keys),
                 ("rows", rows),
                 ("summary", &quote(summary)),
             ],
@@ -1006,6 +1009,10 @@ pub fn holds_all(from: &DataType, to: &DataType) -> bool {
     };
     if from == to {
         return true;
+    }
+    if let DataType::Dictionary(_, values) = from {
+        // A dictionary's values cast out of it; into a dictionary may overflow its keys.
+        return !matches!(to, DataType::Dictionary(..)) && holds_all(values, to);
     }
     match (from, to) {
         (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View) => true,

@@ -588,6 +588,30 @@ fn keys_of_every_kind_match_on_every_plan() {
     let key = &discrepancies(&o)[0][0];
     assert_eq!(
         key,
-        "{\"d\":2.5000,\"day\":\"1970-01-01T00:00:00\",\"t\":\"1970-01-01T00:00:02Z\",\"u\":\"01010101010101010101010101010101\"}"
+        "{\"d\":2.5000,\"day\":\"1970-01-01\",\"t\":\"1970-01-01T00:00:02Z\",\"u\":\"01010101010101010101010101010101\"}"
+    );
+}
+
+#[test]
+fn a_file_of_nan_and_one_value_is_read_as_it_is() {
+    // Regression: DataFusion read a column whose file statistics said min = max as that
+    // constant; Parquet's statistics leave NaN out, so NaN and 1e20 read as 1e20 twice,
+    // NaN against 1e20 compared equal and an expected value was the other row's.
+    let side = |f: Vec<f64>| {
+        batch(vec![
+            ("k", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
+            ("f", Arc::new(Float64Array::from(f))),
+        ])
+    };
+    let o = run_case(
+        "key = [\"k\"]",
+        &side(vec![f64::NAN, 1e20]),
+        &side(vec![1e20, 1e20]),
+    );
+    let d = discrepancies(&o);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(
+        (d[0][0].as_str(), d[0][2].as_str(), d[0][3].as_str()),
+        ("{\"k\":1}", "f", "NaN")
     );
 }

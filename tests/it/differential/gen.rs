@@ -27,9 +27,11 @@ impl Rng {
         self.next() % n.max(1)
     }
     pub fn range(&mut self, lo: i128, hi: i128) -> i128 {
-        let span = hi.wrapping_sub(lo) as u128 + 1;
-        let r = ((self.next() as u128) << 64 | self.next() as u128) % span.max(1);
-        lo + r as i128
+        // span 0 is the whole range of i128.
+        let span = (hi.wrapping_sub(lo) as u128).wrapping_add(1);
+        let raw = (self.next() as u128) << 64 | self.next() as u128;
+        let r = if span == 0 { raw } else { raw % span };
+        lo.wrapping_add(r as i128)
     }
     pub fn chance(&mut self, p: f64) -> bool {
         ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p

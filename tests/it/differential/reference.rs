@@ -194,8 +194,8 @@ pub fn kind_of(a: &DataType, b: &DataType) -> Kind {
         ) => Kind::Text,
         (DataType::Boolean, DataType::Boolean) => Kind::Bool,
         (DataType::Date32 | DataType::Date64, DataType::Date32 | DataType::Date64) => Kind::Date,
+        // Zoned timestamps render in UTC (README, Column kinds), naive ones as written.
         (DataType::Timestamp(_, za), DataType::Timestamp(_, zb)) => Kind::Ts(match (za, zb) {
-            (Some(x), Some(y)) if x == y => Some(x.to_string()),
             (None, None) => None,
             _ => Some("UTC".into()),
         }),
@@ -1228,11 +1228,14 @@ pub fn expect(e: &EntityCase, s: &Table, r: &Table) -> Expected {
             (Some((json, si)), None) => {
                 let row = &s.rows[*si];
                 let mut vals = nulls_of(&replica_payload);
-                let mut ok = true;
+                // The first column (keys first) the replica cannot hold the value of.
+                let mut lost: Option<String> = None;
                 for m in &mapped {
                     match convert(&row[m.si], &m.ts, &m.tr) {
                         Some(v) => set(&mut vals, &m.replica, v),
-                        None => ok = false,
+                        None => {
+                            lost.get_or_insert_with(|| m.source.clone());
+                        }
                     }
                 }
                 let mut changed: Vec<String> = mapped
@@ -1244,7 +1247,7 @@ pub fn expect(e: &EntityCase, s: &Table, r: &Table) -> Expected {
                     set(&mut vals, n, soft_marker(t, deleted_value, false));
                     changed.push(n.clone());
                 }
-                if ok {
+                if lost.is_none() {
                     discs.push(row_disc(
                         json,
                         "missing_in_replica",
@@ -1260,13 +1263,17 @@ pub fn expect(e: &EntityCase, s: &Table, r: &Table) -> Expected {
                         expected: None,
                     });
                 } else {
-                    discs.push(row_disc(
+                    // Withheld whole: reported with the first column that cannot hold
+                    // its value (README, "Corrections are exact or absent").
+                    let mut d = row_disc(
                         json,
                         "missing_in_replica",
-                        "correct_replica",
+                        "report_only",
                         Some("unrepresentable"),
                         None,
-                    ));
+                    );
+                    d.field = lost;
+                    discs.push(d);
                 }
             }
             (None, Some((json, ri))) => {
@@ -1374,7 +1381,10 @@ pub fn expect(e: &EntityCase, s: &Table, r: &Table) -> Expected {
                                 let system = if to_replica { REPLICA } else { SOURCE };
                                 d.corrected_by = Some((system.into(), "update".into()));
                             }
-                            None => d.reason = Some("unrepresentable".into()),
+                            None => {
+                                d.reason = Some("unrepresentable".into());
+                                d.action = "report_only".into();
+                            }
                         }
                     }
                     if !changed.is_empty() {
@@ -1393,10 +1403,12 @@ pub fn expect(e: &EntityCase, s: &Table, r: &Table) -> Expected {
         }
     }
     discs.extend(dq);
+    // Counts per kind and field; a withheld insert's field says only why.
     for d in &discs {
-        *out.counts
-            .entry((d.kind.clone(), d.field.clone()))
-            .or_default() += 1;
+        let field = (d.kind == "field_mismatch")
+            .then(|| d.field.clone())
+            .flatten();
+        *out.counts.entry((d.kind.clone(), field)).or_default() += 1;
     }
     for (system, list) in [(REPLICA, &rep_corr), (SOURCE, &src_corr)] {
         for c in list {
