@@ -205,10 +205,13 @@ fn fill(template: &str, parts: &[(&str, &str)]) -> String {
 }
 
 fn cast_to(expr: &str, from: &DataType, to: &DataType) -> String {
-    if from == to {
-        expr.to_string()
-    } else {
-        format!("arrow_cast({expr}, '{to}')")
+    match (value_type(from), to) {
+        _ if from == to => expr.to_string(),
+        // Arrow divides a decimal's f64 by a power of ten, rounding twice.
+        (DataType::Decimal128(..) | DataType::Decimal256(..), DataType::Float64) => {
+            format!("{}({expr})", super::fit::DECIMAL_TO_FLOAT)
+        }
+        _ => format!("arrow_cast({expr}, '{to}')"),
     }
 }
 
@@ -530,6 +533,7 @@ impl EntityPlan {
         let mut udfs = self.comparators();
         udfs.push(self.fingerprint());
         udfs.push(fingerprint::NormalFloatKey::udf());
+        udfs.push(super::fit::DecimalToFloat::udf());
         for (j, m) in self.mapped.iter().enumerate() {
             for to in [Side::Source, Side::Replica] {
                 let from = to.other();
