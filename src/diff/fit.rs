@@ -399,7 +399,8 @@ mod tests {
                 .unwrap(),
         );
         let f = decimals_to_f64(&a).unwrap();
-        assert_eq!(f.as_primitive::<Float64Type>().value(0), 7572617315242.2662);
+        let nearest: f64 = "7572617315242.2662".parse().unwrap();
+        assert_eq!(f.as_primitive::<Float64Type>().value(0), nearest);
         // A decimal into a float column only when the float is exactly the decimal.
         let a: ArrayRef = Arc::new(
             Decimal128Array::from(vec![-33564, 25000, 1])
