@@ -792,7 +792,11 @@ fn run_shard(shard: u64) {
         None => (shard..total).step_by(SHARDS as usize).collect(),
     };
     let started = std::time::Instant::now();
-    for &i in &indices {
+    for (n, &i) in indices.iter().enumerate() {
+        if n > 0 && n % 1000 == 0 {
+            // Progress of a long `make fuzz-diff` run (shown with --nocapture).
+            eprintln!("differential shard {shard}: {n} cases passed");
+        }
         let seed = one.unwrap_or_else(|| generate::case_seed(base, i));
         let case = generate::case(seed, &classes);
         let cfgs = configs(i);
