@@ -454,6 +454,7 @@ async fn diff_all(
         let ctx = diff::session_context(&diff::SessionOptions {
             target_partitions: opts.target_partitions,
             memory_limit: opts.memory_limit,
+            file_statistics: !(p.source.may_hide_nan() || p.replica.may_hide_nan()),
         })?;
         p.source.register(&ctx, "source")?;
         p.replica.register(&ctx, "replica")?;

@@ -279,6 +279,54 @@ impl Snapshot {
         StatsOrder::RowGroupsAscend
     }
 
+    /// Whether a float column of some file has statistics that DataFusion would read
+    /// as a constant column although the file may hold NaN: Parquet's statistics leave
+    /// NaN out, so a file of NaN and 1e20 says min = max = 1e20 (and -0.0 with 0.0
+    /// says min = max as well). A Float16 column with statistics counts too.
+    pub fn may_hide_nan(&self) -> bool {
+        use parquet::basic::{LogicalType, Type};
+        self.footers.iter().any(|footer| {
+            let schema = footer.file_metadata().schema_descr();
+            (0..schema.num_columns()).any(|c| {
+                let column = schema.column(c);
+                let float16 = matches!(column.logical_type_ref(), Some(LogicalType::Float16));
+                if !(matches!(column.physical_type(), Type::FLOAT | Type::DOUBLE) || float16) {
+                    return false;
+                }
+                if float16 {
+                    return true;
+                }
+                // The file's range over its row groups. A row group without one (NaN
+                // only) would leave the others' range to stand for the file: a risk.
+                let mut range: Option<(f64, f64)> = None;
+                for group in footer.row_groups() {
+                    let rows = group.num_rows().max(0) as u64;
+                    let stats = group.column(c).statistics();
+                    let (min, max) = match stats {
+                        Some(Statistics::Float(s)) => (
+                            s.min_opt().map(|v| f64::from(*v)),
+                            s.max_opt().map(|v| f64::from(*v)),
+                        ),
+                        Some(Statistics::Double(s)) => (s.min_opt().copied(), s.max_opt().copied()),
+                        _ => return true,
+                    };
+                    match (min, max) {
+                        (Some(min), Some(max)) => {
+                            range = Some(match range {
+                                None => (min, max),
+                                Some((lo, hi)) => (lo.min(min), hi.max(max)),
+                            });
+                        }
+                        // NULL throughout: nothing hidden.
+                        _ if stats.and_then(|s| s.null_count_opt()) == Some(rows) => {}
+                        _ => return true,
+                    }
+                }
+                range.is_some_and(|(lo, hi)| lo == hi)
+            })
+        })
+    }
+
     /// The URLs of the snapshot's checked files.
     fn file_urls(&self) -> datafusion::error::Result<Vec<ListingTableUrl>> {
         let root = self.location.root.as_str();

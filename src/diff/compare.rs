@@ -155,22 +155,12 @@ impl ScalarUDFImpl for FieldComparator {
         Ok(DataType::Utf8)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let arrays = arg_arrays(&args)?;
+        let arrays = super::udf::arg_arrays(&args)?;
         let [a, b] = arrays.as_slice() else {
             return exec_err!("{} takes two arguments", self.name);
         };
         Ok(ColumnarValue::Array(self.compare(a, b)?))
     }
-}
-
-/// A function's arguments as arrays of the batch's row count. (DataFusion passes a
-/// column that is constant in a batch as a single value; `values_to_arrays` would make
-/// it one row long when every argument is one.)
-pub(super) fn arg_arrays(args: &ScalarFunctionArgs) -> DfResult<Vec<ArrayRef>> {
-    args.args
-        .iter()
-        .map(|a| a.to_array(args.number_rows))
-        .collect()
 }
 
 /// Integers and decimals: compared in exact decimal arithmetic.

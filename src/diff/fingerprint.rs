@@ -135,39 +135,19 @@ pub fn normal_floats(a: &ArrayRef) -> DfResult<ArrayRef> {
     Ok(Arc::new(f))
 }
 
-/// The name of [`NormalFloatKey`].
+/// The name of [`normal_float_key`].
 pub const NORMAL_FLOAT_KEY: &str = "recon_normal_float_key";
 
 /// `recon_normal_float_key(k)`: a Float64 key column in normal form ([`normal_floats`]),
 /// so that a NaN key matches a NaN key and -0.0 matches 0.0 on every plan: the merge,
 /// the join and the aggregation alike.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct NormalFloatKey {
-    signature: Signature,
-}
-
-impl NormalFloatKey {
-    pub fn udf() -> ScalarUDF {
-        ScalarUDF::new_from_impl(NormalFloatKey {
-            signature: Signature::exact(vec![DataType::Float64], Volatility::Immutable),
-        })
-    }
-}
-
-impl ScalarUDFImpl for NormalFloatKey {
-    fn name(&self) -> &str {
-        NORMAL_FLOAT_KEY
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
-        Ok(DataType::Float64)
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let arrays = super::compare::arg_arrays(&args)?;
-        Ok(ColumnarValue::Array(normal_floats(&arrays[0])?))
-    }
+pub fn normal_float_key() -> ScalarUDF {
+    super::udf::ArrayFunction::udf(
+        NORMAL_FLOAT_KEY,
+        Signature::exact(vec![DataType::Float64], Volatility::Immutable),
+        DataType::Float64,
+        normal_floats,
+    )
 }
 
 impl ScalarUDFImpl for Fingerprint {
@@ -182,7 +162,7 @@ impl ScalarUDFImpl for Fingerprint {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let rows = args.number_rows;
-        let arrays = super::compare::arg_arrays(&args)?;
+        let arrays = super::udf::arg_arrays(&args)?;
         Ok(ColumnarValue::Array(Arc::new(self.hash(&arrays, rows)?)))
     }
 }

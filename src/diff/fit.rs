@@ -251,7 +251,7 @@ impl ScalarUDFImpl for ExactCast {
         Ok(self.to.clone())
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let arrays = super::compare::arg_arrays(&args)?;
+        let arrays = super::udf::arg_arrays(&args)?;
         let [a] = arrays.as_slice() else {
             return exec_err!("{} takes one argument", self.name);
         };
@@ -259,23 +259,19 @@ impl ScalarUDFImpl for ExactCast {
     }
 }
 
-/// The name of [`DecimalToFloat`].
+/// The name of [`decimal_to_float`].
 pub const DECIMAL_TO_FLOAT: &str = "recon_decimal_f64";
 
 /// `recon_decimal_f64(d)`: a decimal as the nearest Float64, rounded once (Arrow's cast
 /// rounds the mantissa to f64 and then divides by a power of ten, which can land an ulp
 /// away).
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct DecimalToFloat {
-    signature: Signature,
-}
-
-impl DecimalToFloat {
-    pub fn udf() -> ScalarUDF {
-        ScalarUDF::new_from_impl(DecimalToFloat {
-            signature: Signature::any(1, Volatility::Immutable),
-        })
-    }
+pub fn decimal_to_float() -> ScalarUDF {
+    super::udf::ArrayFunction::udf(
+        DECIMAL_TO_FLOAT,
+        Signature::any(1, Volatility::Immutable),
+        DataType::Float64,
+        decimals_to_f64,
+    )
 }
 
 /// Each decimal of `a` as the nearest f64.
@@ -306,22 +302,6 @@ pub fn decimals_to_f64(a: &ArrayRef) -> DfResult<ArrayRef> {
 /// Decimal text to the nearest f64 (Rust's parser rounds correctly).
 fn parse_f64(text: &str) -> f64 {
     text.parse().unwrap_or(f64::NAN)
-}
-
-impl ScalarUDFImpl for DecimalToFloat {
-    fn name(&self) -> &str {
-        DECIMAL_TO_FLOAT
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
-        Ok(DataType::Float64)
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let arrays = super::compare::arg_arrays(&args)?;
-        Ok(ColumnarValue::Array(decimals_to_f64(&arrays[0])?))
-    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod fit;
 pub mod merge;
 pub mod plan;
 pub mod progress;
+pub mod udf;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub struct SessionOptions {
     pub target_partitions: usize,
     /// Memory the queries may hold before spilling to disk (bytes).
     pub memory_limit: usize,
+    /// Let DataFusion collect the files' statistics (see [`Snapshot::may_hide_nan`]).
+    pub file_statistics: bool,
 }
 
 impl Default for SessionOptions {
@@ -62,6 +65,7 @@ impl Default for SessionOptions {
         SessionOptions {
             target_partitions: 2,
             memory_limit: 1 << 30,
+            file_statistics: false,
         }
     }
 }
@@ -85,11 +89,11 @@ pub fn session_context(opts: &SessionOptions) -> Result<SessionContext> {
     let mut config = config
         .with_target_partitions(opts.target_partitions.max(1))
         .with_information_schema(true);
-    // No file statistics for the scans: DataFusion replaces a column whose statistics
-    // say min = max (and no NULL) with that constant, and Parquet's statistics leave NaN
-    // out, so a file holding NaN and 1e20 would read as 1e20 twice. recon reads the
-    // footers it needs itself (row counts, key order).
-    config.options_mut().execution.collect_statistics = false;
+    // DataFusion replaces a column whose file statistics say min = max (and no NULL)
+    // with that constant, and Parquet's statistics leave NaN out: a file holding NaN and
+    // 1e20 would read as 1e20 twice. Statistics are collected only for snapshots where
+    // that cannot happen (they make the key join faster).
+    config.options_mut().execution.collect_statistics = opts.file_statistics;
     // Each sorting partition keeps this much back for merging its spill files; keep the
     // total well inside the limit.
     let per_partition = opts.memory_limit / (8 * opts.target_partitions.max(1));

@@ -532,8 +532,8 @@ impl EntityPlan {
     pub fn functions(&self) -> Vec<ScalarUDF> {
         let mut udfs = self.comparators();
         udfs.push(self.fingerprint());
-        udfs.push(fingerprint::NormalFloatKey::udf());
-        udfs.push(super::fit::DecimalToFloat::udf());
+        udfs.push(fingerprint::normal_float_key());
+        udfs.push(super::fit::decimal_to_float());
         for (j, m) in self.mapped.iter().enumerate() {
             for to in [Side::Source, Side::Replica] {
                 let from = to.other();
