@@ -30,8 +30,8 @@ test: tools ## Run every test: unit, SQL logic (.slt), integration (files, memor
 tools: ## Install the S3 servers the tests start (moto, Garage) into ~/.cache/recon-tools
 	bash scripts/tools.sh
 
-fuzz-diff: ## Differential fuzzing against the reference, every class on (SEED, CASES; e.g. make fuzz-diff SEED=7 CASES=20000)
-	RECON_FUZZ_ALL=1 RECON_FUZZ_ALL_PLANS=1 RECON_FUZZ_SEED=$(SEED) RECON_FUZZ_CASES=$(CASES) \
+fuzz-diff: ## Differential fuzzing against the reference on all three plans (SEED, CASES; e.g. make fuzz-diff SEED=7 CASES=20000)
+	RECON_FUZZ_ALL_PLANS=1 RECON_FUZZ_SEED=$(SEED) RECON_FUZZ_CASES=$(CASES) \
 		$(CARGO) test --locked --test it differential -- --nocapture
 
 bench: bench-diff bench-scale bench-export ## Every benchmark (results in bench/results)
