@@ -88,9 +88,23 @@ impl Fingerprint {
             }
             hashed.push(Arc::new(UInt64Array::from(masks)));
         }
-        hashed.extend(normal);
+        // DataFusion folds a primitive column into the row's hash in order (the hash so
+        // far seeds the next), but adds the hash of a boolean, text or binary column, so
+        // that two such columns with swapped values (a = "x", b = "y" against a = "y",
+        // b = "x") would hash alike and the difference go unseen. Such a column is
+        // hashed on its own first, and its hashes are folded in order like a number's.
+        let state = RandomState::default();
+        for a in normal {
+            if a.data_type().is_primitive() {
+                hashed.push(a);
+            } else {
+                let mut own = vec![0u64; rows];
+                create_hashes(std::slice::from_ref(&a), &state, &mut own)?;
+                hashed.push(Arc::new(UInt64Array::from(own)));
+            }
+        }
         let mut out = vec![0u64; rows];
-        create_hashes(&hashed, &RandomState::default(), &mut out)?;
+        create_hashes(&hashed, &state, &mut out)?;
         Ok(UInt64Array::from(out))
     }
 }

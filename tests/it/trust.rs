@@ -615,3 +615,29 @@ fn a_file_of_nan_and_one_value_is_read_as_it_is() {
         ("{\"k\":1}", "f", "NaN")
     );
 }
+
+#[test]
+fn values_swapped_between_fields_are_found() {
+    // Regression: the fingerprint added the hashes of boolean and text columns, so a
+    // row with two values swapped hashed like the original and was never compared.
+    use arrow::array::BooleanArray;
+    let side = |a: bool, b: bool, x: &str, y: &str| {
+        batch(vec![
+            ("k", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
+            ("a", Arc::new(BooleanArray::from(vec![a]))),
+            ("b", Arc::new(BooleanArray::from(vec![b]))),
+            ("x", Arc::new(StringArray::from(vec![x]))),
+            ("y", Arc::new(StringArray::from(vec![y]))),
+        ])
+    };
+    let o = run_case(
+        "key = [\"k\"]",
+        &side(false, true, "first", "last"),
+        &side(true, false, "last", "first"),
+    );
+    let fields: Vec<String> = discrepancies(&o)
+        .into_iter()
+        .map(|r| r[2].clone())
+        .collect();
+    assert_eq!(fields, ["a", "b", "x", "y"]);
+}
