@@ -74,11 +74,9 @@ pub fn exact_cast(a: &ArrayRef, to: &DataType) -> DfResult<ArrayRef> {
         return Ok(cast_with_options(&out, to, &safe)?);
     }
     // Dictionaries are compared by their values.
-    let values = crate::diff::plan::value_type(a.data_type());
-    let a = &if values != a.data_type() {
-        cast_with_options(a, values, &safe)?
-    } else {
-        Arc::clone(a)
+    let a = &match a.data_type() {
+        DataType::Dictionary(_, values) => cast_with_options(a, values, &safe)?,
+        _ => Arc::clone(a),
     };
     if to.is_floating() && (a.data_type().is_integer() || is_decimal(a.data_type())) {
         return exact_to_float(a, to);
