@@ -101,9 +101,9 @@ fn exact_to_float(a: &ArrayRef, to: &DataType) -> DfResult<ArrayRef> {
         DataType::Decimal128(_, s) | DataType::Decimal256(_, s) => (*s).max(0) as usize,
         _ => 0,
     };
-    let text = crate::diff::canonical_text(a).map_err(|e| {
-        datafusion::error::DataFusionError::Execution(format!("rendering numbers: {e}"))
-    })?;
+    // Integers and decimals as their digits (a decimal's at its scale).
+    let text = arrow::compute::cast(a, &DataType::Utf8)?;
+    let text = text.as_string::<i32>();
     // The nearest f64, then the nearest value of the target type.
     let nearest: arrow::array::Float64Array = text
         .iter()
