@@ -27,6 +27,11 @@ pub enum ExitCode {
     Partial = 7,
     /// A bug in recon.
     Internal = 70,
+    /// Stopped by SIGINT (Ctrl-C): nothing committed, the lock released.
+    Interrupted = 130,
+    /// Stopped by SIGTERM (a scheduler's timeout or kill): nothing committed, the lock
+    /// released.
+    Terminated = 143,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +97,10 @@ pub enum Error {
         source: parquet::errors::ParquetError,
     },
 
+    /// A file recon reads back (a manifest, a pointer) is not what it should be.
+    #[error("{path}: {message}")]
+    BadFile { path: String, message: String },
+
     #[error("storage error at {location}: {source}")]
     Storage {
         location: String,
@@ -130,6 +139,10 @@ pub enum Error {
     )]
     NoConditionalWrites { url: String },
 
+    /// A stop signal arrived; the stage stopped without committing.
+    #[error("stopped by {signal}: nothing was committed")]
+    Interrupted { signal: &'static str },
+
     #[error("{0}")]
     Internal(String),
 }
@@ -145,12 +158,15 @@ impl Error {
             | Error::Snapshot { .. }
             | Error::CorruptFile { .. }
             | Error::SchemaMismatch { .. }
+            | Error::BadFile { .. }
             | Error::Export { .. } => ExitCode::InputData,
             Error::SourceUnavailable { .. } => ExitCode::Storage,
             Error::Storage { source, .. } => storage_exit_code(source),
             Error::Query { source, .. } => query_exit_code(source),
             Error::Locked { .. } => ExitCode::Locked,
             Error::NoConditionalWrites { .. } => ExitCode::Usage,
+            Error::Interrupted { signal } if *signal == "SIGINT" => ExitCode::Interrupted,
+            Error::Interrupted { .. } => ExitCode::Terminated,
             Error::Internal(_) => ExitCode::Internal,
         }
     }

@@ -15,6 +15,7 @@ pub mod job;
 pub mod lock;
 pub mod parallel;
 pub mod run;
+pub mod signal;
 pub mod snapshot;
 pub mod store;
 pub mod write;

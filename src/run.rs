@@ -2,6 +2,7 @@
 //! then diff entity by entity, apply the guardrails, write the summary and commit.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -12,7 +13,7 @@ use crate::diff::plan::EntityPlan;
 use crate::diff::{self, Count, EntityResult, Op, RunStamp};
 use crate::error::{Error, ExitCode, Result};
 use crate::job::{EntityConfig, JobConfig};
-use crate::lock::RunLock;
+use crate::lock::{HeldLock, RunLock};
 use crate::snapshot::Snapshot;
 use crate::store;
 use crate::write::{self, LatestPointer, MANIFEST_FORMAT, Manifest, ManifestFile, RunLayout};
@@ -279,16 +280,64 @@ pub async fn run(job: &JobConfig, opts: &RunOptions) -> Result<RunOutcome> {
                     url: layout.output.url(),
                 });
             }
-            Some(RunLock::acquire(&layout.output, &job.name, opts.run_date, &run_id, ttl).await?)
+            let lock =
+                RunLock::acquire(&layout.output, &job.name, opts.run_date, &run_id, ttl).await?;
+            Some(Arc::new(lock.keep()))
         }
     };
-    let outcome = run_locked(job, opts, started_at, clock, run_id, layout)
-        .instrument(span)
-        .await;
+    let outcome = match refuse_committed(&layout).await {
+        Ok(()) => {
+            if lock.is_some() {
+                write::remove_abandoned(&layout).await;
+            }
+            let work = run_locked(
+                job,
+                opts,
+                started_at,
+                clock,
+                run_id,
+                layout.clone(),
+                lock.clone(),
+            );
+            let outcome = crate::signal::until_stopped(work.instrument(span)).await;
+            if let Err(Error::Interrupted { signal }) = &outcome {
+                warn!(signal, "stopped by a signal: removing the run's uncommitted files");
+                // The writers of the dropped stage stop at their next await; a file
+                // operation already under way finishes first.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                write::remove_uncommitted(&layout).await;
+            }
+            outcome
+        }
+        Err(e) => Err(e),
+    };
     if let Some(lock) = lock {
         lock.release().await;
     }
     outcome
+}
+
+/// A committed run is immutable: a run whose id and date already have a manifest is
+/// refused before it writes anything, since its files would land on the committed
+/// run's paths. Checked under the lock, so a run of the same id cannot commit between
+/// the check and the write.
+async fn refuse_committed(layout: &RunLayout) -> Result<()> {
+    let manifest = layout.path(&layout.manifest());
+    match layout.output.store.head(&manifest).await {
+        Ok(_) => Err(Error::Usage(format!(
+            "run `{}` of {} is already committed ({}); a committed run is never rewritten: \
+             pass a new --run-id (from a scheduler, one per attempt: add the try \
+             number), or leave --run-id out for a fresh one",
+            layout.run_id,
+            layout.run_date,
+            layout.url(&layout.manifest())
+        ))),
+        Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(source) => Err(Error::Storage {
+            location: layout.url(&layout.manifest()),
+            source,
+        }),
+    }
 }
 
 async fn run_locked(
@@ -298,6 +347,7 @@ async fn run_locked(
     clock: Instant,
     run_id: String,
     layout: RunLayout,
+    lock: Option<Arc<HeldLock>>,
 ) -> Result<RunOutcome> {
     let export = if opts.export && crate::export::has_exporters(job) {
         let export_clock = Instant::now();
@@ -310,6 +360,7 @@ async fn run_locked(
                 run_date: opts.run_date,
                 systems: vec![],
                 entities: opts.entities.clone(),
+                lock: lock.clone(),
             },
         )
         .await?;
@@ -401,7 +452,11 @@ async fn run_locked(
             withheld: tripped.clone(),
             files,
         };
-        // The manifest is the commit: it is written last, after every file it lists.
+        // The manifest is the commit: it is written last, after every file it lists,
+        // and only while this run still holds its lock.
+        if let Some(lock) = &lock {
+            lock.check().await?;
+        }
         write::put_json(&layout, &layout.manifest(), &manifest).await?;
         Ok::<_, Error>(())
     };
@@ -675,22 +730,27 @@ async fn previous_rows(layout: &RunLayout) -> Result<BTreeMap<String, PreviousRo
         .collect();
     dates.sort();
     for date in dates.into_iter().rev() {
-        let Some(pointer) = write::get_json::<LatestPointer>(
-            &layout.output,
-            &format!("runs/run_date={date}/_latest.json"),
-        )
-        .await?
+        let Some(pointer) = passed_over(
+            write::get_json::<LatestPointer>(
+                &layout.output,
+                &format!("runs/run_date={date}/_latest.json"),
+            )
+            .await,
+        )?
         else {
             continue;
         };
-        let Some(manifest) = write::get_json::<Manifest>(&layout.output, &pointer.manifest).await?
+        let Some(manifest) =
+            passed_over(write::get_json::<Manifest>(&layout.output, &pointer.manifest).await)?
         else {
             continue;
         };
         let Some(summary) = manifest.files.iter().find(|f| f.kind == "summary") else {
             continue;
         };
-        let Some(past) = write::get_json::<PastSummary>(&layout.output, &summary.path).await?
+        let Some(past) = passed_over(
+            write::get_json::<PastSummary>(&layout.output, &summary.path).await,
+        )?
         else {
             continue;
         };
@@ -709,4 +769,16 @@ async fn previous_rows(layout: &RunLayout) -> Result<BTreeMap<String, PreviousRo
             .collect());
     }
     Ok(BTreeMap::new())
+}
+
+/// A file of an earlier run date that is damaged is passed over with a warning: one bad
+/// file must not stop every later run.
+fn passed_over<T>(found: Result<Option<T>>) -> Result<Option<T>> {
+    match found {
+        Err(Error::BadFile { path, message }) => {
+            warn!(file = %path, "{message}; the guardrail passes over this run date");
+            Ok(None)
+        }
+        other => other,
+    }
 }

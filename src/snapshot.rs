@@ -177,6 +177,19 @@ impl Snapshot {
             .await?;
 
         let schema = Arc::clone(&footers[0].1.schema);
+        // A column is found by its name: two of one name cannot be told apart.
+        let mut names = std::collections::HashSet::new();
+        if let Some(twice) = schema.fields().iter().find(|f| !names.insert(f.name())) {
+            return Err(Error::Snapshot {
+                entity: entity.into(),
+                system: system.into(),
+                message: format!(
+                    "file {root}{} has two columns named `{}`; rename one in the export",
+                    footers[0].0.location,
+                    twice.name()
+                ),
+            });
+        }
         let mut files = Vec::with_capacity(footers.len());
         let mut metadata = Vec::with_capacity(footers.len());
         let mut rows = 0u64;

@@ -51,6 +51,12 @@ impl Location {
         }
     }
 
+    /// The file this location names, for a location on the local file system.
+    pub fn local_path(&self) -> Option<std::path::PathBuf> {
+        (self.root.as_str() == "file:///")
+            .then(|| FsPath::new("/").join(self.prefix.as_ref()))
+    }
+
     /// A location below this one; `rel` is a `/`-separated relative path.
     pub fn child(&self, rel: &str) -> Location {
         let mut prefix = self.prefix.clone();
@@ -170,6 +176,9 @@ pub fn open(url: &str) -> Result<Location> {
                     if authority.is_empty() {
                         return Err(bad("an s3 URL needs a bucket: s3://bucket/prefix".into()));
                     }
+                    if let Some(missing) = missing_credentials() {
+                        return Err(Error::Usage(format!("{url}: {missing}")));
+                    }
                     Arc::new(
                         s3_builder(&authority)
                             .build()
@@ -220,6 +229,36 @@ fn s3_builder(bucket: &str) -> AmazonS3Builder {
         builder
     } else {
         builder.with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
+    }
+}
+
+/// Credentials for an S3-compatible server of its own endpoint (MinIO, say) come from
+/// the environment; without them the client would ask the cloud's metadata endpoint,
+/// which such a server never has, and fail with an error about it. Say what to set
+/// instead. (On AWS itself, without an endpoint, the instance or task role is used.)
+fn missing_credentials() -> Option<String> {
+    let set = |v: &str| std::env::var_os(v).is_some_and(|v| !v.is_empty());
+    let endpoint = set("AWS_ENDPOINT_URL") || set("AWS_ENDPOINT");
+    let other_source = [
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ]
+    .iter()
+    .any(|v| set(v));
+    if !endpoint || other_source {
+        return None;
+    }
+    match (set("AWS_ACCESS_KEY_ID"), set("AWS_SECRET_ACCESS_KEY")) {
+        (true, true) => None,
+        (key, _) => Some(format!(
+            "no S3 credentials for the endpoint in AWS_ENDPOINT_URL: set {} in the environment",
+            if key {
+                "AWS_SECRET_ACCESS_KEY"
+            } else {
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary credentials)"
+            }
+        )),
     }
 }
 

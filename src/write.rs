@@ -31,7 +31,7 @@ pub struct RunLayout {
 }
 
 impl RunLayout {
-    fn part(&self) -> String {
+    pub fn part(&self) -> String {
         format!("run_date={}/run_id={}", self.run_date, self.run_id)
     }
     pub fn discrepancies(&self, entity: &str) -> String {
@@ -132,6 +132,16 @@ pub(crate) struct Feed<M> {
     queue: Option<tokio::sync::mpsc::Sender<M>>,
     /// The writing task, until its outcome has been taken.
     writing: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+/// A feed dropped unfinished (its stage failed or was stopped) stops its writer at its
+/// next await, abandoning the upload.
+impl<M> Drop for Feed<M> {
+    fn drop(&mut self) {
+        if let Some(task) = self.writing.take() {
+            task.abort();
+        }
+    }
 }
 
 impl<M: Send + 'static> Feed<M> {
@@ -368,7 +378,10 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(
     };
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|e| Error::Internal(format!("reading {}: {e}", location.url())))
+        .map_err(|e| Error::BadFile {
+            path: location.url(),
+            message: format!("not what recon wrote there (damaged or edited?): {e}"),
+        })
 }
 
 /// Pointer to the newest committed run of a run date, rewritten after each commit.
@@ -376,6 +389,90 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(
 pub struct LatestPointer {
     pub run_id: String,
     pub manifest: String,
+}
+
+/// Removes every file under the run's own folders (discrepancies, corrections, events,
+/// summary) when the run is not committed: after a run stopped part way, by a signal,
+/// which leaves no list of what it wrote. A committed run (its manifest present) is
+/// never touched.
+pub async fn remove_uncommitted(layout: &RunLayout) {
+    match layout.output.store.head(&layout.path(&layout.manifest())).await {
+        Err(object_store::Error::NotFound { .. }) => {}
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell whether the run committed; its files are left in place");
+            return;
+        }
+    }
+    // On local files the folders go whole, with the staging files of unfinished
+    // uploads, which a listing does not show.
+    if let Some(root) = layout.output.local_path() {
+        for kind in RUN_FOLDERS {
+            let dir = root.join(format!("{kind}/{}", layout.part()));
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(folder = %dir.display(), error = %e, "could not remove uncommitted files");
+            }
+        }
+        return;
+    }
+    let mut rels = Vec::new();
+    for kind in RUN_FOLDERS {
+        let prefix = layout.path(&format!("{kind}/{}", layout.part()));
+        let mut listing = layout.output.store.list(Some(&prefix));
+        while let Some(meta) = futures::StreamExt::next(&mut listing).await {
+            match meta {
+                Ok(meta) => rels.push(meta.location),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not list the run's files to remove them")
+                }
+            }
+        }
+    }
+    for path in rels {
+        match layout.output.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(file = %path, error = %e, "could not remove uncommitted file"),
+        }
+    }
+}
+
+/// The kinds of folder a run writes under `{kind}/run_date=D/run_id=R/`.
+const RUN_FOLDERS: [&str; 4] = ["discrepancies", "corrections", "events", "runs"];
+
+/// Removes what runs of this run date that never committed left behind (a killed
+/// process cleans nothing up): every `run_id=…` folder without a manifest, staging files
+/// included on local files. Only for a run holding the date's lock, so no other run of
+/// the date is under way; a committed run is never touched.
+pub async fn remove_abandoned(layout: &RunLayout) {
+    let mut abandoned = std::collections::BTreeSet::new();
+    for kind in RUN_FOLDERS {
+        let prefix = layout.path(&format!("{kind}/run_date={}", layout.run_date));
+        let Ok(listing) = layout.output.store.list_with_delimiter(Some(&prefix)).await else {
+            continue;
+        };
+        for folder in listing.common_prefixes {
+            if let Some(id) = folder.filename().and_then(|n| n.strip_prefix("run_id=")) {
+                abandoned.insert(id.to_string());
+            }
+        }
+    }
+    for id in abandoned {
+        if id == layout.run_id {
+            continue;
+        }
+        let other = RunLayout {
+            run_id: id.clone(),
+            ..layout.clone()
+        };
+        match layout.output.store.head(&other.path(&other.manifest())).await {
+            Err(object_store::Error::NotFound { .. }) => {}
+            _ => continue,
+        }
+        tracing::info!(run_id = %id, "removing the files of an earlier run that never committed");
+        remove_uncommitted(&other).await;
+    }
 }
 
 /// Best-effort removal of files a failed or withheld run wrote.

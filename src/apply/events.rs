@@ -314,10 +314,11 @@ impl EventRenderer {
         let mut body = Vec::with_capacity(batch.num_rows() * 1024);
         let ids =
             write_events(&self.parts, &self.entity, &self.key, batch, &mut body).map_err(|m| {
-                Error::Internal(format!(
-                    "events of the {} corrections of `{}`: {m}",
-                    self.system, self.entity
-                ))
+                Error::Snapshot {
+                    entity: self.entity.clone(),
+                    system: self.system.clone(),
+                    message: format!("its corrections cannot be written as events: {m}"),
+                }
             })?;
         let reappeared = ids
             .iter()

@@ -225,6 +225,15 @@ pub async fn apply(job: &JobConfig, opts: &ApplyOptions) -> Result<ApplySummary>
         ExporterKind::Postgres { .. } => Db::Pg(postgres::Pg::connect(&opts.system, &url).await?),
         _ => Db::My(mysql::My::connect(&opts.system, &url).await?),
     };
+    // Every column apply names must be in its table, checked before anything is
+    // written: a guard on a column the table lacks would fail row by row.
+    for target in &targets {
+        let columns = match &mut db {
+            Db::Pg(p) => p.columns(&target.table).await?,
+            Db::My(m) => m.columns(&target.table).await?,
+        };
+        check_target_columns(target, &columns, &opts.system)?;
+    }
     let apply_id = format!(
         "{}-{}",
         Utc::now().format("%Y%m%dT%H%M%SZ"),
@@ -322,6 +331,40 @@ pub async fn apply(job: &JobConfig, opts: &ApplyOptions) -> Result<ApplySummary>
         summary.report = Some(output.child(&rel).url());
     }
     Ok(summary)
+}
+
+/// Checks that the table has every column apply touches or guards on: the keys, the
+/// version and soft-delete columns, and each column of the corrections.
+fn check_target_columns(target: &Target, columns: &[String], system: &str) -> Result<()> {
+    if columns.is_empty() {
+        return Err(Error::Usage(format!(
+            "entity `{}`: table {} is not in the {system} database (or this user cannot see it)",
+            target.entity, target.table
+        )));
+    }
+    let named = target
+        .key
+        .iter()
+        .map(|k| (k.as_str(), "key column"))
+        .chain(target.version.iter().map(|v| (v.as_str(), "version column")))
+        .chain(target.soft.iter().map(|s| (s.column.as_str(), "soft-delete column")))
+        .chain(target.corrections.first().into_iter().flat_map(|c| {
+            c.values
+                .iter()
+                .chain(&c.expected)
+                .map(|(col, _)| (col.as_str(), "column of the corrections"))
+        }));
+    for (col, what) in named {
+        if !columns.iter().any(|c| c == col) {
+            return Err(Error::Usage(format!(
+                "entity `{}`: table {} in the {system} database has no {what} `{col}` (its columns: {})",
+                target.entity,
+                target.table,
+                columns.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub(crate) struct Ctx<'a> {
@@ -429,11 +472,32 @@ async fn load_targets(
         }) {
             corrections.extend(read_corrections(output, &f.path).await?);
         }
+        let version = entity.version.as_deref().map(target_name);
+        // Never unguarded: with a version column every update and delete is guarded on
+        // it, so a correction whose expected row lacks it is refused, not applied.
+        if let Some(v) = &version
+            && let Some(c) = corrections
+                .iter()
+                .find(|c| c.op != "insert" && !c.expected.iter().any(|(col, _)| col == v))
+        {
+            return Err(Error::Usage(format!(
+                "entity `{name}`: the job's version column `{v}` is not in correction {} of run {} \
+                 (its expected row has {}), so apply cannot guard it; fix `version` in {} or rerun the diff",
+                c.id,
+                manifest.run_id,
+                c.expected
+                    .iter()
+                    .map(|(col, _)| format!("`{col}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                job.path.display()
+            )));
+        }
         targets.push(Target {
             entity: name.clone(),
             table,
             key: entity.key.iter().map(|k| target_name(k)).collect(),
-            version: entity.version.as_deref().map(target_name),
+            version,
             soft,
             corrections,
         });
@@ -474,7 +538,10 @@ impl CorrectionBatches {
             .bytes()
             .await
             .map_err(storage)?;
-        let bad = |m: String| Error::Internal(format!("{}: {m}", location.url()));
+        let bad = |message: String| Error::BadFile {
+            path: location.url(),
+            message,
+        };
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .map_err(|e| bad(e.to_string()))?
             .build()
@@ -487,7 +554,10 @@ impl CorrectionBatches {
 
     /// The corrections of one batch read from the file at `url`.
     pub(crate) fn corrections(url: &str, b: &RecordBatch) -> Result<Vec<Correction>> {
-        let bad = |m: String| Error::Internal(format!("{url}: {m}"));
+        let bad = |message: String| Error::BadFile {
+            path: url.to_string(),
+            message,
+        };
         let mut out = Vec::with_capacity(b.num_rows());
         let schema = b.schema();
         let col = |n: &str| {

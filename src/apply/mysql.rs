@@ -130,6 +130,22 @@ impl My {
         }
     }
 
+    /// The columns of `table` (`db.table` or a table of the connection's database).
+    pub(crate) async fn columns(&mut self, table: &str) -> Result<Vec<String>> {
+        let (schema, name) = match table.split_once('.') {
+            Some((s, t)) => (Some(s.to_string()), t.to_string()),
+            None => (None, table.to_string()),
+        };
+        let r = self
+            .conn
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
+                (schema, name),
+            )
+            .await;
+        r.map_err(|e| self.fail(&format!("reading the columns of table {table}"), e))
+    }
+
     pub(crate) async fn ensure_ledger(&mut self) -> Result<()> {
         let sql = format!(
             "CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (correction_id varchar(32) PRIMARY KEY, job varchar(128) NOT NULL, run_id varchar(64) NOT NULL, entity varchar(128) NOT NULL, op varchar(16) NOT NULL, outcome varchar(16) NOT NULL, applied_at timestamp(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB"

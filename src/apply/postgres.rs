@@ -152,6 +152,19 @@ impl Pg {
         }
     }
 
+    /// The columns of `table`, or a clear error when it does not exist.
+    pub(crate) async fn columns(&self, table: &str) -> Result<Vec<String>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+                &[&q(table)],
+            )
+            .await
+            .map_err(|e| self.fail(&format!("reading the columns of table {table}"), e))?;
+        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    }
+
     pub(crate) async fn ensure_ledger(&mut self) -> Result<()> {
         let sql = format!(
             "CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (correction_id text PRIMARY KEY, job text NOT NULL, run_id text NOT NULL, entity text NOT NULL, op text NOT NULL, outcome text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"

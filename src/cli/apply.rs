@@ -58,7 +58,9 @@ pub async fn run(args: ApplyArgs, global: &GlobalArgs) -> Result<ExitCode> {
         allow_guardrail_tripped: args.allow_guardrail_tripped,
         batch_rows: args.batch_rows,
     };
-    let summary = crate::apply::apply(&job, &opts).await?;
+    // On a stop signal the open transaction is rolled back by the database when the
+    // connection drops; what was committed before is found `already_applied` next time.
+    let summary = crate::signal::until_stopped(crate::apply::apply(&job, &opts)).await?;
     if !global.quiet {
         print(&summary, args.format);
     }

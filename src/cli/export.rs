@@ -47,11 +47,6 @@ pub async fn run(args: ExportArgs, global: &GlobalArgs) -> Result<ExitCode> {
             job.path.display()
         )));
     }
-    let opts = ExportOptions {
-        run_date: args.run_date,
-        systems: args.systems,
-        entities: args.entities,
-    };
     // The same lock as `recon run`: an export never overlaps a run of the same date.
     let output = crate::store::open(&job.output)?;
     let lock = match args.lock.mode() {
@@ -61,10 +56,17 @@ pub async fn run(args: ExportArgs, global: &GlobalArgs) -> Result<ExitCode> {
                 return Err(Error::NoConditionalWrites { url: output.url() });
             }
             let id = format!("export-{}", crate::run::new_run_id(chrono::Utc::now()));
-            Some(RunLock::acquire(&output, &job.name, args.run_date, &id, ttl).await?)
+            let lock = RunLock::acquire(&output, &job.name, args.run_date, &id, ttl).await?;
+            Some(std::sync::Arc::new(lock.keep()))
         }
     };
-    let report = crate::export::export(&job, &opts).await;
+    let opts = ExportOptions {
+        run_date: args.run_date,
+        systems: args.systems,
+        entities: args.entities,
+        lock: lock.clone(),
+    };
+    let report = crate::signal::until_stopped(crate::export::export(&job, &opts)).await;
     if let Some(lock) = lock {
         lock.release().await;
     }

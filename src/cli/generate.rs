@@ -8,6 +8,11 @@ use super::GlobalArgs;
 use crate::error::{Error, ExitCode, Result};
 use crate::generate::{SAMPLE_RUN_DATE, Sample};
 
+/// The largest `--scale`: about 25 million rows, more than a laptop wants.
+const MAX_SCALE: i64 = 100_000;
+/// The largest `--bench-rows`.
+const MAX_BENCH_ROWS: u64 = 2_000_000_000;
+
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
     /// The lake folder to write (snapshots/{system}/{entity}/run_date=…/part-00000.parquet).
@@ -23,6 +28,13 @@ pub struct GenerateArgs {
 }
 
 pub async fn run(args: GenerateArgs, global: &GlobalArgs) -> Result<ExitCode> {
+    if let Some(rows) = args.bench_rows
+        && !(1..=MAX_BENCH_ROWS).contains(&rows)
+    {
+        return Err(Error::Usage(format!(
+            "--bench-rows must be from 1 to {MAX_BENCH_ROWS}, got {rows}"
+        )));
+    }
     if let Some(rows) = args.bench_rows {
         let expected = crate::generate::bench::write_pair(&args.out, rows)?;
         if !global.quiet {
@@ -36,9 +48,9 @@ pub async fn run(args: GenerateArgs, global: &GlobalArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::Success);
     }
-    if args.scale < 1 {
+    if !(1..=MAX_SCALE).contains(&args.scale) {
         return Err(Error::Usage(format!(
-            "--scale must be at least 1, got {}",
+            "--scale must be from 1 to {MAX_SCALE}, got {}",
             args.scale
         )));
     }

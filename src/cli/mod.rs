@@ -156,8 +156,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Parses a YYYY-MM-DD date argument.
 pub fn parse_date(s: &str) -> std::result::Result<chrono::NaiveDate, String> {
-    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .map_err(|_| format!("`{s}` is not a date in YYYY-MM-DD form"))
+    // Exactly YYYY-MM-DD: chrono alone reads `24-06-01` as the year 24.
+    let shape = s.len() == 10
+        && s.char_indices()
+            .all(|(i, c)| if i == 4 || i == 7 { c == '-' } else { c.is_ascii_digit() });
+    shape
+        .then(|| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
+        .flatten()
+        .ok_or_else(|| format!("`{s}` is not a date in YYYY-MM-DD form (e.g. 2024-06-01)"))
 }
 
 /// Threads DataFusion may use: all cores unless RECON_THREADS says otherwise.

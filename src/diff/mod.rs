@@ -1,6 +1,7 @@
 //! The diff stage: runs one entity's plan in DataFusion and turns the differing rows it
 //! streams into discrepancy rows and typed correction rows.
 
+mod budget;
 pub mod compare;
 pub mod fingerprint;
 pub mod fit;
@@ -185,6 +186,35 @@ impl EntityResult {
 /// Runs one entity: data-quality queries, then the diff, streaming outputs (the
 /// discrepancies, the corrections and their events) to the run.
 pub async fn run_entity(
+    ctx: &SessionContext,
+    plan: &EntityPlan,
+    inputs: [&Snapshot; 2],
+    stamp: &RunStamp,
+    layout: &RunLayout,
+    events: &Events,
+    progress: Option<&progress::Progress>,
+) -> Result<EntityResult> {
+    match run_entity_queries(ctx, plan, inputs, stamp, layout, events, progress).await {
+        // A value that does not fit the unit its column is compared in fails the cast;
+        // name the columns that may hold it.
+        Err(Error::Query { context, source })
+            if matches!(source.find_root(), DataFusionError::ArrowError(..))
+                && !plan.widened_units().is_empty() =>
+        {
+            Err(Error::Query {
+                context: format!(
+                    "{context} ({}: a value outside the finer unit's range cannot be compared; \
+                     export the column in one unit, or ignore it)",
+                    plan.widened_units().join("; ")
+                ),
+                source,
+            })
+        }
+        other => other,
+    }
+}
+
+async fn run_entity_queries(
     ctx: &SessionContext,
     plan: &EntityPlan,
     inputs: [&Snapshot; 2],
@@ -501,7 +531,9 @@ where
         tracing::debug!(entity = %entity, "key summary by aggregation, as asked");
     } else if held <= limit / 2 {
         let sql = plan.key_pairs_sql("source", "replica");
-        match query("key summary", context.clone(), sql, Tuning::Pairs).await {
+        // No key repeated on both sides: at most one pair per row of either side.
+        let budget = keyed[0].saturating_add(keyed[1]);
+        match query("key summary", context.clone(), sql, Tuning::Pairs { budget }).await {
             Ok((schema, pairs, physical)) => match pairs_are_exact(&pairs, &physical, keyed) {
                 Ok(()) => {
                     let table = MemTable::try_new(schema, vec![pairs])
@@ -523,6 +555,10 @@ where
                 if matches!(source.find_root(), DataFusionError::ResourcesExhausted(_)) =>
             {
                 tracing::info!(entity = %entity, "the key join ran out of memory: key summary by aggregation instead")
+            }
+            Err(Error::Query { source, .. }) if budget::OverBudget::find(&source).is_some() => {
+                let why = budget::OverBudget::find(&source).expect("found");
+                tracing::info!(entity = %entity, "{why}: key summary by aggregation instead")
             }
             Err(e) => return Err(e),
         }
@@ -687,8 +723,9 @@ enum Tuning {
     /// Every projected column of every row is decoded; the query reads most rows.
     Full,
     /// As `Full`, with every hash join holding its left side once (a single
-    /// partition), for the key join of [`key_summary`], sized beforehand.
-    Pairs,
+    /// partition), for the key join of [`key_summary`], sized beforehand, and emitting
+    /// at most `budget` rows ([`budget::RowBudgetExec`]).
+    Pairs { budget: u64 },
     /// One partition, so that the rows come in the order they are stored: each side of
     /// the key merge, and the diff over its pairs.
     Ordered,
@@ -719,7 +756,7 @@ async fn physical_plan(
     match tuning {
         Tuning::Full => {}
         Tuning::Ordered => options.execution.target_partitions = 1,
-        Tuning::Pairs => {
+        Tuning::Pairs { .. } => {
             options.optimizer.hash_join_single_partition_threshold = usize::MAX;
             options.optimizer.hash_join_single_partition_threshold_rows = usize::MAX;
             // The source is held, as sized beforehand; the replica, whose columns the
@@ -732,10 +769,15 @@ async fn physical_plan(
         .create_logical_plan(sql)
         .await
         .map_err(|e| Error::query(context, e))?;
-    state
+    let physical = state
         .create_physical_plan(&logical)
         .await
-        .map_err(|e| Error::query(context, e))
+        .map_err(|e| Error::query(context, e))?;
+    match tuning {
+        Tuning::Pairs { budget } => budget::RowBudgetExec::on_joins(physical, budget)
+            .map_err(|e| Error::query(context, e)),
+        _ => Ok(physical),
+    }
 }
 
 /// Reports on a query that ran: what it spilled (info) and, at trace level, its plan
@@ -1374,8 +1416,8 @@ pub fn correction_schema(plan: &EntityPlan, side: Side) -> SchemaRef {
         .iter()
         .map(|m| Field::new(m.name(side), m.data_type(side).clone(), true))
         .collect();
-    if let (Side::Replica, Some(soft)) = (side, extra_soft_column(plan)) {
-        payload.push(Field::new(&soft.name, soft_type(soft), true));
+    if let (Side::Replica, Some(soft)) = (side, plan.extra_soft()) {
+        payload.push(Field::new(&soft.name, soft.data_type(), true));
     }
     let mut fields = vec![
         Field::new("correction_id", DataType::Utf8, false),
@@ -1395,24 +1437,10 @@ pub fn correction_schema(plan: &EntityPlan, side: Side) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// The replica's soft-delete column when it is not one of the mapped columns.
-fn extra_soft_column(plan: &EntityPlan) -> Option<&SoftColumn> {
-    plan.replica_soft
-        .as_ref()
-        .filter(|s| !plan.mapped.iter().any(|m| m.replica == s.name))
-}
-
-fn soft_type(s: &SoftColumn) -> DataType {
-    match &s.marker {
-        SoftMarker::Bool(_) => DataType::Boolean,
-        SoftMarker::NotNull(t) => t.clone(),
-    }
-}
-
 /// The value a soft-deleted (or, with `deleted = false`, a live) row has in `s`.
 /// Deterministic: a timestamp column gets midnight UTC of the run date.
 fn soft_value(s: &SoftColumn, run_date: NaiveDate, deleted: bool) -> Result<ScalarValue> {
-    let t = soft_type(s);
+    let t = s.data_type();
     let value = match (&s.marker, deleted) {
         (SoftMarker::Bool(v), true) => ScalarValue::Boolean(Some(*v)),
         (SoftMarker::Bool(v), false) => ScalarValue::Boolean(Some(!*v)),
@@ -1452,7 +1480,6 @@ fn build_corrections(
         Side::Replica => "r",
         Side::Source => "s",
     };
-    let n = pending.len();
     let indices = UInt32Array::from_iter_values(pending.iter().map(|p| p.row));
     let internal = |e: arrow::error::ArrowError| {
         Error::Internal(format!(
@@ -1497,11 +1524,11 @@ fn build_corrections(
         values.push(value);
         expected.push(cur);
     }
-    if let (Side::Replica, Some(soft)) = (side, extra_soft_column(plan)) {
+    if let (Side::Replica, Some(soft)) = (side, plan.extra_soft()) {
         let deleted = soft_value(soft, run_date, true)?;
         let live = soft_value(soft, run_date, false)?;
         let none =
-            ScalarValue::try_from(&soft_type(soft)).map_err(|e| Error::Internal(e.to_string()))?;
+            ScalarValue::try_from(&soft.data_type()).map_err(|e| Error::Internal(e.to_string()))?;
         let scalars: Vec<ScalarValue> = pending
             .iter()
             .map(|p| match p.op {
@@ -1513,7 +1540,10 @@ fn build_corrections(
         let array =
             ScalarValue::iter_to_array(scalars).map_err(|e| Error::Internal(e.to_string()))?;
         values.push(array);
-        expected.push(arrow::array::new_null_array(&soft_type(soft), n));
+        let j = plan.mapped.len();
+        let cur = take(column(batch, &format!("rcur{j}")).as_ref(), &indices, None)
+            .map_err(internal)?;
+        expected.push(cur);
     }
 
     let payload_fields: Fields = match schema
@@ -1552,7 +1582,7 @@ fn build_corrections(
                     changed.values().append_value(plan.mapped[*j].name(side));
                 }
                 // An insert also sets the replica's own soft-delete column, to live.
-                if let (Op::Insert, Side::Replica, Some(soft)) = (op, side, extra_soft_column(plan))
+                if let (Op::Insert, Side::Replica, Some(soft)) = (op, side, plan.extra_soft())
                 {
                     changed.values().append_value(&soft.name);
                 }

@@ -125,6 +125,16 @@ pub struct SoftColumn {
     pub marker: SoftMarker,
 }
 
+impl SoftColumn {
+    /// The column's type in its snapshot.
+    pub fn data_type(&self) -> DataType {
+        match &self.marker {
+            SoftMarker::Bool(_) => DataType::Boolean,
+            SoftMarker::NotNull(t) => t.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct EntityPlan {
     pub entity: EntityConfig,
@@ -305,6 +315,16 @@ impl EntityPlan {
             }
         }
         let index_of = |name: &str| mapped.iter().position(|m| m.source == name);
+        // Apply guards updates and deletes on the version column alone: one missing from
+        // a snapshot would leave them unguarded.
+        if let Some(v) = &entity.version
+            && index_of(v).is_none()
+        {
+            lookup(v, "version column")?;
+            return Err(err(format!(
+                "version column `{v}` is shadowed by a rename onto `{v}`"
+            )));
+        }
 
         let (source_soft, replica_soft) = match &entity.deletes {
             DeletePolicy::Soft {
@@ -413,6 +433,55 @@ impl EntityPlan {
 
     pub fn field_column(&self, f: &FieldPlan) -> &MappedColumn {
         &self.mapped[f.column]
+    }
+
+    /// The mapped columns whose two sides count time in different units (timestamps or
+    /// durations), each described for an error message. They are compared in the finer
+    /// unit, which holds a shorter span (nanoseconds: 1677-09-21 to 2262-04-11), so a
+    /// value of the coarser side outside it cannot be compared: recon stops with exit 4
+    /// rather than compare it wrongly.
+    pub fn widened_units(&self) -> Vec<String> {
+        let unit = |t: &DataType| match value_type(t) {
+            DataType::Timestamp(u, _) | DataType::Duration(u) => Some(*u),
+            _ => None,
+        };
+        self.mapped
+            .iter()
+            .filter_map(|m| match (unit(&m.source_type), unit(&m.replica_type)) {
+                (Some(a), Some(b)) if a != b => Some(format!(
+                    "`{}` is in {} in the source and in {} in the replica, compared in {}",
+                    m.source,
+                    unit_name(a),
+                    unit_name(b),
+                    unit_name(finer(a, b))
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The replica's soft-delete column when it is not one of the mapped columns. The
+    /// queries carry its raw value after the replica's mapped columns, as column
+    /// `mapped.len()` (`v{n}`, `rv{n}`, `rcur{n}`), so that a correction's `expected`
+    /// holds the value the snapshot saw.
+    pub fn extra_soft(&self) -> Option<&SoftColumn> {
+        self.replica_soft
+            .as_ref()
+            .filter(|s| !self.mapped.iter().any(|m| m.replica == s.name))
+    }
+
+    /// The replica's columns the queries carry, in order: the mapped columns, then
+    /// [`Self::extra_soft`]. (name, declared type.)
+    fn replica_carried(&self) -> Vec<(&str, DataType)> {
+        let mut out: Vec<(&str, DataType)> = self
+            .mapped
+            .iter()
+            .map(|m| (m.replica.as_str(), m.replica_type.clone()))
+            .collect();
+        if let Some(s) = self.extra_soft() {
+            out.push((s.name.as_str(), s.data_type()));
+        }
+        out
     }
 
     /// One comparator function per compared field, named `recon_cmp_{i}`.
@@ -647,14 +716,14 @@ impl EntityPlan {
             .collect::<Vec<_>>()
             .join(", ");
         // The replica's raw mapped columns, as the pairs carry them.
-        let replica_values = self
-            .mapped
+        let carried = self.replica_carried();
+        let replica_values = carried
             .iter()
             .enumerate()
-            .map(|(j, m)| format!("t.{} AS \"v{j}\"", quote(m.name(Side::Replica))))
+            .map(|(j, (name, _))| format!("t.{} AS \"v{j}\"", quote(name)))
             .collect::<Vec<_>>()
             .join(", ");
-        let carried_values = (0..self.mapped.len())
+        let carried_values = (0..carried.len())
             .map(|j| format!("r.\"v{j}\" AS \"v{j}\""))
             .collect::<Vec<_>>()
             .join(", ");
@@ -702,13 +771,17 @@ impl EntityPlan {
         let values: String = if keys_only {
             String::new()
         } else {
-            self.mapped
+            let names: Vec<&str> = match side {
+                Side::Source => self.mapped.iter().map(|m| m.source.as_str()).collect(),
+                Side::Replica => self.replica_carried().into_iter().map(|(n, _)| n).collect(),
+            };
+            names
                 .iter()
                 .enumerate()
-                .map(|(j, m)| {
+                .map(|(j, name)| {
                     format!(
                         ",\n       t.{} AS \"{}{j}\"",
-                        quote(m.name(side)),
+                        quote(name),
                         carried_prefix(side)
                     )
                 })
@@ -735,12 +808,12 @@ impl EntityPlan {
     /// columns of [`Self::payload_sql`] (queries/pairs_payload.sql).
     fn pairs_payload_sql(&self, pairs: &str) -> String {
         let values = self
-            .mapped
+            .replica_carried()
             .iter()
             .enumerate()
-            .map(|(j, m)| {
+            .map(|(j, (_, t))| {
                 let v = format!("\"v{j}\"");
-                let value = cast_to(&v, &m.scan_type(Side::Replica), &m.replica_type);
+                let value = cast_to(&v, &scan_type(t), t);
                 format!("{value} AS {v}")
             })
             .collect::<Vec<_>>()
@@ -779,9 +852,17 @@ impl EntityPlan {
     /// Parquet pages they point into, so the diff holds only the few rows it reads.
     fn payload_sql(&self, side: Side, table: &str) -> String {
         let mut projection = self.key_projection(side);
-        for (j, m) in self.mapped.iter().enumerate() {
-            let col = format!("t.{}", quote(m.name(side)));
-            let value = cast_to(&col, &m.scan_type(side), m.data_type(side));
+        let columns: Vec<(&str, DataType)> = match side {
+            Side::Source => self
+                .mapped
+                .iter()
+                .map(|m| (m.source.as_str(), m.source_type.clone()))
+                .collect(),
+            Side::Replica => self.replica_carried(),
+        };
+        for (j, (name, t)) in columns.iter().enumerate() {
+            let col = format!("t.{}", quote(name));
+            let value = cast_to(&col, &scan_type(t), t);
             projection.push(format!("{value} AS \"v{j}\""));
         }
         let (_, _, complete) = self.key_lists(side, "t.");
@@ -856,6 +937,10 @@ impl EntityPlan {
             out.push(rcur, format!("rcur{j}"));
             out.push(scur, format!("scur{j}"));
         }
+        if self.extra_soft().is_some() {
+            let j = self.mapped.len();
+            out.push(raw(Side::Replica, j), format!("rcur{j}"));
+        }
         out
     }
 
@@ -869,12 +954,16 @@ impl EntityPlan {
                 Side::Source => ("\"__sl\"", "sv", "sv"),
                 Side::Replica => ("\"__rl\"", "v", "rv"),
             };
-            self.mapped
+            let columns: Vec<DataType> = match side {
+                Side::Source => self.mapped.iter().map(|m| m.source_type.clone()).collect(),
+                Side::Replica => self.replica_carried().into_iter().map(|(_, t)| t).collect(),
+            };
+            columns
                 .iter()
                 .enumerate()
-                .map(|(j, m)| {
+                .map(|(j, t)| {
                     let v = format!("\"{prefix}{j}\"");
-                    let value = cast_to(&v, &m.scan_type(side), m.data_type(side));
+                    let value = cast_to(&v, &scan_type(t), t);
                     format!("CASE WHEN {live} = 1 THEN {value} END AS \"{alias}{j}\"")
                 })
                 .collect::<Vec<_>>()
@@ -931,8 +1020,8 @@ impl EntityPlan {
                 .collect::<Vec<_>>()
                 .join(" AND ")
         };
-        let side_values = |alias: &str, prefix: &str| {
-            (0..self.mapped.len())
+        let side_values = |alias: &str, prefix: &str, n: usize| {
+            (0..n)
                 .map(|j| format!("{alias}.\"v{j}\" AS \"{prefix}{j}\""))
                 .collect::<Vec<_>>()
                 .join(", ")
@@ -956,8 +1045,11 @@ impl EntityPlan {
                     },
                 ),
                 ("columns", &columns.join(",\n         ")),
-                ("source_values", &side_values("sp", "sv")),
-                ("replica_values", &side_values("rp", "rv")),
+                ("source_values", &side_values("sp", "sv", self.mapped.len())),
+                (
+                    "replica_values",
+                    &side_values("rp", "rv", self.replica_carried().len()),
+                ),
                 ("d_keys", &self.key_names("d.")),
                 ("sides_on", &sides_on),
                 ("source_payload_on", &payload_on("sp")),
@@ -1199,6 +1291,15 @@ pub fn value_type(t: &DataType) -> &DataType {
 /// Struct, list and map columns: not compared (see [`common_type`]).
 pub fn is_nested(t: &DataType) -> bool {
     t.is_nested()
+}
+
+fn unit_name(u: TimeUnit) -> &'static str {
+    match u {
+        TimeUnit::Second => "seconds",
+        TimeUnit::Millisecond => "milliseconds",
+        TimeUnit::Microsecond => "microseconds",
+        TimeUnit::Nanosecond => "nanoseconds",
+    }
 }
 
 fn finer(a: TimeUnit, b: TimeUnit) -> TimeUnit {

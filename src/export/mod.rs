@@ -83,6 +83,8 @@ pub struct ExportOptions {
     pub systems: Vec<String>,
     /// Entities to export; empty means all.
     pub entities: Vec<String>,
+    /// The run date's lock, checked before the snapshots are committed.
+    pub lock: Option<std::sync::Arc<crate::lock::HeldLock>>,
 }
 
 /// What an export did, per system and entity (printed, and kept in the run summary).
@@ -307,7 +309,14 @@ async fn export_system(
             return Err(e);
         }
     };
-    // Every entity is written: commit each folder with its manifest.
+    // Every entity is written: commit each folder with its manifest, unless the lock
+    // was lost meanwhile.
+    if let Some(lock) = &opts.lock
+        && let Err(e) = lock.check().await
+    {
+        remove_parts(&targets).await;
+        return Err(e);
+    }
     let mut reports = Vec::new();
     for (i, t) in targets.iter().enumerate() {
         let Some(w) = &t.done else {
@@ -411,14 +420,18 @@ pub async fn read_manifest(location: &Location) -> Result<Option<SnapshotManifes
             });
         }
     };
-    let manifest: SnapshotManifest = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Internal(format!("{} is not a snapshot manifest: {e}", child.url())))?;
+    let manifest: SnapshotManifest = serde_json::from_slice(&bytes).map_err(|e| Error::BadFile {
+        path: child.url(),
+        message: format!("not a snapshot manifest: {e}"),
+    })?;
     if manifest.format_version > SNAPSHOT_MANIFEST_FORMAT {
-        return Err(Error::Internal(format!(
-            "{} has format version {}, newer than this recon reads ({SNAPSHOT_MANIFEST_FORMAT})",
-            child.url(),
-            manifest.format_version
-        )));
+        return Err(Error::BadFile {
+            path: child.url(),
+            message: format!(
+                "format version {}, newer than this recon reads ({SNAPSHOT_MANIFEST_FORMAT}): upgrade recon",
+                manifest.format_version
+            ),
+        });
     }
     Ok(Some(manifest))
 }

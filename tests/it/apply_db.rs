@@ -532,3 +532,53 @@ fn a_guardrail_tripped_run_is_refused_unless_allowed() {
     assert_eq!(count(&s, "memberships", "insert", "failed"), 1, "{s}");
     assert_eq!(count(&s, "tenants", "delete", "failed"), 1, "{s}");
 }
+
+/// Apply never runs unguarded or half-checked: a `version` the corrections do not carry
+/// (a typo made after the run) and a column the target table lacks are refused before
+/// one row is written, naming the entity and column.
+fn refuses_unguarded_and_missing_columns(replica_is_mariadb: bool) {
+    let c = Cycle::new(replica_is_mariadb);
+    c.run();
+    let before = c.dump();
+    let job_path = c.path().join("job.toml");
+    let job = std::fs::read_to_string(&job_path).unwrap();
+    std::fs::write(
+        &job_path,
+        job.replace(
+            "key = [\"tenant_id\"]\n",
+            "key = [\"tenant_id\"]\nversion = \"revision\"\n",
+        ),
+    )
+    .unwrap();
+    let out = c.apply(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("entity `tenants`: the job's version column `revision` is not in correction"),
+        "{stderr}"
+    );
+    assert_eq!(c.dump(), before, "nothing written");
+
+    std::fs::write(&job_path, &job).unwrap();
+    let all_tenants = "SELECT tenant_id, name, plan FROM tenants ORDER BY 1;";
+    let tenants_before = (c.replica)(all_tenants);
+    (c.replica)("ALTER TABLE users DROP COLUMN seen_at;");
+    let out = c.apply(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("entity `users`: table users in the service database has no column of the corrections `seen_at`"),
+        "{stderr}"
+    );
+    assert_eq!((c.replica)(all_tenants), tenants_before, "nothing written");
+}
+
+#[test]
+fn apply_refuses_to_run_unguarded_or_against_missing_columns_mariadb() {
+    refuses_unguarded_and_missing_columns(true);
+}
+
+#[test]
+fn apply_refuses_to_run_unguarded_or_against_missing_columns_postgres() {
+    refuses_unguarded_and_missing_columns(false);
+}

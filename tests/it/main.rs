@@ -1,6 +1,7 @@
 //! Integration tests: one binary, shared helpers in `common`.
 
 mod apply_db;
+mod bad_input;
 mod cli;
 mod common;
 mod db;
@@ -8,8 +9,10 @@ mod differential;
 mod export_db;
 mod export_files;
 mod export_http;
+mod faults;
 mod lock;
 mod s3;
+mod safety;
 mod sample;
 mod store;
 mod trust;

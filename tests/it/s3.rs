@@ -262,7 +262,7 @@ api_bind_addr = "127.0.0.1:{admin}"
     }
 }
 
-fn recon_cmd(fx: &Fixture, server: &S3Server) -> Command {
+pub(crate) fn recon_cmd(fx: &Fixture, server: &S3Server) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_recon"));
     cmd.current_dir(fx.path())
         .env_remove("RUST_LOG")
@@ -271,12 +271,12 @@ fn recon_cmd(fx: &Fixture, server: &S3Server) -> Command {
     cmd
 }
 
-fn code(out: &std::process::Output) -> i32 {
+pub(crate) fn code(out: &std::process::Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }
 
 /// Runs the sample job with outputs on `server` and checks them against the file run.
-async fn assert_same_as_file_run(server: &S3Server, out_prefix: &str, run_id: &str) {
+pub(crate) async fn assert_same_as_file_run(server: &S3Server, out_prefix: &str, run_id: &str) {
     let local = tempfile::tempdir().unwrap();
     download(server.store().as_ref(), out_prefix, local.path()).await;
     let s3_runs = manifests(local.path());
@@ -332,6 +332,11 @@ async fn moto_honours_conditional_writes_and_one_run_at_a_time() {
     crate::lock::concurrent_acquire_lets_one_through(&output).await;
     // A stale lock is taken over with If-Match.
     crate::lock::stale_lock_is_taken_over(&output).await;
+    crate::lock::race_for_the_lock(&server.location("locks-race"), 20, 20).await;
+    crate::lock::a_kept_lock_is_renewed_and_a_lost_one_stops_the_commit(
+        &server.location("locks-kept"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,7 +377,7 @@ async fn moto_second_run_is_refused_then_outputs_match_the_file_run() {
 }
 
 /// The sample lake uploaded to the server, and a fixture job reading it from there.
-async fn sample_on(server: &S3Server) -> Fixture {
+pub(crate) async fn sample_on(server: &S3Server) -> Fixture {
     let fx = Fixture::new();
     upload(
         server.store().as_ref(),

@@ -98,14 +98,9 @@ pub struct Classes {
 }
 
 impl Default for Classes {
-    /// What `make test` runs: every class the engine passes. Off: a soft-delete column
-    /// the source does not have, whose `expected` value recon does not carry yet (it
-    /// writes NULL, the row's value is `false` or `true`).
+    /// What `make test` runs: every class.
     fn default() -> Self {
-        Classes {
-            soft_replica_only: false,
-            ..Classes::all()
-        }
+        Classes::all()
     }
 }
 
@@ -139,11 +134,7 @@ impl Classes {
     }
     /// Each switch named `RECON_FUZZ_<NAME>` set to 0 or 1 overrides the default.
     pub fn from_env() -> Self {
-        let mut c = if std::env::var("RECON_FUZZ_ALL").is_ok_and(|v| v == "1") {
-            Classes::all()
-        } else {
-            Classes::default()
-        };
+        let mut c = Classes::default();
         let set = |name: &str, flag: &mut bool| {
             if let Ok(v) = std::env::var(format!("RECON_FUZZ_{name}")) {
                 *flag = v == "1";

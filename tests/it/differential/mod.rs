@@ -3,8 +3,8 @@
 //! (`reference`), with a shrinker that prints a minimal failing case (`gen`).
 //!
 //! `make fuzz-diff SEED=… CASES=…` runs more cases (`RECON_FUZZ_SEED`, `RECON_FUZZ_CASES`;
-//! `RECON_FUZZ_ALL=1` turns on every class of [`generate::Classes`], `RECON_FUZZ_<CLASS>=0|1`
-//! one of them; `RECON_FUZZ_CASE=<case seed>` runs one case).
+//! `RECON_FUZZ_<CLASS>=0|1` turns one class of [`generate::Classes`] on or off;
+//! `RECON_FUZZ_CASE=<case seed>` runs one case).
 
 #[path = "gen.rs"]
 mod generate;
