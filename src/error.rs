@@ -97,6 +97,11 @@ pub enum Error {
         source: parquet::errors::ParquetError,
     },
 
+    /// Values of the snapshots that cannot be compared as the job asks (a timestamp
+    /// outside the unit its column is compared in).
+    #[error("entity `{entity}`: {message}")]
+    Values { entity: String, message: String },
+
     /// A file recon reads back (a manifest, a pointer) is not what it should be.
     #[error("{path}: {message}")]
     BadFile { path: String, message: String },
@@ -159,6 +164,7 @@ impl Error {
             | Error::CorruptFile { .. }
             | Error::SchemaMismatch { .. }
             | Error::BadFile { .. }
+            | Error::Values { .. }
             | Error::Export { .. } => ExitCode::InputData,
             Error::SourceUnavailable { .. } => ExitCode::Storage,
             Error::Storage { source, .. } => storage_exit_code(source),

@@ -743,16 +743,18 @@ fn parse_field(raw: RawField) -> std::result::Result<FieldRule, String> {
         }
     }
     if let Some(t) = raw.abs_tol {
-        compare.abs_tol = Some(
-            Tolerance::from_f64(t)
-                .ok_or_else(|| format!("abs_tol must be a number from 0 to 1e38 with at most 30 decimal places, got {t}"))?,
-        );
+        compare.abs_tol = Some(Tolerance::from_f64(t).ok_or_else(|| {
+            format!(
+                "abs_tol must be a number from 0 to 1e38 with at most 30 decimal places, got {t}"
+            )
+        })?);
     }
     if let Some(t) = raw.rel_tol {
-        compare.rel_tol = Some(
-            Tolerance::from_f64(t)
-                .ok_or_else(|| format!("rel_tol must be a number from 0 to 1e38 with at most 30 decimal places, got {t}"))?,
-        );
+        compare.rel_tol = Some(Tolerance::from_f64(t).ok_or_else(|| {
+            format!(
+                "rel_tol must be a number from 0 to 1e38 with at most 30 decimal places, got {t}"
+            )
+        })?);
     }
     if let Some(p) = raw.precision {
         use arrow::datatypes::TimeUnit;

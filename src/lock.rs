@@ -228,9 +228,9 @@ async fn swap(location: &Location, seen: &Seen, new: Option<Vec<u8>>) -> Result<
                 e_tag: put.e_tag,
                 version: put.version,
             })),
-            Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => {
-                Ok(Swapped::Lost)
-            }
+            Err(
+                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
+            ) => Ok(Swapped::Lost),
             Err(e) => Err(e.into()),
         },
         // No conditional delete in object_store: read, compare, delete. Only a run
@@ -333,7 +333,11 @@ impl RunLock {
         // again once.
         for _ in 0..2 {
             match store
-                .put_opts(path, PutPayload::from(bytes.clone()), PutMode::Create.into())
+                .put_opts(
+                    path,
+                    PutPayload::from(bytes.clone()),
+                    PutMode::Create.into(),
+                )
                 .await
             {
                 Ok(put) => {
@@ -399,9 +403,7 @@ impl RunLock {
                     seen: Seen { bytes, version },
                     ttl,
                 }),
-                Swapped::Lost => Err(locked(
-                    "another run that took the lock over first".into(),
-                )),
+                Swapped::Lost => Err(locked("another run that took the lock over first".into())),
             };
         }
         Err(locked("another run".into()))

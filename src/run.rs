@@ -301,7 +301,10 @@ pub async fn run(job: &JobConfig, opts: &RunOptions) -> Result<RunOutcome> {
             );
             let outcome = crate::signal::until_stopped(work.instrument(span)).await;
             if let Err(Error::Interrupted { signal }) = &outcome {
-                warn!(signal, "stopped by a signal: removing the run's uncommitted files");
+                warn!(
+                    signal,
+                    "stopped by a signal: removing the run's uncommitted files"
+                );
                 // The writers of the dropped stage stop at their next await; a file
                 // operation already under way finishes first.
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -748,9 +751,8 @@ async fn previous_rows(layout: &RunLayout) -> Result<BTreeMap<String, PreviousRo
         let Some(summary) = manifest.files.iter().find(|f| f.kind == "summary") else {
             continue;
         };
-        let Some(past) = passed_over(
-            write::get_json::<PastSummary>(&layout.output, &summary.path).await,
-        )?
+        let Some(past) =
+            passed_over(write::get_json::<PastSummary>(&layout.output, &summary.path).await)?
         else {
             continue;
         };

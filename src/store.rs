@@ -53,8 +53,7 @@ impl Location {
 
     /// The file this location names, for a location on the local file system.
     pub fn local_path(&self) -> Option<std::path::PathBuf> {
-        (self.root.as_str() == "file:///")
-            .then(|| FsPath::new("/").join(self.prefix.as_ref()))
+        (self.root.as_str() == "file:///").then(|| FsPath::new("/").join(self.prefix.as_ref()))
     }
 
     /// A location below this one; `rel` is a `/`-separated relative path.

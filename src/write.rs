@@ -396,7 +396,12 @@ pub struct LatestPointer {
 /// which leaves no list of what it wrote. A committed run (its manifest present) is
 /// never touched.
 pub async fn remove_uncommitted(layout: &RunLayout) {
-    match layout.output.store.head(&layout.path(&layout.manifest())).await {
+    match layout
+        .output
+        .store
+        .head(&layout.path(&layout.manifest()))
+        .await
+    {
         Err(object_store::Error::NotFound { .. }) => {}
         Ok(_) => return,
         Err(e) => {
@@ -466,7 +471,12 @@ pub async fn remove_abandoned(layout: &RunLayout) {
             run_id: id.clone(),
             ..layout.clone()
         };
-        match layout.output.store.head(&other.path(&other.manifest())).await {
+        match layout
+            .output
+            .store
+            .head(&other.path(&other.manifest()))
+            .await
+        {
             Err(object_store::Error::NotFound { .. }) => {}
             _ => continue,
         }

@@ -346,8 +346,18 @@ fn check_target_columns(target: &Target, columns: &[String], system: &str) -> Re
         .key
         .iter()
         .map(|k| (k.as_str(), "key column"))
-        .chain(target.version.iter().map(|v| (v.as_str(), "version column")))
-        .chain(target.soft.iter().map(|s| (s.column.as_str(), "soft-delete column")))
+        .chain(
+            target
+                .version
+                .iter()
+                .map(|v| (v.as_str(), "version column")),
+        )
+        .chain(
+            target
+                .soft
+                .iter()
+                .map(|s| (s.column.as_str(), "soft-delete column")),
+        )
         .chain(target.corrections.first().into_iter().flat_map(|c| {
             c.values
                 .iter()

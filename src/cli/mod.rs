@@ -158,8 +158,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
 pub fn parse_date(s: &str) -> std::result::Result<chrono::NaiveDate, String> {
     // Exactly YYYY-MM-DD: chrono alone reads `24-06-01` as the year 24.
     let shape = s.len() == 10
-        && s.char_indices()
-            .all(|(i, c)| if i == 4 || i == 7 { c == '-' } else { c.is_ascii_digit() });
+        && s.char_indices().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                c == '-'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
     shape
         .then(|| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
         .flatten()

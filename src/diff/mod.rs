@@ -198,16 +198,16 @@ pub async fn run_entity(
         // A value that does not fit the unit its column is compared in fails the cast;
         // name the columns that may hold it.
         Err(Error::Query { context, source })
-            if matches!(source.find_root(), DataFusionError::ArrowError(..))
-                && !plan.widened_units().is_empty() =>
+            if !plan.widened_units().is_empty()
+                && source.to_string().to_lowercase().contains("cast") =>
         {
-            Err(Error::Query {
-                context: format!(
-                    "{context} ({}: a value outside the finer unit's range cannot be compared; \
-                     export the column in one unit, or ignore it)",
+            Err(Error::Values {
+                entity: plan.entity.name.clone(),
+                message: format!(
+                    "{}: a value outside the finer unit's range cannot be compared; export the \
+                     column in one unit, or ignore it ({context}: {source})",
                     plan.widened_units().join("; ")
                 ),
-                source,
             })
         }
         other => other,
@@ -533,7 +533,14 @@ where
         let sql = plan.key_pairs_sql("source", "replica");
         // No key repeated on both sides: at most one pair per row of either side.
         let budget = keyed[0].saturating_add(keyed[1]);
-        match query("key summary", context.clone(), sql, Tuning::Pairs { budget }).await {
+        match query(
+            "key summary",
+            context.clone(),
+            sql,
+            Tuning::Pairs { budget },
+        )
+        .await
+        {
             Ok((schema, pairs, physical)) => match pairs_are_exact(&pairs, &physical, keyed) {
                 Ok(()) => {
                     let table = MemTable::try_new(schema, vec![pairs])
@@ -774,8 +781,9 @@ async fn physical_plan(
         .await
         .map_err(|e| Error::query(context, e))?;
     match tuning {
-        Tuning::Pairs { budget } => budget::RowBudgetExec::on_joins(physical, budget)
-            .map_err(|e| Error::query(context, e)),
+        Tuning::Pairs { budget } => {
+            budget::RowBudgetExec::on_joins(physical, budget).map_err(|e| Error::query(context, e))
+        }
         _ => Ok(physical),
     }
 }
@@ -1541,8 +1549,8 @@ fn build_corrections(
             ScalarValue::iter_to_array(scalars).map_err(|e| Error::Internal(e.to_string()))?;
         values.push(array);
         let j = plan.mapped.len();
-        let cur = take(column(batch, &format!("rcur{j}")).as_ref(), &indices, None)
-            .map_err(internal)?;
+        let cur =
+            take(column(batch, &format!("rcur{j}")).as_ref(), &indices, None).map_err(internal)?;
         expected.push(cur);
     }
 
@@ -1582,8 +1590,7 @@ fn build_corrections(
                     changed.values().append_value(plan.mapped[*j].name(side));
                 }
                 // An insert also sets the replica's own soft-delete column, to live.
-                if let (Op::Insert, Side::Replica, Some(soft)) = (op, side, plan.extra_soft())
-                {
+                if let (Op::Insert, Side::Replica, Some(soft)) = (op, side, plan.extra_soft()) {
                     changed.values().append_value(&soft.name);
                 }
             }

@@ -420,10 +420,11 @@ pub async fn read_manifest(location: &Location) -> Result<Option<SnapshotManifes
             });
         }
     };
-    let manifest: SnapshotManifest = serde_json::from_slice(&bytes).map_err(|e| Error::BadFile {
-        path: child.url(),
-        message: format!("not a snapshot manifest: {e}"),
-    })?;
+    let manifest: SnapshotManifest =
+        serde_json::from_slice(&bytes).map_err(|e| Error::BadFile {
+            path: child.url(),
+            message: format!("not a snapshot manifest: {e}"),
+        })?;
     if manifest.format_version > SNAPSHOT_MANIFEST_FORMAT {
         return Err(Error::BadFile {
             path: child.url(),

@@ -554,7 +554,8 @@ fn refuses_unguarded_and_missing_columns(replica_is_mariadb: bool) {
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("entity `tenants`: the job's version column `revision` is not in correction"),
+        stderr
+            .contains("entity `tenants`: the job's version column `revision` is not in correction"),
         "{stderr}"
     );
     assert_eq!(c.dump(), before, "nothing written");

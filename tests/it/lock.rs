@@ -165,7 +165,11 @@ pub async fn race_for_the_lock(output: &Location, rounds: usize, contenders: usi
                 process: None,
             };
             let bytes = serde_json::to_vec(&stale).unwrap();
-            output.store.put(&lock, PutPayload::from(bytes)).await.unwrap();
+            output
+                .store
+                .put(&lock, PutPayload::from(bytes))
+                .await
+                .unwrap();
         }
         let tasks: Vec<_> = (0..contenders)
             .map(|i| {
@@ -200,11 +204,17 @@ pub async fn race_for_the_lock(output: &Location, rounds: usize, contenders: usi
             holders += usize::from(t.await.unwrap());
         }
         if expired {
-            assert_eq!(holders, 1, "round {round}: exactly one takes over an expired lock");
+            assert_eq!(
+                holders, 1,
+                "round {round}: exactly one takes over an expired lock"
+            );
         } else {
             assert!(holders >= 1, "round {round}: someone gets a fresh lock");
         }
-        assert!(output.store.head(&lock).await.is_err(), "round {round}: released");
+        assert!(
+            output.store.head(&lock).await.is_err(),
+            "round {round}: released"
+        );
     }
 }
 
@@ -217,7 +227,12 @@ async fn racing_runs_never_hold_the_lock_together_on_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_runs_never_hold_the_lock_together_in_memory() {
-    race_for_the_lock(&recon::store::open("memory://lock-it/race").unwrap(), 20, 20).await;
+    race_for_the_lock(
+        &recon::store::open("memory://lock-it/race").unwrap(),
+        20,
+        20,
+    )
+    .await;
 }
 
 /// A lock whose holder is provably gone (this host, this boot, its process ended) is
@@ -276,10 +291,17 @@ async fn a_dead_holders_lock_is_taken_over_at_once() {
     });
     output
         .store
-        .put(&lock, PutPayload::from(serde_json::to_vec(&other_boot).unwrap()))
+        .put(
+            &lock,
+            PutPayload::from(serde_json::to_vec(&other_boot).unwrap()),
+        )
         .await
         .unwrap();
-    assert!(RunLock::acquire(&output, "job", date(), "fourth", TTL).await.is_err());
+    assert!(
+        RunLock::acquire(&output, "job", date(), "fourth", TTL)
+            .await
+            .is_err()
+    );
 }
 
 /// A kept lock is renewed, so it outlives its time to live; once taken from its
@@ -306,13 +328,26 @@ pub async fn a_kept_lock_is_renewed_and_a_lost_one_stops_the_commit(output: &Loc
         .put(&lock, PutPayload::from(serde_json::to_vec(&rival).unwrap()))
         .await
         .unwrap();
-    let err = held.check().await.expect_err("a lost lock stops the commit");
+    let err = held
+        .check()
+        .await
+        .expect_err("a lost lock stops the commit");
     assert_eq!(err.exit_code(), ExitCode::Locked);
     assert!(err.to_string().contains("commits nothing"), "{err}");
     held.release().await;
-    let left = output.store.get(&lock).await.unwrap().bytes().await.unwrap();
+    let left = output
+        .store
+        .get(&lock)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     let left: LockInfo = serde_json::from_slice(&left).unwrap();
-    assert_eq!(left.run_id, "rival", "a lost lock is left to its new holder");
+    assert_eq!(
+        left.run_id, "rival",
+        "a lost lock is left to its new holder"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

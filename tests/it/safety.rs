@@ -63,11 +63,22 @@ async fn a_committed_run_id_is_refused_and_its_files_are_untouched() {
             && message.contains("--run-id"),
         "{message}"
     );
-    assert_eq!(contents(&fx.out()), before, "the committed run is unchanged");
+    assert_eq!(
+        contents(&fx.out()),
+        before,
+        "the committed run is unchanged"
+    );
     // A new id runs (and fails on the missing snapshot, cleaning up after itself only).
-    let err = run(&job, &opts("nightly-2")).await.err().expect("snapshot gone");
+    let err = run(&job, &opts("nightly-2"))
+        .await
+        .err()
+        .expect("snapshot gone");
     assert_eq!(err.exit_code(), ExitCode::InputData, "{err}");
-    assert_eq!(contents(&fx.out()), before, "a failed rerun removes only its own files");
+    assert_eq!(
+        contents(&fx.out()),
+        before,
+        "a failed rerun removes only its own files"
+    );
 }
 
 /// A `version` column the snapshots do not have would leave apply's guard off: the
@@ -120,6 +131,10 @@ fn one_key(path: &Path, rows: usize, value: &str) {
 }
 
 /// Runs `cmd` and returns its output and its peak resident memory in bytes.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the child is reaped with wait4, which also gives its peak memory"
+)]
 fn run_measured(cmd: &mut Command) -> (std::process::Output, u64) {
     let child = cmd
         .stdout(std::process::Stdio::piped())
@@ -166,7 +181,10 @@ fn run_measured(cmd: &mut Command) -> (std::process::Output, u64) {
 #[test]
 fn a_key_repeated_a_million_times_on_both_sides_stays_within_the_memory_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let (left, right) = (dir.path().join("left.parquet"), dir.path().join("right.parquet"));
+    let (left, right) = (
+        dir.path().join("left.parquet"),
+        dir.path().join("right.parquet"),
+    );
     one_key(&left, 1_000_000, "a");
     one_key(&right, 1_000_000, "b");
     for plan in ["auto", "join", "aggregation"] {
@@ -179,7 +197,14 @@ fn a_key_repeated_a_million_times_on_both_sides_stays_within_the_memory_limit() 
                 .arg(&right)
                 .args(["--key", "id", "--output"])
                 .arg(&out)
-                .args(["--run-date", "2024-06-01", "--format", "json", "--key-plan", plan]),
+                .args([
+                    "--run-date",
+                    "2024-06-01",
+                    "--format",
+                    "json",
+                    "--key-plan",
+                    plan,
+                ]),
         );
         assert!(output.status.success(), "{plan}: {}", describe(&output));
         let m = manifests(&out);
