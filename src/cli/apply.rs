@@ -42,6 +42,8 @@ pub struct ApplyArgs {
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    #[command(flatten)]
+    pub lock: super::LockArgs,
 }
 
 pub async fn run(args: ApplyArgs, global: &GlobalArgs) -> Result<ExitCode> {
@@ -58,9 +60,28 @@ pub async fn run(args: ApplyArgs, global: &GlobalArgs) -> Result<ExitCode> {
         allow_guardrail_tripped: args.allow_guardrail_tripped,
         batch_rows: args.batch_rows,
     };
+    // The run date's lock, as `run` and `export` take it: an apply never overlaps a run
+    // or another apply of the same date. A dry run writes nothing and takes none.
+    let lock = match args.lock.mode() {
+        crate::run::LockMode::Required { ttl } if !args.dry_run => {
+            let output = crate::store::open(&job.output)?;
+            if !crate::lock::probe(&output).await? {
+                return Err(crate::error::Error::NoConditionalWrites { url: output.url() });
+            }
+            let id = format!("apply-{}", crate::run::new_run_id(chrono::Utc::now()));
+            let lock =
+                crate::lock::RunLock::acquire(&output, &job.name, args.run_date, &id, ttl).await?;
+            Some(lock.keep())
+        }
+        _ => None,
+    };
     // On a stop signal the open transaction is rolled back by the database when the
     // connection drops; what was committed before is found `already_applied` next time.
-    let summary = crate::signal::until_stopped(crate::apply::apply(&job, &opts)).await?;
+    let summary = crate::signal::until_stopped(crate::apply::apply(&job, &opts)).await;
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    let summary = summary?;
     if !global.quiet {
         print(&summary, args.format);
     }

@@ -224,3 +224,29 @@ fn a_key_repeated_a_million_times_on_both_sides_stays_within_the_memory_limit() 
         );
     }
 }
+
+/// A damaged `_latest.json` (or manifest) of an earlier run date is passed over by the
+/// guardrail with a warning: one bad file must not stop every later run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_pointer_of_an_earlier_date_does_not_stop_later_runs() {
+    let fx = Fixture::new();
+    let job = JobConfig::load(&fx.job()).unwrap();
+    for (date, text) in [
+        ("2024-05-30", "{\"run_id\": \"x\", \"manif"),
+        (
+            "2024-05-31",
+            "{\"run_id\": \"x\", \"manifest\": \"runs/run_date=2024-05-31/run_id=x/_manifest.json\"}",
+        ),
+    ] {
+        let dir = fx.out().join(format!("runs/run_date={date}"));
+        std::fs::create_dir_all(dir.join("run_id=x")).unwrap();
+        std::fs::write(dir.join("_latest.json"), text).unwrap();
+        std::fs::write(
+            dir.join("run_id=x/_manifest.json"),
+            "{\"format_version\": 1,",
+        )
+        .unwrap();
+    }
+    let outcome = run(&job, &opts("after-damage")).await.unwrap();
+    assert_eq!(outcome.exit, ExitCode::Success);
+}
