@@ -437,3 +437,100 @@ async fn a_flaky_store_gives_a_clean_commit_or_none() {
     );
     assert!(ok > 0, "seed {seed}: no round committed");
 }
+
+/// An export of a CSV drop into a snapshot, in `dir` (job `job.toml`, `rows` rows).
+fn csv_export_job(dir: &Path, rows: usize) {
+    let inbox = dir.join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let mut csv = String::from("id;name;amount\n");
+    for i in 0..rows {
+        csv.push_str(&format!("{i};name-{i};{}.{:02}\n", i % 1000, i % 100));
+    }
+    std::fs::write(inbox.join("items.csv"), csv).unwrap();
+    std::fs::write(
+        dir.join("job.toml"),
+        r#"[job]
+name = "drop"
+lake = "lake"
+output = "out"
+[systems]
+source = "drop"
+replica = "other"
+[exporters.drop]
+kind = "files"
+[[entities]]
+name = "items"
+key = ["id"]
+export.drop = { path = "inbox/items.csv", format = "csv", delimiter = ";", columns = ["id bigint", "name text", "amount decimal(10,2)"] }
+"#,
+    )
+    .unwrap();
+}
+
+/// The export's snapshot folder: its manifest, if committed, lists complete files;
+/// returns the rows it says it holds.
+fn committed_snapshot(dir: &Path) -> Option<u64> {
+    let folder = dir.join("lake/snapshots/drop/items/run_date=2024-06-01");
+    let bytes = std::fs::read(folder.join("_manifest.json")).ok()?;
+    let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let mut rows = 0;
+    for f in m["files"].as_array().unwrap() {
+        let path = folder.join(f["path"].as_str().unwrap());
+        let size = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("the manifest lists {} ({e})", path.display()))
+            .len();
+        assert_eq!(size, f["size"].as_u64().unwrap(), "{}", path.display());
+        let read: usize = read_parquet(&path).iter().map(|b| b.num_rows()).sum();
+        assert_eq!(
+            read as u64,
+            f["rows"].as_u64().unwrap(),
+            "{}",
+            path.display()
+        );
+        rows += read as u64;
+    }
+    Some(rows)
+}
+
+/// Exports killed at points spread over an export's length: the snapshot folder is
+/// always either committed whole or left as it was, and a rerun exports every row.
+#[test]
+fn killed_exports_never_half_commit_a_snapshot() {
+    let seed = seed();
+    let mut rng = Rng(seed);
+    let rows = 200_000;
+    let reference = tempfile::tempdir().unwrap();
+    csv_export_job(reference.path(), rows);
+    let export = |dir: &Path| {
+        let mut cmd = recon(dir);
+        cmd.args(["export", "--job", "job.toml", "--run-date", "2024-06-01"]);
+        cmd
+    };
+    let started = Instant::now();
+    let out = export(reference.path()).output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let length = started.elapsed();
+    assert_eq!(committed_snapshot(reference.path()), Some(rows as u64));
+
+    let dir = tempfile::tempdir().unwrap();
+    csv_export_job(dir.path(), rows);
+    let kills = 8;
+    for i in 0..kills {
+        let at = length.mul_f64((i as f64 + rng.unit()) / kills as f64 * 1.1);
+        let mut child = export(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(at);
+        let _ = child.kill();
+        wait_with_timeout(&mut child, Duration::from_secs(60));
+        if let Some(n) = committed_snapshot(dir.path()) {
+            assert_eq!(n, rows as u64, "seed {seed}, kill {i} at {at:?}");
+        }
+    }
+    let out = export(dir.path()).output().unwrap();
+    assert!(out.status.success(), "seed {seed}: {}", describe(&out));
+    assert_eq!(committed_snapshot(dir.path()), Some(rows as u64));
+    eprintln!("{kills} export kill points (seed {seed}, export length {length:?})");
+}
