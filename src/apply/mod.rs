@@ -633,7 +633,12 @@ impl Iterator for CorrectionBatches {
     fn next(&mut self) -> Option<Self::Item> {
         let batch = match self.reader.next()? {
             Ok(b) => b,
-            Err(e) => return Some(Err(Error::Internal(format!("{}: {e}", self.url)))),
+            Err(e) => {
+                return Some(Err(Error::BadFile {
+                    path: self.url.clone(),
+                    message: format!("not a readable correction file: {e}"),
+                }));
+            }
         };
         Some(Self::corrections(&self.url, &batch))
     }
