@@ -51,6 +51,8 @@ pub struct ApplyOptions {
     /// Apply a run whose guardrail tripped (its withheld entities have no corrections).
     pub allow_guardrail_tripped: bool,
     pub batch_rows: usize,
+    /// The run date's lock, checked before each batch is committed.
+    pub lock: Option<std::sync::Arc<crate::lock::HeldLock>>,
 }
 
 /// What happened to one correction.
@@ -285,6 +287,11 @@ pub async fn apply(job: &JobConfig, opts: &ApplyOptions) -> Result<ApplySummary>
                             Db::My(m) => m.check(target, batch).await?,
                         }
                     } else {
+                        // A batch is one transaction: committed only while the lock
+                        // is still this apply's.
+                        if let Some(lock) = &opts.lock {
+                            lock.check().await?;
+                        }
                         match &mut db {
                             Db::Pg(p) => p.apply_batch(&ctx, target, batch).await?,
                             Db::My(m) => m.apply_batch(&ctx, target, batch).await?,

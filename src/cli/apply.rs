@@ -51,15 +51,6 @@ pub async fn run(args: ApplyArgs, global: &GlobalArgs) -> Result<ExitCode> {
     if let Some(output) = &args.output {
         job.output = crate::store::resolve_url(output, std::path::Path::new("."))?;
     }
-    let opts = ApplyOptions {
-        run_date: args.run_date,
-        run_id: args.run_id,
-        system: args.system,
-        entities: args.entities,
-        dry_run: args.dry_run,
-        allow_guardrail_tripped: args.allow_guardrail_tripped,
-        batch_rows: args.batch_rows,
-    };
     // The run date's lock, as `run` and `export` take it: an apply never overlaps a run
     // or another apply of the same date. A dry run writes nothing and takes none.
     let lock = match args.lock.mode() {
@@ -71,9 +62,19 @@ pub async fn run(args: ApplyArgs, global: &GlobalArgs) -> Result<ExitCode> {
             let id = format!("apply-{}", crate::run::new_run_id(chrono::Utc::now()));
             let lock =
                 crate::lock::RunLock::acquire(&output, &job.name, args.run_date, &id, ttl).await?;
-            Some(lock.keep())
+            Some(std::sync::Arc::new(lock.keep()))
         }
         _ => None,
+    };
+    let opts = ApplyOptions {
+        run_date: args.run_date,
+        run_id: args.run_id,
+        system: args.system,
+        entities: args.entities,
+        dry_run: args.dry_run,
+        allow_guardrail_tripped: args.allow_guardrail_tripped,
+        batch_rows: args.batch_rows,
+        lock: lock.clone(),
     };
     // On a stop signal the open transaction is rolled back by the database when the
     // connection drops; what was committed before is found `already_applied` next time.

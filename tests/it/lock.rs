@@ -379,19 +379,20 @@ fn contender() -> std::path::PathBuf {
     bin
 }
 
-/// Twenty processes race for the lock, twenty rounds, every other one over an expired
-/// lock: no two tenures overlap (each contender marks its tenure with an exclusive
-/// create and exits 1 if the mark is there).
-#[test]
-fn racing_processes_never_hold_the_lock_together_on_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = recon::store::resolve_url(dir.path().to_str().unwrap(), dir.path()).unwrap();
-    let lock = dir.path().join(lock_path(date()));
+/// Twenty processes race for the lock under `url`, twenty rounds, every other one over
+/// an expired lock (planted by `plant`): no two tenures overlap (each contender marks
+/// its tenure with an exclusive create and exits 1 if the mark is there). `configure`
+/// sets a contender's environment; `held` says whether a lock object is left.
+pub fn race_processes(
+    url: &str,
+    configure: &dyn Fn(&mut std::process::Command),
+    plant: &dyn Fn(&LockInfo),
+    held: &dyn Fn() -> bool,
+) {
     let bin = contender();
     for round in 0..20 {
-        let expired = round % 2 == 1;
-        if expired {
-            let stale = LockInfo {
+        if round % 2 == 1 {
+            plant(&LockInfo {
                 job: "job".into(),
                 run_date: date(),
                 run_id: format!("crashed-{round}"),
@@ -399,25 +400,25 @@ fn racing_processes_never_hold_the_lock_together_on_files() {
                 acquired_at: Utc::now() - chrono::Duration::hours(8),
                 expires_at: Utc::now() - chrono::Duration::hours(2),
                 process: None,
-            };
-            std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
-            std::fs::write(&lock, serde_json::to_vec(&stale).unwrap()).unwrap();
+            });
         }
+        // All go at once, whatever their start-up time.
         let start = (Utc::now().timestamp_millis() + 400).to_string();
         let children: Vec<_> = (0..20)
             .map(|i| {
-                std::process::Command::new(&bin)
-                    .args([&url, &format!("r{round}-p{i}"), &start])
+                let mut cmd = std::process::Command::new(&bin);
+                configure(&mut cmd);
+                cmd.args([url, &format!("r{round}-p{i}"), &start])
                     .stderr(std::process::Stdio::piped())
                     .spawn()
                     .unwrap()
             })
             .collect();
-        let mut held = 0;
+        let mut holders = 0;
         for c in children {
             let out = c.wait_with_output().unwrap();
             match out.status.code() {
-                Some(0) => held += 1,
+                Some(0) => holders += 1,
                 Some(6) => {}
                 other => panic!(
                     "round {round}: exit {other:?}: {}",
@@ -425,10 +426,25 @@ fn racing_processes_never_hold_the_lock_together_on_files() {
                 ),
             }
         }
-        // Processes start over a few milliseconds: one that comes after the takeover's
-        // holder released may take the lock afresh, so more than one may hold it in
-        // turn. Never at once: a contender that finds the tenure mark exits 1.
-        assert!(held >= 1, "round {round}: someone gets the lock");
-        assert!(!lock.exists(), "round {round}: released");
+        // One that comes after the holder released may take the lock afresh, so more
+        // than one may hold it in turn; never at once.
+        assert!(holders >= 1, "round {round}: someone gets the lock");
+        assert!(!held(), "round {round}: released");
     }
+}
+
+#[test]
+fn racing_processes_never_hold_the_lock_together_on_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = recon::store::resolve_url(dir.path().to_str().unwrap(), dir.path()).unwrap();
+    let lock = dir.path().join(lock_path(date()));
+    race_processes(
+        &url,
+        &|_| {},
+        &|stale| {
+            std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+            std::fs::write(&lock, serde_json::to_vec(stale).unwrap()).unwrap();
+        },
+        &|| lock.exists(),
+    );
 }

@@ -527,3 +527,30 @@ async fn garage_stopped_mid_write_fails_with_the_storage_code_and_commits_nothin
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].run_id, "rerun");
 }
+
+#[test]
+fn moto_racing_processes_never_hold_the_lock_together() {
+    use object_store::ObjectStoreExt;
+    let Some(server) = S3Server::moto() else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let output = server.location("locks-processes");
+    let lock = output
+        .child(&recon::lock::lock_path(recon::generate::sample_run_date()))
+        .prefix;
+    crate::lock::race_processes(
+        "s3://recon/locks-processes",
+        &|cmd| server.env(cmd),
+        &|stale| {
+            let bytes = serde_json::to_vec(stale).unwrap();
+            runtime
+                .block_on(output.store.put(&lock, bytes.into()))
+                .unwrap();
+        },
+        &|| runtime.block_on(output.store.head(&lock)).is_ok(),
+    );
+}
