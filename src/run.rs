@@ -10,12 +10,13 @@ use serde::{Deserialize, Serialize};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::diff::plan::EntityPlan;
-use crate::diff::{self, Count, EntityResult, Op, RunStamp};
+use crate::diff::{self, Count, EntityResult, RunStamp};
 use crate::error::{Error, ExitCode, Result};
-use crate::job::{EntityConfig, JobConfig};
+use crate::job::JobConfig;
 use crate::lock::{HeldLock, RunLock};
 use crate::snapshot::Snapshot;
 use crate::store;
+use crate::write::encode::Op;
 use crate::write::{self, LatestPointer, MANIFEST_FORMAT, Manifest, ManifestFile, RunLayout};
 use object_store::ObjectStoreExt;
 
@@ -105,7 +106,7 @@ pub struct EntitySummary {
     /// Corrections that an apply of an earlier run date already applied and that are
     /// back tonight: the fix did not stick (replication overwrote it, or a writer).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub reappeared: Vec<crate::apply::events::Reappeared>,
+    pub reappeared: Vec<crate::write::events::Reappeared>,
 }
 
 #[derive(Debug, Serialize)]
@@ -145,45 +146,6 @@ pub struct RunOutcome {
     pub exit: ExitCode,
 }
 
-/// Where an entity's snapshot of `system` is: the job's override (which may use
-/// `{run_date}`, `{system}` and `{entity}`) or `{lake}/snapshots/{system}/{entity}/run_date={date}`.
-pub fn snapshot_url(
-    job: &JobConfig,
-    entity: &EntityConfig,
-    system: &str,
-    run_date: NaiveDate,
-) -> String {
-    let over = if system == job.source {
-        &entity.source_snapshot
-    } else {
-        &entity.replica_snapshot
-    };
-    match over {
-        Some(u) => fill_placeholders(u, run_date, system, &entity.name),
-        None => format!(
-            "{}/snapshots/{system}/{}/run_date={run_date}",
-            job.lake.trim_end_matches('/'),
-            entity.name
-        ),
-    }
-}
-
-/// Fills `{run_date}`, `{system}` and `{entity}` into a URL, also where turning a path
-/// into a `file://` URL percent-encoded the braces.
-pub fn fill_placeholders(url: &str, run_date: NaiveDate, system: &str, entity: &str) -> String {
-    let mut out = url.to_string();
-    for (name, value) in [
-        ("run_date", run_date.to_string()),
-        ("system", system.to_string()),
-        ("entity", entity.to_string()),
-    ] {
-        out = out
-            .replace(&format!("{{{name}}}"), &value)
-            .replace(&format!("%7B{name}%7D"), &value);
-    }
-    out
-}
-
 /// Opens both snapshots of every selected entity and plans its diff. Every job and
 /// schema error surfaces here, before any diff runs.
 pub async fn prepare(
@@ -210,7 +172,7 @@ pub async fn prepare(
             continue;
         }
         let open = |system: &str| {
-            let url = snapshot_url(job, entity, system, run_date);
+            let url = crate::snapshot::layout::snapshot_url(job, entity, system, run_date);
             let system = system.to_string();
             async move {
                 let location = store::open(&url)?;
@@ -386,7 +348,7 @@ async fn run_locked(
     };
     // Corrections are also written as compensation events, as the diff makes them;
     // those an earlier apply already applied are reported.
-    let events = crate::apply::events::Events::load(job, &layout).await?;
+    let events = crate::write::events::Events::load(job, &layout).await?;
     let mut written: Vec<String> = Vec::new();
     let result = diff_all(job, opts, &prepared, &stamp, &layout, &events, &mut written).await;
     let (entities, files) = match result {
@@ -495,7 +457,7 @@ async fn diff_all(
     prepared: &[Prepared],
     stamp: &RunStamp,
     layout: &RunLayout,
-    events: &crate::apply::events::Events,
+    events: &crate::write::events::Events,
     written: &mut Vec<String>,
 ) -> Result<(Vec<EntitySummary>, Vec<ManifestFile>)> {
     let previous = previous_rows(layout).await?;

@@ -12,10 +12,8 @@
 //!   in the ledger is skipped as `already_applied`, so a second apply changes nothing
 //!   and an interrupted one finishes the rest.
 
-pub mod events;
 mod mysql;
 mod postgres;
-pub mod value;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -29,12 +27,12 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::error::{Error, Result};
-use crate::export::config::{ExportSpec, ExporterKind};
+use crate::job::exporters::{ExportSpec, ExporterKind};
 use crate::job::{DeletePolicy, JobConfig};
 use crate::store;
 use crate::write::{self, LatestPointer, Manifest, ParquetSink};
 
-pub use value::Value;
+pub use crate::write::value::Value;
 
 /// Ledger table created in the target database.
 pub const LEDGER_TABLE: &str = "recon_applied";

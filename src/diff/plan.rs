@@ -10,6 +10,7 @@ use super::fingerprint::{self, Fingerprint};
 use super::fit::ExactCast;
 use crate::error::{Error, Result};
 use crate::job::{DeletePolicy, EntityConfig, FieldRule, Owner};
+use crate::snapshot::scan_type;
 
 const NULL_KEYS_SQL: &str = include_str!("../../queries/null_keys.sql");
 const DUPLICATE_KEYS_SQL: &str = include_str!("../../queries/duplicate_keys.sql");
@@ -74,29 +75,6 @@ impl MappedColumn {
     pub fn scan_type(&self, side: Side) -> DataType {
         scan_type(self.data_type(side))
     }
-}
-
-/// The type a snapshot column is read in. Strings are read as views (`Utf8View`), which
-/// point into the decoded Parquet pages instead of copying every value into an offset
-/// buffer; what recon writes is cast back to the snapshot's declared types, so the output
-/// contract does not change. Other types are read as declared.
-/// Dictionary-encoded columns are read as their values.
-pub fn scan_type(t: &DataType) -> DataType {
-    match t {
-        DataType::Utf8 | DataType::LargeUtf8 => DataType::Utf8View,
-        DataType::Dictionary(_, v) => scan_type(v),
-        t => t.clone(),
-    }
-}
-
-/// A snapshot schema as the queries see it: each column in its [`scan_type`].
-pub fn scan_schema(schema: &Schema) -> Schema {
-    let fields: Vec<_> = schema
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_data_type(scan_type(f.data_type())))
-        .collect();
-    Schema::new_with_metadata(fields, schema.metadata().clone())
 }
 
 /// A compared (non-key) field.

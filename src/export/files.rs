@@ -14,10 +14,10 @@ use object_store::ObjectStoreExt;
 use tracing::info;
 
 use super::builder::{ColumnBuilder, schema_of};
-use super::config::{ExportSpec, ExporterConfig, FileFormat};
 use super::{EntityWriter, Target, data_error};
 use crate::error::{Error, Result};
 use crate::job::JobConfig;
+use crate::job::exporters::{ExportSpec, ExporterConfig, FileFormat};
 use crate::store;
 
 pub(crate) async fn export(
@@ -32,7 +32,7 @@ pub(crate) async fn export(
         let ExportSpec::Files(spec) = target.spec else {
             unreachable!("validated")
         };
-        let url = crate::run::fill_placeholders(&spec.url, run_date, system, &entity);
+        let url = crate::snapshot::layout::fill_placeholders(&spec.url, run_date, system, &entity);
         let location = store::open(&url)?;
         let ctx = SessionContext::new();
         location.register(&ctx);

@@ -13,10 +13,10 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::builder::{BatchBuilder, ColumnBuilder, schema_of};
-use super::config::{ExportSpec, ExporterConfig, HttpExporter, HttpSpec, Pagination};
 use super::{EntityWriter, Target, data_error};
 use crate::error::{Error, Result};
 use crate::job::JobConfig;
+use crate::job::exporters::{ExportSpec, ExporterConfig, HttpExporter, HttpSpec, Pagination};
 
 /// Longest wait between two attempts, whatever `Retry-After` says.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);

@@ -12,10 +12,10 @@ use mysql_async::{Column, Conn, Opts, Value};
 use tracing::info;
 
 use super::builder::{BatchBuilder, ColumnBuilder, schema_of};
-use super::config::{ExportSpec, ExporterConfig};
 use super::{EntityWriter, Target, data_error, table_select};
 use crate::error::{Error, Result};
 use crate::job::JobConfig;
+use crate::job::exporters::{ExportSpec, ExporterConfig};
 
 /// The `binary` character set: BLOB and BINARY columns.
 const BINARY_CHARSET: u16 = 63;

@@ -12,10 +12,10 @@ use tokio_postgres::{IsolationLevel, NoTls};
 use tracing::info;
 
 use super::builder::{BatchBuilder, ColumnBuilder, PG_EPOCH_DAYS, PG_EPOCH_MICROS, schema_of};
-use super::config::{ExportSpec, ExporterConfig};
 use super::{EntityWriter, Target, data_error, table_select};
 use crate::error::{Error, Result};
 use crate::job::JobConfig;
+use crate::job::exporters::{ExportSpec, ExporterConfig};
 
 pub(crate) async fn export(
     _job: &JobConfig,

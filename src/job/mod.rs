@@ -1,5 +1,8 @@
 //! Job files: the raw TOML form (`deny_unknown_fields`) and the validated [`JobConfig`]
-//! it becomes in one `TryFrom`, before any snapshot is read.
+//! it becomes in one `TryFrom`, before any snapshot is read; the exporters' part in
+//! [`exporters`].
+
+pub mod exporters;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -8,7 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::error::{Error, Result};
-use crate::export::config::{
+use exporters::{
     ExportSpec, ExporterConfig, RawEntityExport, RawExporter, parse_entity_export, parse_exporter,
 };
 

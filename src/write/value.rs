@@ -279,10 +279,10 @@ pub fn write_cell_json(
             write_u64(out, a.as_primitive::<UInt64Type>().value(i))
         }
         (CellKind::Text, DataType::Utf8View) => {
-            crate::diff::json_string(out, a.as_string_view().value(i))
+            super::encode::json_string(out, a.as_string_view().value(i))
         }
         (CellKind::Text, DataType::Utf8) => {
-            crate::diff::json_string(out, a.as_string::<i32>().value(i))
+            super::encode::json_string(out, a.as_string::<i32>().value(i))
         }
         (CellKind::Bool, _) => out.extend_from_slice(if a.as_boolean().value(i) {
             b"true"

@@ -1,5 +1,10 @@
-//! Input snapshots: lists the Parquet files of one system's entity, reads every footer
-//! (schema, row count, identity) before any query runs, and registers them as a table.
+//! The input contract. Snapshots: lists the Parquet files of one system's entity, reads
+//! every footer (schema, row count, identity) before any query runs, and registers them
+//! as a table; where they are ([`layout`]) and the manifest an export commits them with
+//! ([`manifest`]).
+
+pub mod layout;
+pub mod manifest;
 
 use std::sync::Arc;
 
@@ -85,7 +90,7 @@ impl Snapshot {
         let manifest = if url.ends_with(".parquet") {
             None
         } else {
-            crate::export::read_manifest(&location).await?
+            manifest::read_manifest(&location).await?
         };
         if manifest.is_none() && exported {
             return Err(Error::Snapshot {
@@ -359,7 +364,7 @@ impl Snapshot {
     }
 
     /// Registers exactly the checked files as table `name` in `ctx`, its strings read as
-    /// views ([`crate::diff::plan::scan_schema`]).
+    /// views ([`scan_schema`]).
     pub fn register(&self, ctx: &SessionContext, name: &str) -> Result<()> {
         self.location.register(ctx);
         let urls = self
@@ -369,7 +374,7 @@ impl Snapshot {
             ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         let config = ListingTableConfig::new_with_multi_paths(urls)
             .with_listing_options(options)
-            .with_schema(Arc::new(crate::diff::plan::scan_schema(&self.schema)));
+            .with_schema(Arc::new(scan_schema(&self.schema)));
         let table = ListingTable::try_new(config)
             .map_err(|e| Error::query(format!("registering snapshot {}", self.url), e))?;
         ctx.register_table(name, Arc::new(table))
@@ -464,6 +469,29 @@ fn check_same_schema(first: &Schema, other: &Schema) -> std::result::Result<(), 
         }
     }
     Ok(())
+}
+
+/// The type a snapshot column is read in. Strings are read as views (`Utf8View`), which
+/// point into the decoded Parquet pages instead of copying every value into an offset
+/// buffer; what recon writes is cast back to the snapshot's declared types, so the output
+/// contract does not change. Other types are read as declared.
+/// Dictionary-encoded columns are read as their values.
+pub fn scan_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 => DataType::Utf8View,
+        DataType::Dictionary(_, v) => scan_type(v),
+        t => t.clone(),
+    }
+}
+
+/// A snapshot schema as the queries see it: each column in its [`scan_type`].
+pub fn scan_schema(schema: &Schema) -> Schema {
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_data_type(scan_type(f.data_type())))
+        .collect();
+    Schema::new_with_metadata(fields, schema.metadata().clone())
 }
 
 #[cfg(test)]

@@ -1,5 +1,12 @@
-//! Outputs: the run's Hive-style layout, streaming Parquet sinks, the summary and the
-//! manifest, written last as the run's commit marker.
+//! The output contract: the run's Hive-style layout, streaming Parquet sinks, the
+//! summary and the manifest (written last, as the run's commit marker), the clean-up of
+//! runs that never committed, and, in the submodules, the encoders every output shares
+//! ([`encode`]), the correction events ([`events`]) and the typed values that events and
+//! apply read from correction files ([`value`]).
+
+pub mod encode;
+pub mod events;
+pub mod value;
 
 use std::sync::Arc;
 

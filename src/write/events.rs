@@ -21,12 +21,12 @@ use object_store::buffered::BufWriter;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::Receiver;
 
+use super::encode::json_string;
 use super::value::{CellKind, write_cell_json};
-use crate::diff::json_string;
+use super::{Feed, ManifestFile, RunLayout};
 use crate::error::{Error, Result};
 use crate::job::JobConfig;
 use crate::store::Location;
-use crate::write::{Feed, ManifestFile, RunLayout};
 
 /// What every event of one file shares, rendered once: the JSON after an event's id up
 /// to its type, and the JSON after its subject up to its op.
