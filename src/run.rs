@@ -16,7 +16,7 @@ use crate::job::JobConfig;
 use crate::lock::{HeldLock, RunLock};
 use crate::snapshot::Snapshot;
 use crate::store;
-use crate::write::encode::Op;
+use crate::write::vocabulary::Op;
 use crate::write::{self, LatestPointer, MANIFEST_FORMAT, Manifest, ManifestFile, RunLayout};
 use object_store::ObjectStoreExt;
 

@@ -1,6 +1,5 @@
-//! The output's encoders, one owner for each: the correction operations, correction
-//! ids, keys as canonical JSON, values as canonical text, JSON strings, and run dates as
-//! days. The diff writes with them and the events and apply stages read with them, so a
+//! The output's encoders, one owner for each: correction ids, keys as canonical JSON,
+//! values as canonical text, JSON strings, and run dates as days. The diff writes with them and the events and apply stages read with them, so a
 //! value looks the same in every file recon writes.
 
 use std::sync::Arc;
@@ -9,31 +8,10 @@ use arrow::array::{Array, ArrayRef, AsArray, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int64Type};
 use chrono::NaiveDate;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-
-/// Correction operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Op {
-    Insert,
-    Update,
-    Delete,
-    SoftDelete,
-}
-
-impl Op {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Insert => "insert",
-            Op::Update => "update",
-            Op::Delete => "delete",
-            Op::SoftDelete => "soft_delete",
-        }
-    }
-}
+use crate::write::vocabulary::Op;
 
 /// Deterministic correction id: the same discrepancy gives the same id on every rerun.
 /// A SHA-256 over the canonical JSON of job, entity, system, op, key and, for updates,

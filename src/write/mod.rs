@@ -7,6 +7,7 @@
 pub mod encode;
 pub mod events;
 pub mod value;
+pub mod vocabulary;
 
 use std::sync::Arc;
 
