@@ -12,6 +12,7 @@ SCALE_SIZES ?= 20000000,100000000
 SCALE_MEMORY ?= 4GiB
 SEED ?= 0x5eed20240601
 CASES ?= 20000
+FROM ?= 0
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -30,8 +31,8 @@ test: tools ## Run every test: unit, SQL logic (.slt), integration (files, memor
 tools: ## Install the S3 servers the tests start (moto, Garage) into ~/.cache/recon-tools
 	bash scripts/tools.sh
 
-fuzz-diff: ## Differential fuzzing against the reference on all three plans (SEED, CASES; e.g. make fuzz-diff SEED=7 CASES=20000)
-	RECON_FUZZ_ALL_PLANS=1 RECON_FUZZ_SEED=$(SEED) RECON_FUZZ_CASES=$(CASES) \
+fuzz-diff: ## Differential fuzzing against the reference on all three plans (SEED, CASES, FROM; e.g. make fuzz-diff SEED=7 CASES=20000)
+	RECON_FUZZ_ALL_PLANS=1 RECON_FUZZ_SEED=$(SEED) RECON_FUZZ_CASES=$(CASES) RECON_FUZZ_FROM=$(FROM) \
 		$(CARGO) test --locked --test it differential -- --nocapture
 
 bench: bench-diff bench-scale bench-export ## Every benchmark (results in bench/results)

@@ -148,8 +148,17 @@ pub enum Error {
     #[error("stopped by {signal}: nothing was committed")]
     Interrupted { signal: &'static str },
 
+    /// A bug in recon, described.
     #[error("{0}")]
     Internal(String),
+
+    /// A bug in recon: an operation that cannot fail on valid state failed, with the
+    /// error it failed with.
+    #[error("{context}: {source}")]
+    Bug {
+        context: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {
@@ -173,7 +182,18 @@ impl Error {
             Error::NoConditionalWrites { .. } => ExitCode::Usage,
             Error::Interrupted { signal } if *signal == "SIGINT" => ExitCode::Interrupted,
             Error::Interrupted { .. } => ExitCode::Terminated,
-            Error::Internal(_) => ExitCode::Internal,
+            Error::Internal(_) | Error::Bug { .. } => ExitCode::Internal,
+        }
+    }
+
+    /// A bug: `source` failed while doing `context`.
+    pub fn bug(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Bug {
+            context: context.into(),
+            source: source.into(),
         }
     }
 

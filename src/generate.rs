@@ -404,7 +404,7 @@ fn ts_us(utc: bool) -> DataType {
 
 fn batch(fields: Vec<Field>, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-        .map_err(|e| Error::Internal(e.to_string()))
+        .map_err(|e| Error::bug("generating the sample data", e))
 }
 
 fn micros(v: impl IntoIterator<Item = Option<i64>>) -> ArrayRef {
@@ -463,7 +463,7 @@ fn users_batch(rows: &[User], service: bool) -> Result<RecordBatch> {
     let (precision, scale, factor) = if service { (14, 4, 100) } else { (12, 2, 1) };
     let balance = Decimal128Array::from_iter(rows.iter().map(|u| u.balance.map(|b| b * factor)))
         .with_precision_and_scale(precision, scale)
-        .map_err(|e| Error::Internal(e.to_string()))?;
+        .map_err(|e| Error::bug("generating the sample data", e))?;
     let last_login: ArrayRef = if service {
         Arc::new(TimestampMillisecondArray::from_iter(
             rows.iter().map(|u| u.last_login.map(|v| v / 1000)),

@@ -119,7 +119,7 @@ pub fn lock_path(run_date: NaiveDate) -> String {
 }
 
 fn serialise(info: &LockInfo) -> Result<Vec<u8>> {
-    serde_json::to_vec_pretty(info).map_err(|e| Error::Internal(format!("serialising lock: {e}")))
+    serde_json::to_vec_pretty(info).map_err(|e| Error::bug("serialising lock", e))
 }
 
 /// Checks that the store honours `PutMode::Create`: a second create of the same object
@@ -196,7 +196,7 @@ async fn swap(location: &Location, seen: &Seen, new: Option<Vec<u8>>) -> Result<
         let expected = seen.bytes.clone();
         let done = tokio::task::spawn_blocking(move || local_swap(&path, &expected, new))
             .await
-            .map_err(|e| Error::Internal(format!("lock swap: {e}")))?
+            .map_err(|e| Error::bug("lock swap", e))?
             .map_err(|e| Error::Storage {
                 location: location.url(),
                 source: object_store::Error::Generic {

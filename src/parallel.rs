@@ -34,7 +34,7 @@ where
                 let item = item?;
                 tokio::task::spawn_blocking(move || f(item))
                     .await
-                    .map_err(|e| Error::Internal(format!("{what}: {e}")))?
+                    .map_err(|e| Error::bug(what, e))?
             }
         })
         .buffered(at_once.max(1))

@@ -16,7 +16,7 @@ use crate::job::JobConfig;
 use crate::lock::{HeldLock, RunLock};
 use crate::snapshot::Snapshot;
 use crate::store;
-use crate::write::vocabulary::Op;
+use crate::write::vocabulary::{Kind, Op};
 use crate::write::{self, LatestPointer, MANIFEST_FORMAT, Manifest, ManifestFile, RunLayout};
 use object_store::ObjectStoreExt;
 
@@ -602,7 +602,7 @@ fn guardrail(
     let extra: u64 = result
         .counts
         .iter()
-        .filter(|c| c.kind == diff::EXTRA_IN_REPLICA)
+        .filter(|c| c.kind == Kind::ExtraInReplica)
         .map(|c| c.count)
         .sum();
     let rows = source_rows + extra;

@@ -9,6 +9,7 @@ use super::{Format, GlobalArgs};
 use crate::error::{ExitCode, Result};
 use crate::job::JobConfig;
 use crate::run::{RunOptions, RunSummary};
+use crate::write::vocabulary::Kind;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -107,7 +108,7 @@ pub fn render_text(s: &RunSummary) -> String {
         "entity", "source", "replica", "missing", "extra", "mismatch", "dup", "null", "corrections"
     );
     for e in &s.entities {
-        let kind = |k: &str| -> u64 {
+        let kind = |k: Kind| -> u64 {
             e.counts
                 .iter()
                 .filter(|c| c.kind == k)
@@ -124,11 +125,11 @@ pub fn render_text(s: &RunSummary) -> String {
             e.entity,
             e.rows.source,
             e.rows.replica,
-            kind("missing_in_replica"),
-            kind("extra_in_replica"),
-            kind("field_mismatch"),
-            kind("duplicate_key"),
-            kind("null_key"),
+            kind(Kind::MissingInReplica),
+            kind(Kind::ExtraInReplica),
+            kind(Kind::FieldMismatch),
+            kind(Kind::DuplicateKey),
+            kind(Kind::NullKey),
             e.guardrail.corrections,
             verdict
         );

@@ -18,12 +18,14 @@ use datafusion::logical_expr::{
 };
 
 use crate::job::CompareRule;
+use crate::write::vocabulary::Reason;
 
-pub const NULL_VS_VALUE: &str = "null_vs_value";
-pub const VALUE: &str = "value";
-pub const CASE_ONLY: &str = "case_only";
-pub const WHITESPACE_ONLY: &str = "whitespace_only";
-pub const NUMERIC_DELTA: &str = "numeric_delta";
+// The reasons this function returns, as the diff query's rows carry them.
+const NULL_VS_VALUE: &str = Reason::NullVsValue.as_str();
+const VALUE: &str = Reason::Value.as_str();
+const CASE_ONLY: &str = Reason::CaseOnly.as_str();
+const WHITESPACE_ONLY: &str = Reason::WhitespaceOnly.as_str();
+const NUMERIC_DELTA: &str = Reason::NumericDelta.as_str();
 
 /// A comparison rule bound to one field's common type.
 #[derive(Debug)]

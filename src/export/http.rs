@@ -44,7 +44,7 @@ pub(crate) async fn export(
         .timeout(http.timeout)
         .user_agent(concat!("recon/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| Error::Internal(format!("building the HTTP client: {e}")))?;
+        .map_err(|e| Error::bug("building the HTTP client", e))?;
     let api = Api {
         system,
         client,

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
@@ -32,6 +32,7 @@ use crate::snapshot::manifest::{
 };
 use crate::store::{self, Location};
 use crate::write::ParquetSink;
+use builder::{BatchBuilder, schema_of};
 
 use crate::job::exporters::{ExportSpec, ExporterConfig, ExporterKind};
 
@@ -416,6 +417,51 @@ pub(crate) fn table_select(table: &str, columns: Option<&[String]>, quote: char)
             .join(", "),
     };
     format!("SELECT {cols} FROM {}", quote_ident(table, quote))
+}
+
+/// What a database exporter reads for `target`: the statement (the table's columns, or
+/// the job's query without its trailing `;`) and how errors name it (`table …` or
+/// `query …`). `quote` is the database's identifier quote.
+pub(crate) fn entity_sql(target: &Target<'_>, quote: char) -> (String, String) {
+    match target.spec {
+        ExportSpec::Table { table, columns } => (
+            table_select(table, columns.as_deref(), quote),
+            format!("table {table}"),
+        ),
+        ExportSpec::Query(q) => (
+            q.trim().trim_end_matches(';').to_string(),
+            format!("query {}", q.trim()),
+        ),
+        other => unreachable!("validated: only tables and queries reach a database: {other:?}"),
+    }
+}
+
+/// The opening every database exporter shares, once the statement's columns are known
+/// (`fields`, mapped to Arrow types): refuses a column name returned twice, and starts
+/// the batch builder and the entity's file. Returns the column names, for errors.
+pub(crate) fn open_entity(
+    target: &mut Target<'_>,
+    system: &str,
+    source: &str,
+    fields: Vec<(String, DataType)>,
+    batch_rows: usize,
+) -> Result<(Vec<String>, BatchBuilder, EntityWriter)> {
+    let entity = target.entity.name.clone();
+    for (i, (name, _)) in fields.iter().enumerate() {
+        if fields[..i].iter().any(|(n, _)| n == name) {
+            return Err(data_error(
+                system,
+                &entity,
+                format!("{source}: column `{name}` appears twice; alias it in a query"),
+            ));
+        }
+    }
+    let names: Vec<String> = fields.iter().map(|(n, _)| n.clone()).collect();
+    let schema = schema_of(fields);
+    let batch = BatchBuilder::try_new(schema.clone(), batch_rows)
+        .map_err(|m| data_error(system, &entity, m))?;
+    let writer = EntityWriter::new(target, schema, source.to_string(), batch_rows)?;
+    Ok((names, batch, writer))
 }
 
 /// The error for a value or column the exporter cannot take, naming what it could.

@@ -11,11 +11,11 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Column, Conn, Opts, Value};
 use tracing::info;
 
-use super::builder::{BatchBuilder, ColumnBuilder, schema_of};
-use super::{EntityWriter, Target, data_error, table_select};
+use super::builder::ColumnBuilder;
+use super::{Target, data_error, entity_sql, open_entity};
 use crate::error::{Error, Result};
 use crate::job::JobConfig;
-use crate::job::exporters::{ExportSpec, ExporterConfig};
+use crate::job::exporters::ExporterConfig;
 
 /// The `binary` character set: BLOB and BINARY columns.
 const BINARY_CHARSET: u16 = 63;
@@ -84,17 +84,7 @@ async fn export_entity(
     target: &mut Target<'_>,
 ) -> Result<()> {
     let entity = target.entity.name.clone();
-    let (sql, source) = match target.spec {
-        ExportSpec::Table { table, columns } => (
-            table_select(table, columns.as_deref(), '`'),
-            format!("table {table}"),
-        ),
-        ExportSpec::Query(q) => (
-            q.trim().trim_end_matches(';').to_string(),
-            format!("query {}", q.trim()),
-        ),
-        other => unreachable!("validated: {other:?}"),
-    };
+    let (sql, source) = entity_sql(target, '`');
     let sql_error = |e: mysql_async::Error| match e {
         mysql_async::Error::Server(s) => data_error(system, &entity, format!("{source}: {s}")),
         e => Error::SourceUnavailable {
@@ -118,20 +108,9 @@ async fn export_entity(
         let name = col.name_str().to_string();
         let data_type = map_type(col)
             .map_err(|m| data_error(system, &entity, format!("{source}, column `{name}`: {m}")))?;
-        if fields.iter().any(|(n, _)| *n == name) {
-            return Err(data_error(
-                system,
-                &entity,
-                format!("{source}: column `{name}` appears twice; alias it in a query"),
-            ));
-        }
         fields.push((name, data_type));
     }
-    let names: Vec<String> = fields.iter().map(|(n, _)| n.clone()).collect();
-    let schema = schema_of(fields);
-    let mut batch = BatchBuilder::try_new(schema.clone(), batch_rows)
-        .map_err(|m| data_error(system, &entity, m))?;
-    let mut writer = EntityWriter::new(target, schema, source.clone(), batch_rows)?;
+    let (names, mut batch, mut writer) = open_entity(target, system, &source, fields, batch_rows)?;
     while let Some(row) = result.next().await.map_err(sql_error)? {
         for (i, column) in batch.columns.iter_mut().enumerate() {
             let value_error = |m: String| {

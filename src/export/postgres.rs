@@ -11,11 +11,11 @@ use tokio_postgres::types::{Kind, Type};
 use tokio_postgres::{IsolationLevel, NoTls};
 use tracing::info;
 
-use super::builder::{BatchBuilder, ColumnBuilder, PG_EPOCH_DAYS, PG_EPOCH_MICROS, schema_of};
-use super::{EntityWriter, Target, data_error, table_select};
+use super::builder::{ColumnBuilder, PG_EPOCH_DAYS, PG_EPOCH_MICROS};
+use super::{Target, data_error, entity_sql, open_entity};
 use crate::error::{Error, Result};
 use crate::job::JobConfig;
-use crate::job::exporters::{ExportSpec, ExporterConfig};
+use crate::job::exporters::ExporterConfig;
 
 pub(crate) async fn export(
     _job: &JobConfig,
@@ -75,17 +75,7 @@ async fn export_entity(
     target: &mut Target<'_>,
 ) -> Result<()> {
     let entity = target.entity.name.clone();
-    let (sql, source) = match target.spec {
-        ExportSpec::Table { table, columns } => {
-            let sql = table_select(table, columns.as_deref(), '"');
-            (sql, format!("table {table}"))
-        }
-        ExportSpec::Query(q) => (
-            q.trim().trim_end_matches(';').to_string(),
-            format!("query {}", q.trim()),
-        ),
-        other => unreachable!("validated: {other:?}"),
-    };
+    let (sql, source) = entity_sql(target, '"');
     let sql_error = |e: tokio_postgres::Error| {
         data_error(system, &entity, format!("{source}: {}", describe(&e)))
     };
@@ -100,27 +90,10 @@ async fn export_entity(
                 format!("{source}, column `{}`: {m}", col.name()),
             )
         })?;
-        if fields
-            .iter()
-            .any(|(n, _): &(String, DataType)| n == col.name())
-        {
-            return Err(data_error(
-                system,
-                &entity,
-                format!(
-                    "{source}: column `{}` appears twice; alias it in a query",
-                    col.name()
-                ),
-            ));
-        }
         fields.push((col.name().to_string(), data_type));
         decoders.push(decoder);
     }
-    let names: Vec<String> = fields.iter().map(|(n, _)| n.clone()).collect();
-    let schema = schema_of(fields);
-    let mut batch = BatchBuilder::try_new(schema.clone(), batch_rows)
-        .map_err(|m| data_error(system, &entity, m))?;
-    let mut writer = EntityWriter::new(target, schema, source.clone(), batch_rows)?;
+    let (names, mut batch, mut writer) = open_entity(target, system, &source, fields, batch_rows)?;
     let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
     let stream = tx.copy_out(copy.as_str()).await.map_err(sql_error)?;
     futures::pin_mut!(stream);

@@ -142,7 +142,7 @@ fn batch(schema: &SchemaRef, rows: &[Row]) -> Result<RecordBatch> {
         Arc::new(
             Decimal128Array::from_iter_values(rows.iter().map(|r| r.price))
                 .with_precision_and_scale(18, 4)
-                .map_err(|e| Error::Internal(e.to_string()))?,
+                .map_err(|e| Error::bug("generating the sample data", e))?,
         ),
         Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.ratio))),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.name))),
@@ -163,7 +163,8 @@ fn batch(schema: &SchemaRef, rows: &[Row]) -> Result<RecordBatch> {
         ),
         Arc::new(Date32Array::from_iter_values(rows.iter().map(|r| r.day))),
     ];
-    RecordBatch::try_new(Arc::clone(schema), columns).map_err(|e| Error::Internal(e.to_string()))
+    RecordBatch::try_new(Arc::clone(schema), columns)
+        .map_err(|e| Error::bug("generating the sample data", e))
 }
 
 fn writer(path: &Path, schema: &SchemaRef) -> Result<ArrowWriter<File>> {
@@ -175,7 +176,7 @@ fn writer(path: &Path, schema: &SchemaRef) -> Result<ArrowWriter<File>> {
         .set_created_by("recon generate".into())
         .build();
     ArrowWriter::try_new(file, Arc::clone(schema), Some(props))
-        .map_err(|e| Error::Internal(e.to_string()))
+        .map_err(|e| Error::bug("generating the sample data", e))
 }
 
 /// Writes `left.parquet`, `right.parquet` and `expected.json` into `dir`.
@@ -185,9 +186,7 @@ pub fn write_pair(dir: &Path, rows: u64) -> Result<Expected> {
     let schema = schema();
     let mut left = writer(&dir.join("left.parquet"), &schema)?;
     let mut right = writer(&dir.join("right.parquet"), &schema)?;
-    let fail = |e: parquet::errors::ParquetError| {
-        Error::Internal(format!("writing the benchmark pair: {e}"))
-    };
+    let fail = |e: parquet::errors::ParquetError| Error::bug("writing the benchmark pair", e);
     let mut start = 0;
     while start < rows {
         let end = (start + CHUNK).min(rows);
@@ -217,8 +216,14 @@ pub fn write_pair(dir: &Path, rows: u64) -> Result<Expected> {
         extra_in_replica: extra,
         field_mismatch: (1..rows).step_by(100).count() as u64,
     };
-    let json = serde_json::to_vec_pretty(&expected).map_err(|e| Error::Internal(e.to_string()))?;
-    std::fs::write(dir.join("expected.json"), json).map_err(|e| Error::Internal(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&expected)
+        .map_err(|e| Error::bug("generating the sample data", e))?;
+    std::fs::write(dir.join("expected.json"), json).map_err(|e| {
+        Error::bug(
+            format!("writing {}", dir.join("expected.json").display()),
+            e,
+        )
+    })?;
     Ok(expected)
 }
 

@@ -56,7 +56,7 @@ pub struct ManifestColumn {
 /// Commits a snapshot folder: its manifest, written after every file it lists.
 pub async fn put_manifest(location: &Location, manifest: &SnapshotManifest) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(manifest)
-        .map_err(|e| Error::Internal(format!("serialising snapshot manifest: {e}")))?;
+        .map_err(|e| Error::bug("serialising snapshot manifest", e))?;
     let path = location.child(MANIFEST_FILE).prefix;
     location
         .store

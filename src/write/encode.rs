@@ -71,14 +71,14 @@ impl KeyColumn {
     fn new(a: &ArrayRef) -> Result<Self> {
         let t = a.data_type();
         Ok(if t.is_integer() && *t != DataType::UInt64 {
-            KeyColumn::Int(cast(a, &DataType::Int64).map_err(|e| Error::Internal(e.to_string()))?)
+            KeyColumn::Int(cast(a, &DataType::Int64).map_err(|e| Error::bug("an integer key", e))?)
         } else if matches!(
             t,
             DataType::UInt64 | DataType::Decimal128(..) | DataType::Decimal256(..)
         ) {
             KeyColumn::Number(canonical_text(a)?)
         } else if matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
-            KeyColumn::Text(cast(a, &DataType::Utf8).map_err(|e| Error::Internal(e.to_string()))?)
+            KeyColumn::Text(cast(a, &DataType::Utf8).map_err(|e| Error::bug("a text key", e))?)
         } else if *t == DataType::Boolean {
             KeyColumn::Bool(Arc::clone(a))
         } else {

@@ -238,7 +238,7 @@ impl ParquetSink {
         let props = props.build();
         let object = BufWriter::new(Arc::clone(&base.store), path.clone());
         let mut writer = AsyncArrowWriter::try_new(object, schema, Some(props))
-            .map_err(|e| Error::Internal(format!("creating {rel}: {e}")))?;
+            .map_err(|e| Error::bug(format!("creating {rel}"), e))?;
         let name = rel.clone();
         let feed = Feed::spawn(rel, move |mut queue| async move {
             while let Some(message) = queue.recv().await {
@@ -315,7 +315,7 @@ fn parquet_write_error(rel: &str, e: parquet::errors::ParquetError) -> Error {
                 source: e.to_string().into(),
             },
         },
-        e => Error::Internal(format!("writing {rel}: {e}")),
+        e => Error::bug(format!("writing {rel}"), e),
     }
 }
 
@@ -363,7 +363,7 @@ pub struct Manifest {
 /// Writes small JSON objects (summary, manifest, pointer) in one put.
 pub async fn put_json<T: Serialize>(layout: &RunLayout, rel: &str, value: &T) -> Result<u64> {
     let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| Error::Internal(format!("serialising {rel}: {e}")))?;
+        .map_err(|e| Error::bug(format!("serialising {rel}"), e))?;
     let size = bytes.len() as u64;
     layout
         .output

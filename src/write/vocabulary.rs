@@ -24,7 +24,7 @@ macro_rules! vocabulary {
             pub const ALL: &'static [$name] = &[$($name::$variant,)+];
 
             /// The word as the output files hold it.
-            pub fn as_str(self) -> &'static str {
+            pub const fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $text,)+
                 }

@@ -2,7 +2,10 @@
 //! and compared row for row with an independent reference of the documented semantics
 //! (`reference`), with a shrinker that prints a minimal failing case (`gen`).
 //!
-//! `make fuzz-diff SEED=… CASES=…` runs more cases (`RECON_FUZZ_SEED`, `RECON_FUZZ_CASES`;
+//! `make fuzz-diff SEED=… CASES=… FROM=…` runs more cases (`RECON_FUZZ_SEED`,
+//! `RECON_FUZZ_CASES`, and `RECON_FUZZ_FROM`, the first case index, so that a long run
+//! can be continued where an earlier one stopped: cases are independent, each made from
+//! the seed and its index;
 //! `RECON_FUZZ_<CLASS>=0|1` turns one class of [`generate::Classes`] on or off;
 //! `RECON_FUZZ_CASE=<case seed>` runs one case).
 
@@ -789,13 +792,18 @@ fn run_shard(shard: u64) {
     let indices: Vec<u64> = match one {
         Some(_) if shard > 0 => vec![],
         Some(_) => vec![0],
-        None => (shard..total).step_by(SHARDS as usize).collect(),
+        None => {
+            let from = env_u64("RECON_FUZZ_FROM").unwrap_or(0);
+            (from + shard..from + total)
+                .step_by(SHARDS as usize)
+                .collect()
+        }
     };
     let started = std::time::Instant::now();
     for (n, &i) in indices.iter().enumerate() {
         if n > 0 && n % 1000 == 0 {
             // Progress of a long `make fuzz-diff` run (shown with --nocapture).
-            eprintln!("differential shard {shard}: {n} cases passed");
+            eprintln!("differential shard {shard}: {n} cases passed (up to case {i})",);
         }
         let seed = one.unwrap_or_else(|| generate::case_seed(base, i));
         let case = generate::case(seed, &classes);
