@@ -33,8 +33,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::{Field, Schema};
 use arrow::datatypes::Int64Type;
+use arrow::datatypes::{Field, Schema};
 use chrono::NaiveDate;
 use datafusion::datasource::MemTable;
 use datafusion::physical_plan::ExecutionPlan;
