@@ -1,4 +1,4 @@
--- One side of the key merge (src/diff/merge.rs, the fast path of queries/keys.sql for
+-- One side of the key merge (src/diff/merge/, the fast path of queries/keys.sql for
 -- snapshots sorted by their key): each row with a complete key, reduced to its key,
 -- the fingerprint of its compared fields when it is live (NULL when soft-deleted), and
 -- the raw mapped columns the pairs carry to the diff, so that the diff reads neither

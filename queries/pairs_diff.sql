@@ -1,4 +1,4 @@
--- The reconciliation of one entity after the key merge (src/diff/merge.rs), whose pairs
+-- The reconciliation of one entity after the key merge (src/diff/merge/), whose pairs
 -- are the keys that need a look, in key order, each with both sides' raw mapped
 -- columns: the same rows as queries/diff.sql, without its joins. The merge has
 -- checked that no key repeats on either side, so every pair is one key. A side's

@@ -10,12 +10,26 @@
 //! `<name>_duplicate_keys_source|replica` from the production templates in `queries/`.
 //! Production collects the key summary into a table instead of a view; the SQL is the
 //! same.
+//!
+//! It also plans the key merge as production does ([`recon::diff::key_merge`]: each
+//! side's queries/key_side.sql as one partition, under
+//! [`recon::diff::merge::MergePairsExec`]), registers its pairs as the table
+//! `<name>_merge_pairs` ([`MergedPairs`]) and creates the views
+//! `<name>_key_side_source|replica` (each side's input to the merge) and
+//! `<name>_merge_diff` (queries/pairs_diff.sql over the pairs, as production runs it
+//! after a merge). The merge runs whenever a query reads its pairs, and fails then
+//! unless both tables are in strictly ascending key order. Such a query must be planned
+//! with one partition, as production plans it (`SET
+//! datafusion.execution.target_partitions = 1`): with more, the optimizer repartitions
+//! the merge's inputs, and the merge refuses them.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
+use recon::diff::merge::MergedPairs;
 use recon::diff::plan::{EntityPlan, Side};
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
 
@@ -53,6 +67,18 @@ impl ReconDb {
         let (s, r) = (format!("{name}_source"), format!("{name}_replica"));
         let keys = format!("{name}_keys");
         let pairs = format!("{name}_key_pairs");
+        // The key merge, planned now and run by each query that reads its pairs.
+        let merge_pairs = format!("{name}_merge_pairs");
+        let merge = recon::diff::key_merge(&self.ctx, &plan, &s, &r, false)
+            .await
+            .map_err(|e| SltError(format!("{merge_pairs}: {e}")))?;
+        self.ctx
+            .deregister_table(&merge_pairs)
+            .and_then(|_| {
+                self.ctx
+                    .register_table(&merge_pairs, Arc::new(MergedPairs::new(merge)))
+            })
+            .map_err(|e| SltError(format!("{merge_pairs}: {e}")))?;
         let views = [
             (keys.clone(), plan.keys_sql(&s, &r)),
             (format!("{name}_key_pairs"), plan.key_pairs_sql(&s, &r)),
@@ -80,6 +106,18 @@ impl ReconDb {
             (
                 format!("{name}_duplicate_keys_replica"),
                 plan.duplicate_keys_sql(Side::Replica, &keys),
+            ),
+            (
+                format!("{name}_key_side_source"),
+                plan.key_side_sql(Side::Source, &s, false),
+            ),
+            (
+                format!("{name}_key_side_replica"),
+                plan.key_side_sql(Side::Replica, &r, false),
+            ),
+            (
+                format!("{name}_merge_diff"),
+                plan.pairs_diff_sql(&merge_pairs),
             ),
         ];
         for (view, sql) in views {
