@@ -66,12 +66,13 @@ vocabulary! {
 }
 
 vocabulary! {
-    /// What a discrepancy row reports (its `kind`).
+    /// What a discrepancy row reports (its `kind`). Declared in the order of the
+    /// words, which orders the run summary's counts.
     Kind, "discrepancy kind" {
-        MissingInReplica => "missing_in_replica",
+        DuplicateKey => "duplicate_key",
         ExtraInReplica => "extra_in_replica",
         FieldMismatch => "field_mismatch",
-        DuplicateKey => "duplicate_key",
+        MissingInReplica => "missing_in_replica",
         NullKey => "null_key",
     }
 }
@@ -122,6 +123,7 @@ mod tests {
         for k in Kind::ALL {
             assert_eq!(k.as_str().parse::<Kind>(), Ok(*k));
         }
+        assert!(Kind::ALL.windows(2).all(|w| w[0].as_str() < w[1].as_str()));
         for a in Action::ALL {
             assert_eq!(a.as_str().parse::<Action>(), Ok(*a));
         }
