@@ -24,11 +24,11 @@ run: build ## Reconcile the sample job on local files (no services needed)
 	@$(RECON) run --job jobs/identity.toml --run-date $(SAMPLE_DATE); code=$$?; \
 	echo "(exit code $$code; outputs under recon-output/identity)"; exit $$code
 
-test: tools ## Run every test: unit, SQL logic (.slt), integration (files, memory, moto, Garage)
+test: tools ## Run every test: unit, SQL logic (.slt), integration (files, memory, moto, Garage, Airflow)
 	$(CARGO) build --locked --all-targets
 	$(CARGO) test --locked --no-fail-fast
 
-tools: ## Install the S3 servers the tests start (moto, Garage) into ~/.cache/recon-tools
+tools: ## Install the S3 servers the tests start (moto, Garage) and Airflow into ~/.cache/recon-tools
 	bash scripts/tools.sh
 
 fuzz-diff: ## Differential fuzzing against the reference on all three plans (SEED, CASES, FROM; e.g. make fuzz-diff SEED=7 CASES=20000)

@@ -19,6 +19,32 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A tool that `scripts/tools.sh` installs below `$RECON_TOOLS` (default
+/// `~/.cache/recon-tools`). Missing, it fails the test in CI (`CI=true`); elsewhere the
+/// test says loudly that it skipped.
+pub fn tool(rel: &str) -> Option<PathBuf> {
+    let base = std::env::var_os("RECON_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/recon-tools")
+        });
+    let p = base.join(rel);
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "{} is missing: run scripts/tools.sh (make test does)",
+            p.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: {} is missing; run scripts/tools.sh to install it",
+        p.display()
+    );
+    None
+}
+
 pub fn copy_dir(from: &Path, to: &Path) {
     for rel in files_below(from) {
         let target = to.join(&rel);

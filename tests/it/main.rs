@@ -1,5 +1,6 @@
 //! Integration tests: one binary, shared helpers in `common`.
 
+mod airflow;
 mod apply_db;
 mod bad_input;
 mod cli;

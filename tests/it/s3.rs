@@ -4,7 +4,6 @@
 //! (`CI=true`) a missing server fails the test; elsewhere it says loudly that it skipped.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,29 +17,6 @@ use recon::lock::{RunLock, probe};
 use recon::store::Location;
 
 use crate::common::*;
-
-fn tool(rel: &str) -> Option<PathBuf> {
-    let base = std::env::var_os("RECON_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/recon-tools")
-        });
-    let p = base.join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "{} is missing: run scripts/tools.sh (make test does)",
-            p.display()
-        );
-    }
-    eprintln!(
-        "SKIPPED: {} is missing; run scripts/tools.sh to install it",
-        p.display()
-    );
-    None
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
