@@ -10,26 +10,17 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{Int64Type, SchemaRef};
 use datafusion::common::ScalarValue;
 
-use super::columns::{DiffColumns, column, key_json};
-use super::corrections::{build_corrections, correction_schema, soft_value};
+use super::columns::{DiffColumns, column};
+use super::corrections::{PendingCorrection, build_corrections, correction_schema, soft_value};
 use super::discrepancies::{Discrepancy, DiscrepancyRows, FieldColumns};
 use super::plan::{EntityPlan, Side};
 use super::{Count, EntityResult, RunStamp};
 use crate::error::Result;
 use crate::job::{DeletePolicy, Owner};
-use crate::write::encode::correction_id;
+use crate::write::encode::{KeyJson, correction_id};
 use crate::write::events::{EventRenderer, Events, EventsSink, Reappeared, Rendered};
 use crate::write::vocabulary::{Action, Kind, Op, Reason};
 use crate::write::{FileEntry, ParquetSink, RunLayout, discrepancy_schema};
-
-/// A correction to be emitted for one row of a diff batch.
-pub(super) struct PendingCorrection {
-    pub(super) row: u32,
-    pub(super) op: Op,
-    pub(super) id: String,
-    /// Indices into `plan.mapped` of the columns set (updates).
-    pub(super) changed: Vec<usize>,
-}
 
 /// One system's correction file for the entity and its events file, opened at its
 /// first correction.
@@ -608,4 +599,9 @@ impl Batch<'_> {
         }
         Ok(())
     }
+}
+
+/// The key columns of a batch (`arrays`, in the plan's key order) as canonical JSON.
+fn key_json<'b>(plan: &EntityPlan, arrays: impl Iterator<Item = &'b ArrayRef>) -> Result<KeyJson> {
+    KeyJson::new(plan.keys().iter().map(|k| k.source.as_str()).zip(arrays))
 }

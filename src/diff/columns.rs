@@ -5,9 +5,7 @@
 
 use arrow::array::{ArrayRef, RecordBatch};
 
-use super::plan::{EntityPlan, Side};
-use crate::error::Result;
-use crate::write::encode::KeyJson;
+use super::plan::Side;
 
 /// The output columns of the diff query (queries/diff.sql, queries/pairs_diff.sql) and
 /// of the data-quality and key-summary queries.
@@ -76,12 +74,4 @@ pub fn column<'b>(batch: &'b RecordBatch, name: &str) -> &'b ArrayRef {
     batch
         .column_by_name(name)
         .unwrap_or_else(|| panic!("the query output has no column {name}"))
-}
-
-/// The key columns of a batch (`arrays`, in the plan's key order) as canonical JSON.
-pub fn key_json<'b>(
-    plan: &EntityPlan,
-    arrays: impl Iterator<Item = &'b ArrayRef>,
-) -> Result<KeyJson> {
-    KeyJson::new(plan.keys().iter().map(|k| k.source.as_str()).zip(arrays))
 }

@@ -15,12 +15,20 @@ use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use chrono::NaiveDate;
 use datafusion::common::ScalarValue;
 
-use super::classify::PendingCorrection;
 use super::columns::{DiffColumns, column};
 use super::plan::{EntityPlan, Side, SoftColumn, SoftMarker};
 use super::types::value_type;
 use crate::error::{Error, Result};
 use crate::write::vocabulary::Op;
+
+/// A correction to be emitted for one row of a diff batch.
+pub(super) struct PendingCorrection {
+    pub(super) row: u32,
+    pub(super) op: Op,
+    pub(super) id: String,
+    /// Indices into `plan.mapped` of the columns set (updates).
+    pub(super) changed: Vec<usize>,
+}
 
 /// The schema of one system's correction files: id, op, changed fields, the entity's
 /// mapped columns in that system's names and types (values to set), and `expected`, a

@@ -9,7 +9,6 @@ use datafusion::logical_expr::ScalarUDF;
 use super::compare::FieldComparator;
 use super::fingerprint::{self, Fingerprint};
 use super::fit::ExactCast;
-use super::sql::fit_name;
 use super::types::{common_type, finer, holds_all, is_nested, is_numeric, unit_name, value_type};
 use crate::error::{Error, Result};
 use crate::job::{DeletePolicy, EntityConfig, FieldRule, Owner};
@@ -517,6 +516,14 @@ fn check_rule(rule: &FieldRule, t: &DataType) -> std::result::Result<(), String>
         return Err(format!("precision applies to timestamps, not {t}"));
     }
     Ok(())
+}
+
+/// The name of the exact cast of mapped column `j`'s values to side `to`.
+pub(super) fn fit_name(to: Side, j: usize) -> String {
+    match to {
+        Side::Replica => format!("recon_fit_r{j}"),
+        Side::Source => format!("recon_fit_s{j}"),
+    }
 }
 
 #[cfg(test)]

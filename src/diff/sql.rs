@@ -7,7 +7,7 @@ use arrow::datatypes::DataType;
 
 use super::columns::DiffColumns;
 use super::fingerprint;
-use super::plan::{EntityPlan, Side, SoftColumn, SoftMarker};
+use super::plan::{EntityPlan, Side, SoftColumn, SoftMarker, fit_name};
 use super::types::value_type;
 use crate::snapshot::scan_type;
 
@@ -590,14 +590,6 @@ impl EntityPlan {
                 ("order_by", &self.key_names("j.")),
             ],
         )
-    }
-}
-
-/// The name of the exact cast of mapped column `j`'s values to side `to`.
-pub(super) fn fit_name(to: Side, j: usize) -> String {
-    match to {
-        Side::Replica => format!("recon_fit_r{j}"),
-        Side::Source => format!("recon_fit_s{j}"),
     }
 }
 
