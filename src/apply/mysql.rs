@@ -358,3 +358,84 @@ impl My {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::write::value::Value;
+
+    /// A table in a schema, a two-column key, a soft-delete column and no version.
+    fn target() -> Target {
+        Target {
+            entity: "orders".into(),
+            table: "shop.orders".into(),
+            key: vec!["id".into(), "tenant".into()],
+            soft: Some(SoftTarget {
+                column: "deleted".into(),
+                deleted_value: Some(true),
+            }),
+            version: None,
+            corrections: vec![],
+        }
+    }
+
+    fn correction(op: &str) -> Correction {
+        let row = vec![
+            ("id".to_string(), Value::Int(1)),
+            ("tenant".to_string(), Value::Text("a".into())),
+            ("name".to_string(), Value::Text("x".into())),
+            ("deleted".to_string(), Value::Bool(false)),
+        ];
+        Correction {
+            id: "c1".into(),
+            op: op.into(),
+            changed: vec!["name".into()],
+            expected: if op == "insert" {
+                vec![]
+            } else {
+                vec![
+                    ("id".to_string(), Value::Int(1)),
+                    ("tenant".to_string(), Value::Text("a".into())),
+                    ("name".to_string(), Value::Text("w".into())),
+                    ("deleted".to_string(), Value::Null),
+                ]
+            },
+            values: row,
+        }
+    }
+
+    /// The statements apply runs and their parameters, pinned: a refactoring must not
+    /// change them.
+    #[test]
+    fn statements_are_pinned() {
+        let t = target();
+        assert_eq!(
+            statement_text(&t, &correction("insert")),
+            "INSERT INTO `shop`.`orders` (`id`, `tenant`, `name`, `deleted`) VALUES (?, ?, ?, ?);  -- parameters: 1, 'a', 'x', 0"
+        );
+        assert_eq!(
+            statement_text(&t, &correction("update")),
+            "UPDATE `shop`.`orders` SET `name` = ? WHERE `id` = ? AND `tenant` = ? AND `name` <=> ? AND `deleted` <=> ?;  -- parameters: 'x', 1, 'a', 'w', NULL"
+        );
+        assert_eq!(
+            statement_text(&t, &correction("soft_delete")),
+            statement_text(&t, &correction("update"))
+        );
+        assert_eq!(
+            statement_text(&t, &correction("delete")),
+            "DELETE FROM `shop`.`orders` WHERE `id` = ? AND `tenant` = ? AND `name` <=> ? AND `deleted` <=> ?;  -- parameters: 1, 'a', 'w', NULL"
+        );
+        let versioned = Target {
+            version: Some("name".into()),
+            ..target()
+        };
+        assert_eq!(
+            statement_text(&versioned, &correction("delete")),
+            "DELETE FROM `shop`.`orders` WHERE `id` = ? AND `tenant` = ? AND `name` <=> ?;  -- parameters: 1, 'a', 'w'"
+        );
+        assert_eq!(
+            soft_deleted(t.soft.as_ref().unwrap()),
+            "`deleted` = 1"
+        );
+    }
+}

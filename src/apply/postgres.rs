@@ -341,3 +341,96 @@ impl Pg {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table in a schema, a two-column key, a soft-delete column and no version.
+    fn target() -> Target {
+        Target {
+            entity: "orders".into(),
+            table: "shop.orders".into(),
+            key: vec!["id".into(), "tenant".into()],
+            soft: Some(SoftTarget {
+                column: "deleted".into(),
+                deleted_value: Some(true),
+            }),
+            version: None,
+            corrections: vec![],
+        }
+    }
+
+    fn correction(op: &str) -> Correction {
+        let row = vec![
+            ("id".to_string(), Value::Int(1)),
+            ("tenant".to_string(), Value::Text("a".into())),
+            ("name".to_string(), Value::Text("x".into())),
+            ("deleted".to_string(), Value::Bool(false)),
+        ];
+        Correction {
+            id: "c1".into(),
+            op: op.into(),
+            changed: vec!["name".into()],
+            expected: if op == "insert" { vec![] } else { row.clone() },
+            values: row,
+        }
+    }
+
+    /// The statements apply runs, pinned: a refactoring must not change them.
+    #[test]
+    fn statements_are_pinned() {
+        let t = target();
+        assert_eq!(
+            statement(&t, &correction("insert")),
+            r#"INSERT INTO "shop"."orders" ("id", "tenant", "name", "deleted") SELECT r."id", r."tenant", r."name", r."deleted" FROM json_populate_record(NULL::"shop"."orders", $1::text::json) AS r WHERE NOT EXISTS (SELECT 1 FROM "shop"."orders" AS t WHERE t."id" = r."id" AND t."tenant" = r."tenant")"#
+        );
+        assert_eq!(
+            statement(&t, &correction("update")),
+            r#"UPDATE "shop"."orders" AS t SET "name" = r."name" FROM json_populate_record(NULL::"shop"."orders", $1::text::json) AS r, json_populate_record(NULL::"shop"."orders", $2::text::json) AS e WHERE t."id" = r."id" AND t."tenant" = r."tenant" AND t."name" IS NOT DISTINCT FROM e."name" AND t."deleted" IS NOT DISTINCT FROM e."deleted""#
+        );
+        assert_eq!(
+            statement(&t, &correction("soft_delete")),
+            statement(&t, &correction("update"))
+        );
+        assert_eq!(
+            statement(&t, &correction("delete")),
+            r#"DELETE FROM "shop"."orders" AS t USING json_populate_record(NULL::"shop"."orders", $1::text::json) AS r, json_populate_record(NULL::"shop"."orders", $2::text::json) AS e WHERE t."id" = r."id" AND t."tenant" = r."tenant" AND t."name" IS NOT DISTINCT FROM e."name" AND t."deleted" IS NOT DISTINCT FROM e."deleted""#
+        );
+        let soft = t.soft.clone().unwrap();
+        assert_eq!(
+            revive(&t, &correction("insert"), &soft),
+            r#"UPDATE "shop"."orders" AS t SET "name" = r."name", "deleted" = r."deleted" FROM json_populate_record(NULL::"shop"."orders", $1::text::json) AS r WHERE t."id" = r."id" AND t."tenant" = r."tenant" AND t."deleted" = true"#
+        );
+        let versioned = Target {
+            version: Some("name".into()),
+            soft: Some(SoftTarget {
+                column: "deleted".into(),
+                deleted_value: None,
+            }),
+            ..target()
+        };
+        assert_eq!(
+            statement(&versioned, &correction("delete")),
+            r#"DELETE FROM "shop"."orders" AS t USING json_populate_record(NULL::"shop"."orders", $1::text::json) AS r, json_populate_record(NULL::"shop"."orders", $2::text::json) AS e WHERE t."id" = r."id" AND t."tenant" = r."tenant" AND t."name" IS NOT DISTINCT FROM e."name""#
+        );
+        assert_eq!(
+            revive(&versioned, &correction("insert"), versioned.soft.as_ref().unwrap()),
+            r#"UPDATE "shop"."orders" AS t SET "name" = r."name", "deleted" = r."deleted" FROM json_populate_record(NULL::"shop"."orders", $1::text::json) AS r WHERE t."id" = r."id" AND t."tenant" = r."tenant" AND t."deleted" IS NOT NULL"#
+        );
+        assert_eq!(
+            statement_text(&t, &correction("insert")),
+            format!(
+                r#"{};  -- $1 = {{"deleted":false,"id":1,"name":"x","tenant":"a"}}"#,
+                statement(&t, &correction("insert"))
+            )
+        );
+        assert_eq!(
+            statement_text(&t, &correction("update")),
+            format!(
+                r#"{};  -- $1 = {{"deleted":false,"id":1,"name":"x","tenant":"a"}}, $2 = {{"deleted":false,"id":1,"name":"x","tenant":"a"}}"#,
+                statement(&t, &correction("update"))
+            )
+        );
+    }
+}
