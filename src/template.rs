@@ -54,7 +54,10 @@ mod tests {
     #[test]
     fn fills_known_slots_once() {
         assert_eq!(
-            fill("SELECT {a} FROM {t} WHERE x = '{b}'", &[("a", "{t}"), ("t", "\"t\"")]),
+            fill(
+                "SELECT {a} FROM {t} WHERE x = '{b}'",
+                &[("a", "{t}"), ("t", "\"t\"")]
+            ),
             "SELECT {t} FROM \"t\" WHERE x = '{b}'"
         );
     }
