@@ -7,6 +7,9 @@ use datafusion::error::DataFusionError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// An error kept as the source of one of ours, whatever library it came from.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Process exit codes, documented in the README. Schedulers branch on these.
 #[repr(u8)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +109,16 @@ pub enum Error {
     #[error("{path}: {message}")]
     BadFile { path: String, message: String },
 
+    /// A file recon reads back (a correction file) cannot be decoded; `source` is the
+    /// decoder's error.
+    #[error("{path}: {message}")]
+    UnreadableFile {
+        path: String,
+        message: String,
+        #[source]
+        source: BoxError,
+    },
+
     #[error("storage error at {location}: {source}")]
     Storage {
         location: String,
@@ -133,6 +146,37 @@ pub enum Error {
     #[error("system `{system}`: {message}")]
     SourceUnavailable { system: String, message: String },
 
+    /// The database `recon apply` writes to could not be reached or failed under it
+    /// (connection, transaction): retrying later may succeed. `message` says what apply
+    /// was doing; `source` is the driver's error.
+    #[error("system `{system}`: {message}")]
+    Database {
+        system: String,
+        message: String,
+        #[source]
+        source: BoxError,
+    },
+
+    /// The database `recon apply` writes to refused a statement outside a correction
+    /// (reading a table's columns, creating the ledger, a dry run): fix the job or the
+    /// database's grants.
+    #[error("apply to {system}: {message}")]
+    DatabaseRefused {
+        system: String,
+        message: String,
+        #[source]
+        source: BoxError,
+    },
+
+    /// The connection URL of the database `recon apply` writes to cannot be parsed.
+    #[error("system `{system}`: the connection URL is not a {dialect} URL: {source}")]
+    DatabaseUrl {
+        system: String,
+        dialect: &'static str,
+        #[source]
+        source: BoxError,
+    },
+
     /// Another run of the same job and run date holds the lock.
     #[error("another run holds the lock {lock}: {holder}")]
     Locked { lock: String, holder: String },
@@ -152,46 +196,47 @@ pub enum Error {
     #[error("{0}")]
     Internal(String),
 
-    /// A bug in recon: an operation that cannot fail on valid state failed, with the
-    /// error it failed with.
+    /// A bug in recon, with the error it came from; `context` says what recon was doing.
     #[error("{context}: {source}")]
-    Bug {
+    InternalWith {
         context: String,
-        source: Box<dyn std::error::Error + Send + Sync>,
+        #[source]
+        source: BoxError,
     },
 }
 
 impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Usage(_) | Error::JobRead { .. } | Error::Job { .. } | Error::Url { .. } => {
-                ExitCode::Usage
-            }
+            Error::Usage(_)
+            | Error::JobRead { .. }
+            | Error::Job { .. }
+            | Error::Url { .. }
+            | Error::DatabaseRefused { .. }
+            | Error::DatabaseUrl { .. } => ExitCode::Usage,
             Error::JobSchema { .. } => ExitCode::Usage,
             Error::MissingSnapshot { .. }
             | Error::Snapshot { .. }
             | Error::CorruptFile { .. }
             | Error::SchemaMismatch { .. }
             | Error::BadFile { .. }
+            | Error::UnreadableFile { .. }
             | Error::Values { .. }
             | Error::Export { .. } => ExitCode::InputData,
-            Error::SourceUnavailable { .. } => ExitCode::Storage,
+            Error::SourceUnavailable { .. } | Error::Database { .. } => ExitCode::Storage,
             Error::Storage { source, .. } => storage_exit_code(source),
             Error::Query { source, .. } => query_exit_code(source),
             Error::Locked { .. } => ExitCode::Locked,
             Error::NoConditionalWrites { .. } => ExitCode::Usage,
             Error::Interrupted { signal } if *signal == "SIGINT" => ExitCode::Interrupted,
             Error::Interrupted { .. } => ExitCode::Terminated,
-            Error::Internal(_) | Error::Bug { .. } => ExitCode::Internal,
+            Error::Internal(_) | Error::InternalWith { .. } => ExitCode::Internal,
         }
     }
 
     /// A bug: `source` failed while doing `context`.
-    pub fn bug(
-        context: impl Into<String>,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
-        Error::Bug {
+    pub fn bug(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::InternalWith {
             context: context.into(),
             source: source.into(),
         }

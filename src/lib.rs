@@ -18,6 +18,7 @@ pub mod run;
 pub mod signal;
 pub mod snapshot;
 pub mod store;
+pub(crate) mod template;
 pub mod write;
 
 pub use error::{Error, ExitCode, Result};

@@ -11,26 +11,30 @@
 //!   correction's outcome in the same transaction as the change; a correction already
 //!   in the ledger is skipped as `already_applied`, so a second apply changes nothing
 //!   and an interrupted one finishes the rest.
+//!
+//! The loop is written once (`batch`) over a `Dialect`; `postgres` and `mysql` own their
+//! SQL (`queries/apply/<dialect>/*.sql`), quoting, transactions and row counts. Ops are
+//! parsed into [`Op`] where a correction file is read (`corrections`).
 
+mod batch;
+mod corrections;
 mod mysql;
 mod postgres;
+mod report;
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use chrono::{NaiveDate, Utc};
-use object_store::ObjectStoreExt;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
-use tracing::info;
 
+use self::batch::Dialect;
+use self::corrections::read_corrections;
 use crate::error::{Error, Result};
 use crate::job::exporters::{ExportSpec, ExporterKind};
 use crate::job::{DeletePolicy, JobConfig};
 use crate::store;
-use crate::write::{self, LatestPointer, Manifest, ParquetSink};
+use crate::write::vocabulary::Op;
+use crate::write::{self, LatestPointer, Manifest};
 
 pub use crate::write::value::Value;
 
@@ -80,7 +84,7 @@ impl Outcome {
 #[derive(Debug, Clone)]
 pub struct Correction {
     pub id: String,
-    pub op: String,
+    pub op: Op,
     pub changed: Vec<String>,
     /// Every payload column (target names) with its new value.
     pub values: Vec<(String, Value)>,
@@ -160,12 +164,6 @@ impl ApplySummary {
     }
 }
 
-/// The database connection of the system being applied to.
-pub(crate) enum Db {
-    Pg(postgres::Pg),
-    My(mysql::My),
-}
-
 /// Applies (or with `dry_run` checks) one committed run's corrections for one system.
 pub async fn apply(job: &JobConfig, opts: &ApplyOptions) -> Result<ApplySummary> {
     if opts.system != job.source && opts.system != job.replica {
@@ -221,17 +219,32 @@ pub async fn apply(job: &JobConfig, opts: &ApplyOptions) -> Result<ApplySummary>
                 opts.system
             ))
         })?;
-    let mut db = match &exporter.kind {
-        ExporterKind::Postgres { .. } => Db::Pg(postgres::Pg::connect(&opts.system, &url).await?),
-        _ => Db::My(mysql::My::connect(&opts.system, &url).await?),
-    };
+    match &exporter.kind {
+        ExporterKind::Postgres { .. } => {
+            let db = postgres::Pg::connect(&opts.system, &url).await?;
+            apply_with(db, job, opts, &output, &manifest, &targets).await
+        }
+        _ => {
+            let db = mysql::My::connect(&opts.system, &url).await?;
+            apply_with(db, job, opts, &output, &manifest, &targets).await
+        }
+    }
+}
+
+/// The apply proper, once connected: every column checked, then the corrections
+/// applied (or checked) and the report written.
+async fn apply_with<D: Dialect>(
+    mut db: D,
+    job: &JobConfig,
+    opts: &ApplyOptions,
+    output: &store::Location,
+    manifest: &Manifest,
+    targets: &[Target],
+) -> Result<ApplySummary> {
     // Every column apply names must be in its table, checked before anything is
     // written: a guard on a column the table lacks would fail row by row.
-    for target in &targets {
-        let columns = match &mut db {
-            Db::Pg(p) => p.columns(&target.table).await?,
-            Db::My(m) => m.columns(&target.table).await?,
-        };
+    for target in targets {
+        let columns = db.columns(&target.table).await?;
         check_target_columns(target, &columns, &opts.system)?;
     }
     let apply_id = format!(
@@ -251,88 +264,19 @@ pub async fn apply(job: &JobConfig, opts: &ApplyOptions) -> Result<ApplySummary>
         statements: vec![],
     };
     if !opts.dry_run {
-        match &mut db {
-            Db::Pg(p) => p.ensure_ledger().await?,
-            Db::My(m) => m.ensure_ledger().await?,
-        }
+        db.ensure_ledger().await?;
     }
-    let mut log: Vec<(String, String, String, Outcome)> = Vec::new();
-    // Inserts and updates parents first, then deletes children first.
-    let phases: [(&[&str], bool); 2] = [
-        (&["insert", "update"], false),
-        (&["delete", "soft_delete"], true),
-    ];
-    for (ops, reverse) in phases {
-        let mut order: Vec<&Target> = targets.iter().collect();
-        if reverse {
-            order.reverse();
-        }
-        for target in order {
-            for op in ops {
-                let cs: Vec<&Correction> =
-                    target.corrections.iter().filter(|c| c.op == *op).collect();
-                if cs.is_empty() {
-                    continue;
-                }
-                let ctx = Ctx {
-                    job: &job.name,
-                    run_id: &manifest.run_id,
-                };
-                for batch in cs.chunks(opts.batch_rows.max(1)) {
-                    let outcomes = if opts.dry_run {
-                        match &mut db {
-                            Db::Pg(p) => p.check(target, batch).await?,
-                            Db::My(m) => m.check(target, batch).await?,
-                        }
-                    } else {
-                        // A batch is one transaction: committed only while the lock
-                        // is still this apply's.
-                        if let Some(lock) = &opts.lock {
-                            lock.check().await?;
-                        }
-                        match &mut db {
-                            Db::Pg(p) => p.apply_batch(&ctx, target, batch).await?,
-                            Db::My(m) => m.apply_batch(&ctx, target, batch).await?,
-                        }
-                    };
-                    for (c, o) in batch.iter().zip(outcomes) {
-                        *summary
-                            .counts
-                            .entry(target.entity.clone())
-                            .or_default()
-                            .entry(op.to_string())
-                            .or_default()
-                            .entry(o.as_str().to_string())
-                            .or_default() += 1;
-                        log.push((target.entity.clone(), c.id.clone(), op.to_string(), o));
-                    }
-                }
-                if opts.dry_run {
-                    let n = cs.len();
-                    let matching = summary.counts[&target.entity][*op]
-                        .get(Outcome::WouldApply.as_str())
-                        .copied()
-                        .unwrap_or(0) as usize;
-                    let sql = match &db {
-                        Db::Pg(_) => postgres::statement_text(target, cs[0]),
-                        Db::My(_) => mysql::statement_text(target, cs[0]),
-                    };
-                    summary.statements.push(format!(
-                        "-- {}: {n} {op} correction(s), {matching} row(s) would be touched, {} stale\n{sql}",
-                        target.entity,
-                        n - matching
-                    ));
-                }
-                info!(entity = %target.entity, op, corrections = cs.len(), "applied");
-            }
-        }
-    }
+    let ctx = Ctx {
+        job: &job.name,
+        run_id: &manifest.run_id,
+    };
+    let log = batch::apply_targets(&mut db, &ctx, opts, targets, &mut summary).await?;
     if !opts.dry_run {
         let rel = format!(
             "applies/run_date={}/run_id={}/system={}/apply-{apply_id}.parquet",
             manifest.run_date, manifest.run_id, opts.system
         );
-        write_report(&output, &rel, &summary, &log).await?;
+        report::write_report(output, &rel, &summary, &log).await?;
         summary.report = Some(output.child(&rel).url());
     }
     Ok(summary)
@@ -382,9 +326,18 @@ fn check_target_columns(target: &Target, columns: &[String], system: &str) -> Re
     Ok(())
 }
 
+/// The run a batch's ledger rows name.
 pub(crate) struct Ctx<'a> {
     pub job: &'a str,
     pub run_id: &'a str,
+}
+
+/// One correction's outcome, for the report.
+pub(crate) struct LogEntry {
+    pub entity: String,
+    pub correction_id: String,
+    pub op: Op,
+    pub outcome: Outcome,
 }
 
 /// The manifest of the given run, or of the run date's latest committed run.
@@ -493,7 +446,7 @@ async fn load_targets(
         if let Some(v) = &version
             && let Some(c) = corrections
                 .iter()
-                .find(|c| c.op != "insert" && !c.expected.iter().any(|(col, _)| col == v))
+                .find(|c| c.op != Op::Insert && !c.expected.iter().any(|(col, _)| col == v))
         {
             return Err(Error::Usage(format!(
                 "entity `{name}`: the job's version column `{v}` is not in correction {} of run {} \
@@ -518,191 +471,6 @@ async fn load_targets(
         });
     }
     Ok(targets)
-}
-
-/// Reads one correction file (small: the guardrail caps corrections at a share of rows).
-pub(crate) async fn read_corrections(
-    output: &store::Location,
-    rel: &str,
-) -> Result<Vec<Correction>> {
-    let mut out = Vec::new();
-    for batch in CorrectionBatches::open(output, rel).await? {
-        out.extend(batch?);
-    }
-    Ok(out)
-}
-
-/// One correction file, read batch by batch.
-pub(crate) struct CorrectionBatches {
-    url: String,
-    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
-}
-
-impl CorrectionBatches {
-    pub(crate) async fn open(output: &store::Location, rel: &str) -> Result<Self> {
-        let location = output.child(rel);
-        let storage = |source| Error::Storage {
-            location: location.url(),
-            source,
-        };
-        let bytes = location
-            .store
-            .get(&location.prefix)
-            .await
-            .map_err(storage)?
-            .bytes()
-            .await
-            .map_err(storage)?;
-        let bad = |message: String| Error::BadFile {
-            path: location.url(),
-            message,
-        };
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .map_err(|e| bad(e.to_string()))?
-            .build()
-            .map_err(|e| bad(e.to_string()))?;
-        Ok(CorrectionBatches {
-            url: location.url(),
-            reader,
-        })
-    }
-
-    /// The corrections of one batch read from the file at `url`.
-    pub(crate) fn corrections(url: &str, b: &RecordBatch) -> Result<Vec<Correction>> {
-        let bad = |message: String| Error::BadFile {
-            path: url.to_string(),
-            message,
-        };
-        let mut out = Vec::with_capacity(b.num_rows());
-        let schema = b.schema();
-        let col = |n: &str| {
-            b.column_by_name(n)
-                .ok_or_else(|| bad(format!("no column `{n}`")))
-        };
-        let ids = col("correction_id")?.as_string::<i32>().clone();
-        let ops = col("op")?.as_string::<i32>().clone();
-        let changed = col("changed_fields")?.as_list::<i32>().clone();
-        let expected = col("expected")?.as_struct().clone();
-        let payload: Vec<usize> = (0..schema.fields().len())
-            .filter(|&i| {
-                !matches!(
-                    schema.field(i).name().as_str(),
-                    "correction_id" | "op" | "changed_fields" | "expected"
-                )
-            })
-            .collect();
-        for r in 0..b.num_rows() {
-            let names = changed.value(r);
-            let names = names.as_string::<i32>();
-            let values = payload
-                .iter()
-                .map(|&i| {
-                    Ok((
-                        schema.field(i).name().clone(),
-                        Value::from_array(b.column(i).as_ref(), r).map_err(&bad)?,
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let exp = if expected.is_null(r) {
-                vec![]
-            } else {
-                expected
-                    .fields()
-                    .iter()
-                    .zip(expected.columns())
-                    .map(|(f, a)| {
-                        Ok((
-                            f.name().clone(),
-                            Value::from_array(a.as_ref(), r).map_err(&bad)?,
-                        ))
-                    })
-                    .collect::<Result<Vec<_>>>()?
-            };
-            out.push(Correction {
-                id: ids.value(r).to_string(),
-                op: ops.value(r).to_string(),
-                changed: (0..names.len())
-                    .map(|i| names.value(i).to_string())
-                    .collect(),
-                values,
-                expected: exp,
-            });
-        }
-        Ok(out)
-    }
-}
-
-impl Iterator for CorrectionBatches {
-    type Item = Result<Vec<Correction>>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let batch = match self.reader.next()? {
-            Ok(b) => b,
-            Err(e) => {
-                return Some(Err(Error::BadFile {
-                    path: self.url.clone(),
-                    message: format!("not a readable correction file: {e}"),
-                }));
-            }
-        };
-        Some(Self::corrections(&self.url, &batch))
-    }
-}
-
-async fn write_report(
-    output: &store::Location,
-    rel: &str,
-    summary: &ApplySummary,
-    log: &[(String, String, String, Outcome)],
-) -> Result<()> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("apply_id", DataType::Utf8, false),
-        Field::new("run_id", DataType::Utf8, false),
-        Field::new("system", DataType::Utf8, false),
-        Field::new("entity", DataType::Utf8, false),
-        Field::new("correction_id", DataType::Utf8, false),
-        Field::new("op", DataType::Utf8, false),
-        Field::new("outcome", DataType::Utf8, false),
-        Field::new("message", DataType::Utf8, true),
-        Field::new(
-            "at",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
-    ]));
-    let mut cols: Vec<StringBuilder> = (0..8).map(|_| StringBuilder::new()).collect();
-    let mut at = TimestampMicrosecondBuilder::new();
-    let now = Utc::now().timestamp_micros();
-    for (entity, id, op, outcome) in log {
-        for (i, v) in [
-            summary.apply_id.as_str(),
-            summary.run_id.as_str(),
-            summary.system.as_str(),
-            entity,
-            id,
-            op,
-            outcome.as_str(),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            cols[i].append_value(v);
-        }
-        match outcome {
-            Outcome::Failed(m) => cols[7].append_value(m),
-            _ => cols[7].append_null(),
-        }
-        at.append_value(now);
-    }
-    let mut arrays: Vec<Arc<dyn Array>> =
-        cols.iter_mut().map(|c| Arc::new(c.finish()) as _).collect();
-    arrays.push(Arc::new(at.finish().with_timezone("UTC")));
-    let batch = RecordBatch::try_new(schema.clone(), arrays)
-        .map_err(|e| Error::Internal(format!("apply report: {e}")))?;
-    let mut sink = ParquetSink::create(output, rel.to_string(), schema, 64 * 1024)?;
-    sink.write(&batch).await?;
-    sink.close().await?;
-    Ok(())
 }
 
 /// Ids of corrections already seen, for the batch being applied.

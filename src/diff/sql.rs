@@ -10,6 +10,7 @@ use super::fingerprint;
 use super::plan::{EntityPlan, Side, SoftColumn, SoftMarker, fit_name};
 use super::types::value_type;
 use crate::snapshot::scan_type;
+use crate::template::fill;
 
 const NULL_KEYS_SQL: &str = include_str!("../../queries/null_keys.sql");
 const DUPLICATE_KEYS_SQL: &str = include_str!("../../queries/duplicate_keys.sql");
@@ -24,34 +25,6 @@ const PAYLOAD_SQL: &str = include_str!("../../queries/payload.sql");
 
 pub fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-/// Fills `{name}` slots of a template in one pass, so filled-in text is never rescanned.
-fn fill(template: &str, parts: &[(&str, &str)]) -> String {
-    let mut out = String::with_capacity(template.len() * 2);
-    let mut rest = template;
-    while let Some(start) = rest.find('{') {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 1..];
-        match after.find('}').and_then(|end| {
-            let name = &after[..end];
-            parts
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| (end, *v))
-        }) {
-            Some((end, value)) => {
-                out.push_str(value);
-                rest = &after[end + 1..];
-            }
-            None => {
-                out.push('{');
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 fn cast_to(expr: &str, from: &DataType, to: &DataType) -> String {

@@ -1,0 +1,2 @@
+-- Values are bound in UTC.
+SET SESSION time_zone = '+00:00'

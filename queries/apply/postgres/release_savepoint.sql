@@ -1,0 +1,1 @@
+RELEASE recon_correction
