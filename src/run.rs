@@ -681,20 +681,8 @@ struct PastRows {
 /// Rows per entity in the newest committed run of an earlier run date, found through
 /// `_latest.json` pointers and manifests only: uncommitted runs are never read.
 async fn previous_rows(layout: &RunLayout) -> Result<BTreeMap<String, PreviousRows>> {
-    let runs = layout.output.child("runs");
-    let listing = match runs.store.list_with_delimiter(Some(&runs.prefix)).await {
-        Ok(l) => l,
-        Err(object_store::Error::NotFound { .. }) => return Ok(BTreeMap::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut dates: Vec<NaiveDate> = listing
-        .common_prefixes
-        .iter()
-        .filter_map(|p| p.filename()?.strip_prefix("run_date=")?.parse().ok())
-        .filter(|d| *d < layout.run_date)
-        .collect();
-    dates.sort();
-    for date in dates.into_iter().rev() {
+    let dates = write::earlier_run_dates(&layout.output, "runs", layout.run_date).await?;
+    for date in dates {
         let Some(pointer) = passed_over(
             write::get_json::<LatestPointer>(
                 &layout.output,
