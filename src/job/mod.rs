@@ -342,6 +342,64 @@ impl JobConfig {
     pub fn entity(&self, name: &str) -> Option<&EntityConfig> {
         self.entities.iter().find(|e| e.name == name)
     }
+
+    /// The job with the command line's lake and output prefix (URLs or paths, relative
+    /// to the working directory) in place of the file's. A lake given without an output
+    /// prefix takes the outputs with it, to `{lake}/recon/{name}` as in a job file
+    /// without `output`, even when the file names one: a run on another lake never
+    /// writes into, or takes the lock of, the job file's outputs.
+    pub fn relocated(self, lake: Option<&str>, output: Option<&str>) -> Result<Self> {
+        let cwd = Path::new(".");
+        let lake = lake
+            .map(|l| crate::store::resolve_url(l, cwd))
+            .transpose()?;
+        let output = match (output, &lake) {
+            (Some(o), _) => crate::store::resolve_url(o, cwd)?,
+            (None, Some(lake)) => default_output(lake, &self.name),
+            (None, None) => self.output,
+        };
+        Ok(JobConfig {
+            lake: lake.unwrap_or(self.lake),
+            output,
+            ..self
+        })
+    }
+
+    /// Checks entity names given on the command line (`--entity`).
+    pub fn check_entities(&self, names: &[String]) -> Result<()> {
+        match names.iter().find(|n| self.entity(n).is_none()) {
+            None => Ok(()),
+            Some(name) => Err(Error::Usage(format!(
+                "entity `{name}` is not in job {} (entities: {})",
+                self.path.display(),
+                self.entities
+                    .iter()
+                    .map(|e| e.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// Checks a system name given on the command line (`--system`): the job's source or
+    /// replica.
+    pub fn check_system(&self, system: &str) -> Result<()> {
+        if system == self.source || system == self.replica {
+            Ok(())
+        } else {
+            Err(Error::Usage(format!(
+                "system `{system}` is not in job {} (systems: {}, {})",
+                self.path.display(),
+                self.source,
+                self.replica
+            )))
+        }
+    }
+}
+
+/// The output prefix of a job file without `output`: `{lake}/recon/{name}`.
+pub fn default_output(lake: &str, name: &str) -> String {
+    format!("{}/recon/{name}", lake.trim_end_matches('/'))
 }
 
 /// The largest job file recon reads.
@@ -398,7 +456,7 @@ impl<'a> Cx<'a> {
         let output = match &raw.job.output {
             Some(o) => crate::store::resolve_url(o.get_ref(), base)
                 .map_err(|e| self.err(o.span().start, e.to_string()))?,
-            None => format!("{}/recon/{}", lake.trim_end_matches('/'), name),
+            None => default_output(&lake, &name),
         };
         let mut defaults = Guardrails::default();
         if let Some(s) = raw.guardrails.max_correction_share {
@@ -783,7 +841,8 @@ fn parse_field(raw: RawField) -> std::result::Result<FieldRule, String> {
     })
 }
 
-fn check_share(s: f64, what: &str) -> std::result::Result<f64, String> {
+/// A share in [0, 1] (guardrails), named `what` in the message.
+pub fn check_share(s: f64, what: &str) -> std::result::Result<f64, String> {
     if (0.0..=1.0).contains(&s) {
         Ok(s)
     } else {
