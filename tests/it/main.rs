@@ -3,6 +3,7 @@
 mod apply_db;
 mod bad_input;
 mod cli;
+mod cli_args;
 mod common;
 mod db;
 mod differential;
