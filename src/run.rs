@@ -20,15 +20,16 @@ use crate::write::vocabulary::{Kind, Op};
 use crate::write::{self, LatestPointer, MANIFEST_FORMAT, Manifest, ManifestFile, RunLayout};
 use object_store::ObjectStoreExt;
 
-/// Options of one run, from the command line.
+/// Options of one run. They are checked against the job before any I/O, where they
+/// are made (the command line's `RunConfig`); [`run`] takes them as they are.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub run_date: NaiveDate,
-    /// Defaults to a new, time-ordered id.
+    /// Defaults to a new, time-ordered id; see [`check_run_id`].
     pub run_id: Option<String>,
-    /// Only these entities (all when empty).
+    /// Only these entities (all when empty); see [`JobConfig::check_entities`].
     pub entities: Vec<String>,
-    /// Overrides every entity's guardrail share.
+    /// Overrides every entity's guardrail share, in [0, 1].
     pub max_correction_share: Option<f64>,
     pub target_partitions: usize,
     /// Memory the diff queries may hold before spilling (bytes).
@@ -146,26 +147,14 @@ pub struct RunOutcome {
     pub exit: ExitCode,
 }
 
-/// Opens both snapshots of every selected entity and plans its diff. Every job and
+/// Opens both snapshots of every selected entity (`only` names entities of the job, as
+/// checked by [`JobConfig::check_entities`]; all when empty) and plans its diff. Every
 /// schema error surfaces here, before any diff runs.
 pub async fn prepare(
     job: &JobConfig,
     run_date: NaiveDate,
     only: &[String],
 ) -> Result<Vec<Prepared>> {
-    for name in only {
-        if job.entity(name).is_none() {
-            return Err(Error::Usage(format!(
-                "entity `{name}` is not in job {} (entities: {})",
-                job.path.display(),
-                job.entities
-                    .iter()
-                    .map(|e| e.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-    }
     let mut prepared = Vec::new();
     for entity in &job.entities {
         if !only.is_empty() && !only.contains(&entity.name) {
@@ -219,10 +208,7 @@ pub async fn run(job: &JobConfig, opts: &RunOptions) -> Result<RunOutcome> {
     let started_at = Utc::now();
     let clock = Instant::now();
     let run_id = match &opts.run_id {
-        Some(id) => {
-            check_run_id(id)?;
-            id.clone()
-        }
+        Some(id) => id.clone(),
         None => new_run_id(started_at),
     };
     let layout = RunLayout {
@@ -681,20 +667,8 @@ struct PastRows {
 /// Rows per entity in the newest committed run of an earlier run date, found through
 /// `_latest.json` pointers and manifests only: uncommitted runs are never read.
 async fn previous_rows(layout: &RunLayout) -> Result<BTreeMap<String, PreviousRows>> {
-    let runs = layout.output.child("runs");
-    let listing = match runs.store.list_with_delimiter(Some(&runs.prefix)).await {
-        Ok(l) => l,
-        Err(object_store::Error::NotFound { .. }) => return Ok(BTreeMap::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut dates: Vec<NaiveDate> = listing
-        .common_prefixes
-        .iter()
-        .filter_map(|p| p.filename()?.strip_prefix("run_date=")?.parse().ok())
-        .filter(|d| *d < layout.run_date)
-        .collect();
-    dates.sort();
-    for date in dates.into_iter().rev() {
+    let dates = write::earlier_run_dates(&layout.output, "runs", layout.run_date).await?;
+    for date in dates {
         let Some(pointer) = passed_over(
             write::get_json::<LatestPointer>(
                 &layout.output,

@@ -1,32 +1,32 @@
 //! `recon apply`: apply a committed run's corrections for one system to its database.
 
-use std::path::PathBuf;
-
-use chrono::NaiveDate;
 use clap::Args;
 
-use super::{Format, GlobalArgs};
+use super::{EntityArgs, Format, FormatArgs, GlobalArgs, JobArgs, LockArgs, OutputArgs};
 use crate::apply::{ApplyOptions, ApplySummary};
-use crate::error::{ExitCode, Result};
+use crate::error::{Error, ExitCode, Result};
 use crate::job::JobConfig;
+use crate::job::exporters::ExporterKind;
+use crate::run::LockMode;
 
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("run_date", |a| a.help("The run date whose committed run to apply (YYYY-MM-DD)")),
+    mut_arg("entities", |a| a.help("Apply only this entity (repeatable)")),
+    mut_arg("output", |a| a.help("Read runs from this output prefix (URL or path) instead of the job's")),
+    mut_arg("format", |a| a.help("How to print the apply summary on stdout")),
+)]
 pub struct ApplyArgs {
-    /// The job file (TOML).
-    #[arg(long)]
-    pub job: PathBuf,
-    /// The run date whose committed run to apply (YYYY-MM-DD).
-    #[arg(long, value_parser = super::parse_date)]
-    pub run_date: NaiveDate,
+    #[command(flatten)]
+    pub job: JobArgs,
     /// The run to apply (default: the run date's latest committed run).
     #[arg(long = "run")]
     pub run_id: Option<String>,
     /// The system whose database is corrected (it needs a postgres or mysql exporter).
     #[arg(long)]
     pub system: String,
-    /// Apply only this entity (repeatable).
-    #[arg(long = "entity")]
-    pub entities: Vec<String>,
+    #[command(flatten)]
+    pub entities: EntityArgs,
     /// Print the statements and how many rows each would touch; write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -36,55 +36,91 @@ pub struct ApplyArgs {
     /// Corrections per transaction.
     #[arg(long, default_value_t = crate::apply::DEFAULT_BATCH_ROWS)]
     pub batch_rows: usize,
-    /// Read runs from this output prefix instead of the job's (URL or path).
-    #[arg(long)]
-    pub output: Option<String>,
-    /// Output format on stdout.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
     #[command(flatten)]
-    pub lock: super::LockArgs,
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub format: FormatArgs,
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+/// An apply as the command line asks for it: the job with `--output` in place, the
+/// system, entities and run id checked against it, before anything touches a store or
+/// a database; never changed after.
+#[derive(Debug)]
+pub struct ApplyConfig {
+    pub job: JobConfig,
+    /// What to apply (its `lock` is the one taken when the apply starts).
+    pub options: ApplyOptions,
+    /// A dry run writes nothing and takes no lock.
+    pub lock: LockMode,
+    pub format: Format,
+}
+
+impl ApplyConfig {
+    /// Loads the job and checks `--system`, `--entity` and `--run` against it.
+    pub fn try_new(args: ApplyArgs) -> Result<Self> {
+        let job = JobConfig::load(&args.job.job)?.relocated(None, args.output.output.as_deref())?;
+        let system = &args.system;
+        job.check_system(system)?;
+        job.check_entities(&args.entities.entities)?;
+        match job.exporters.get(system).map(|e| &e.kind) {
+            Some(ExporterKind::Postgres { .. } | ExporterKind::Mysql { .. }) => {}
+            Some(other) => {
+                return Err(Error::Usage(format!(
+                    "system `{system}` is exported with kind = \"{}\"; apply needs a postgres or mysql database",
+                    other.name()
+                )));
+            }
+            None => {
+                return Err(Error::Usage(format!(
+                    "system `{system}` has no [exporters.{system}] table: apply connects through the exporter's url_env (kind postgres or mysql)"
+                )));
+            }
+        }
+        if let Some(id) = &args.run_id {
+            crate::run::check_run_id(id)?;
+        }
+        Ok(ApplyConfig {
+            job,
+            options: ApplyOptions {
+                run_date: args.job.run_date,
+                run_id: args.run_id,
+                system: args.system,
+                entities: args.entities.entities,
+                dry_run: args.dry_run,
+                allow_guardrail_tripped: args.allow_guardrail_tripped,
+                batch_rows: args.batch_rows,
+                lock: None,
+            },
+            lock: if args.dry_run {
+                LockMode::Disabled
+            } else {
+                args.lock.mode()
+            },
+            format: args.format.format,
+        })
+    }
 }
 
 pub async fn run(args: ApplyArgs, global: &GlobalArgs) -> Result<ExitCode> {
-    let mut job = JobConfig::load(&args.job)?;
-    if let Some(output) = &args.output {
-        job.output = crate::store::resolve_url(output, std::path::Path::new("."))?;
-    }
+    let config = ApplyConfig::try_new(args)?;
     // The run date's lock, as `run` and `export` take it: an apply never overlaps a run
-    // or another apply of the same date. A dry run writes nothing and takes none.
-    let lock = match args.lock.mode() {
-        crate::run::LockMode::Required { ttl } if !args.dry_run => {
-            let output = crate::store::open(&job.output)?;
-            if !crate::lock::probe(&output).await? {
-                return Err(crate::error::Error::NoConditionalWrites { url: output.url() });
-            }
-            let id = format!("apply-{}", crate::run::new_run_id(chrono::Utc::now()));
-            let lock =
-                crate::lock::RunLock::acquire(&output, &job.name, args.run_date, &id, ttl).await?;
-            Some(std::sync::Arc::new(lock.keep()))
-        }
-        _ => None,
-    };
+    // or another apply of the same date.
+    let lock = super::take_lock(&config.job, config.options.run_date, config.lock, "apply").await?;
     let opts = ApplyOptions {
-        run_date: args.run_date,
-        run_id: args.run_id,
-        system: args.system,
-        entities: args.entities,
-        dry_run: args.dry_run,
-        allow_guardrail_tripped: args.allow_guardrail_tripped,
-        batch_rows: args.batch_rows,
         lock: lock.clone(),
+        ..config.options.clone()
     };
     // On a stop signal the open transaction is rolled back by the database when the
     // connection drops; what was committed before is found `already_applied` next time.
-    let summary = crate::signal::until_stopped(crate::apply::apply(&job, &opts)).await;
+    let summary = crate::signal::until_stopped(crate::apply::apply(&config.job, &opts)).await;
     if let Some(lock) = lock {
         lock.release().await;
     }
     let summary = summary?;
     if !global.quiet {
-        print(&summary, args.format);
+        print(&summary, config.format);
     }
     Ok(
         if summary.dry_run || summary.total("stale") + summary.total("failed") == 0 {

@@ -6,12 +6,21 @@ use std::path::PathBuf;
 use chrono::NaiveDate;
 use clap::Args;
 
-use super::{Format, GlobalArgs};
+use super::run::RunConfig;
+use super::{FormatArgs, GlobalArgs, LockArgs, RunControlArgs};
 use crate::error::{Error, ExitCode, Result};
 use crate::job::{DeletePolicy, EntityConfig, JobConfig, check_name};
-use crate::run::RunOptions;
+
+/// An ad-hoc diff writes every correction unless `--max-correction-share` says otherwise.
+const DIFF_MAX_CORRECTION_SHARE: f64 = 1.0;
 
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("max_correction_share", |a| a.help(
+        "Guardrail share (0..1); an ad-hoc diff writes every correction by default"
+    )),
+    mut_arg("format", |a| a.help("How to print the run summary on stdout")),
+)]
 pub struct DiffArgs {
     /// The source snapshot: a Parquet file or a folder/prefix of them (URL or path).
     #[arg(long)]
@@ -31,82 +40,78 @@ pub struct DiffArgs {
     /// Run date stamped on the outputs (default: today, UTC).
     #[arg(long, value_parser = super::parse_date)]
     pub run_date: Option<NaiveDate>,
-    /// Run id to use instead of a new one.
-    #[arg(long)]
-    pub run_id: Option<String>,
-    /// Guardrail share; an ad-hoc diff writes every correction by default.
-    #[arg(long, default_value_t = 1.0)]
-    pub max_correction_share: f64,
-    /// Output format on stdout.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
     #[command(flatten)]
-    pub lock: super::LockArgs,
-    /// Which key-summary plan to start from: auto, merge, join or aggregation (tests).
-    #[arg(long, hide = true, default_value = "auto")]
-    pub key_plan: crate::diff::plan::KeyPlan,
+    pub control: RunControlArgs,
+    #[command(flatten)]
+    pub format: FormatArgs,
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+impl RunConfig {
+    /// The run of an ad-hoc diff: a job of one entity made from the arguments (all
+    /// fields exact, left is the source, deletes hard), checked like a job file.
+    pub fn try_from_diff(args: DiffArgs, global: &GlobalArgs) -> Result<Self> {
+        let cwd = std::path::Path::new(".");
+        let url = |s: &str| crate::store::resolve_url(s, cwd);
+        let entity = check_name(&args.entity).map_err(Error::Usage)?;
+        let key: Vec<String> = args
+            .key
+            .iter()
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect();
+        if key.is_empty() {
+            return Err(Error::Usage("--key needs at least one column".into()));
+        }
+        let run_date = args
+            .run_date
+            .unwrap_or_else(|| chrono::Utc::now().date_naive());
+        // The share is the entity's own, as a job file's would be.
+        let max_correction_share = args
+            .control
+            .max_correction_share
+            .unwrap_or(DIFF_MAX_CORRECTION_SHARE);
+        crate::job::check_share(max_correction_share, "--max-correction-share")
+            .map_err(Error::Usage)?;
+        let control = RunControlArgs {
+            max_correction_share: None,
+            ..args.control
+        };
+        let options = control.options(global, run_date, vec![], args.lock.mode(), false)?;
+        let job = JobConfig {
+            path: PathBuf::from("<recon diff>"),
+            name: "diff".into(),
+            lake: url(&args.output)?,
+            output: url(&args.output)?,
+            source: "left".into(),
+            replica: "right".into(),
+            exporters: BTreeMap::new(),
+            entities: vec![EntityConfig {
+                name: entity,
+                line: 0,
+                key,
+                depends_on: vec![],
+                deletes: DeletePolicy::Hard,
+                fields: BTreeMap::new(),
+                rename: BTreeMap::new(),
+                exports: BTreeMap::new(),
+                version: None,
+                source_snapshot: Some(url(&args.left)?),
+                replica_snapshot: Some(url(&args.right)?),
+                max_correction_share,
+                max_row_drop: 1.0,
+            }],
+        };
+        Ok(RunConfig {
+            job,
+            options,
+            format: args.format.format,
+        })
+    }
 }
 
 pub async fn run(args: DiffArgs, global: &GlobalArgs) -> Result<ExitCode> {
-    let cwd = std::path::Path::new(".");
-    let url = |s: &str| crate::store::resolve_url(s, cwd);
-    let entity = check_name(&args.entity).map_err(Error::Usage)?;
-    let key: Vec<String> = args
-        .key
-        .iter()
-        .map(|k| k.trim().to_string())
-        .filter(|k| !k.is_empty())
-        .collect();
-    if key.is_empty() {
-        return Err(Error::Usage("--key needs at least one column".into()));
-    }
-    if !(0.0..=1.0).contains(&args.max_correction_share) {
-        return Err(Error::Usage(format!(
-            "--max-correction-share must be between 0 and 1, got {}",
-            args.max_correction_share
-        )));
-    }
-    let job = JobConfig {
-        path: PathBuf::from("<recon diff>"),
-        name: "diff".into(),
-        lake: url(&args.output)?,
-        output: url(&args.output)?,
-        source: "left".into(),
-        replica: "right".into(),
-        exporters: BTreeMap::new(),
-        entities: vec![EntityConfig {
-            name: entity,
-            line: 0,
-            key,
-            depends_on: vec![],
-            deletes: DeletePolicy::Hard,
-            fields: BTreeMap::new(),
-            rename: BTreeMap::new(),
-            exports: BTreeMap::new(),
-            version: None,
-            source_snapshot: Some(url(&args.left)?),
-            replica_snapshot: Some(url(&args.right)?),
-            max_correction_share: args.max_correction_share,
-            max_row_drop: 1.0,
-        }],
-    };
-    let opts = RunOptions {
-        run_date: args
-            .run_date
-            .unwrap_or_else(|| chrono::Utc::now().date_naive()),
-        run_id: args.run_id,
-        entities: vec![],
-        max_correction_share: None,
-        target_partitions: super::target_partitions(),
-        memory_limit: global.memory_limit(),
-        lock: args.lock.mode(),
-        progress: global.progress(),
-        export: false,
-        key_plan: args.key_plan,
-    };
-    let outcome = crate::run::run(&job, &opts).await?;
-    if !global.quiet {
-        super::run::print_summary(&outcome.summary, args.format);
-    }
-    Ok(outcome.exit)
+    let config = RunConfig::try_from_diff(args, global)?;
+    super::run::run_config(&config, global).await
 }

@@ -1,16 +1,25 @@
 //! The command line: one module per subcommand, each owning its arguments and `run`.
 
 pub mod apply;
+pub mod args;
 pub mod diff;
 pub mod export;
 pub mod generate;
 pub mod run;
 pub mod validate;
 
+use std::sync::Arc;
+
+use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use crate::error::{ExitCode, Result};
+pub use args::{EntityArgs, FormatArgs, JobArgs, LakeArgs, LockArgs, OutputArgs, RunControlArgs};
+
+use crate::error::{Error, ExitCode, Result};
+use crate::job::JobConfig;
+use crate::lock::{HeldLock, RunLock};
+use crate::run::LockMode;
 
 /// Reconcile two systems through data-lake snapshots.
 #[derive(Debug, Parser)]
@@ -99,37 +108,34 @@ pub enum Command {
     Generate(generate::GenerateArgs),
 }
 
-/// The run-date lock (one run at a time per job and run date).
-#[derive(Debug, Args)]
-pub struct LockArgs {
-    /// Run without the lock: only when the scheduler already guarantees one run at a time,
-    /// or the store ignores conditional writes.
-    #[arg(long)]
-    pub no_lock: bool,
-    /// Lifetime of the lock in seconds; after it, another run may take over a crashed run's lock.
-    #[arg(long, default_value_t = crate::lock::DEFAULT_TTL_SECS)]
-    pub lock_ttl_secs: u64,
-}
-
-impl LockArgs {
-    pub fn mode(&self) -> crate::run::LockMode {
-        if self.no_lock {
-            crate::run::LockMode::Disabled
-        } else {
-            crate::run::LockMode::Required {
-                ttl: std::time::Duration::from_secs(self.lock_ttl_secs),
-            }
-        }
-    }
-}
-
 /// How results are printed on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// A table for people.
     Text,
-    /// The run summary as JSON.
+    /// The same, as JSON for programs.
     Json,
+}
+
+/// The run date's lock for `export` and `apply`, taken as `recon run` takes its own, so
+/// that none of them overlaps another of the same job and date; `holder` starts the
+/// lock's run id (`export`, `apply`). `None` under `--no-lock`.
+pub async fn take_lock(
+    job: &JobConfig,
+    run_date: NaiveDate,
+    mode: LockMode,
+    holder: &str,
+) -> Result<Option<Arc<HeldLock>>> {
+    let LockMode::Required { ttl } = mode else {
+        return Ok(None);
+    };
+    let output = crate::store::open(&job.output)?;
+    if !crate::lock::probe(&output).await? {
+        return Err(Error::NoConditionalWrites { url: output.url() });
+    }
+    let id = format!("{holder}-{}", crate::run::new_run_id(chrono::Utc::now()));
+    let lock = RunLock::acquire(&output, &job.name, run_date, &id, ttl).await?;
+    Ok(Some(Arc::new(lock.keep())))
 }
 
 pub fn init_tracing(global: &GlobalArgs) {
@@ -181,4 +187,15 @@ pub fn target_partitions() -> usize {
                 .map(|n| n.get())
                 .unwrap_or(2)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand's arguments, flattened and reworded, make a consistent command.
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

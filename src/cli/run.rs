@@ -1,82 +1,119 @@
 //! `recon run`: reconcile a job for one run date.
 
-use std::path::PathBuf;
-
-use chrono::NaiveDate;
 use clap::Args;
 
-use super::{Format, GlobalArgs};
-use crate::error::{ExitCode, Result};
+use super::{EntityArgs, Format, FormatArgs, GlobalArgs, JobArgs, LakeArgs, OutputArgs};
+use super::{LockArgs, RunControlArgs};
+use crate::error::{Error, ExitCode, Result};
 use crate::job::JobConfig;
 use crate::run::{RunOptions, RunSummary};
 use crate::write::vocabulary::Kind;
 
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("run_date", |a| a.help("The run date: which night's snapshots to reconcile (YYYY-MM-DD)")),
+    mut_arg("entities", |a| a.help("Reconcile only this entity (repeatable)")),
+    mut_arg("lake", |a| a.help(
+        "Read snapshots from this lake (URL or path) instead of the job's; without \
+         --output, the outputs and the run-date lock go to {lake}/recon/{job name}"
+    )),
+    mut_arg("output", |a| a.help("Write outputs here (URL or path) instead of the job's output prefix")),
+    mut_arg("format", |a| a.help("How to print the run summary on stdout")),
+)]
 pub struct RunArgs {
-    /// The job file (TOML).
-    #[arg(long)]
-    pub job: PathBuf,
-    /// The run date: which night's snapshots to reconcile (YYYY-MM-DD).
-    #[arg(long, value_parser = super::parse_date)]
-    pub run_date: NaiveDate,
-    /// Run id to use instead of a new one (letters, digits, `-`, `_`, `.`), e.g. the scheduler's.
-    #[arg(long)]
-    pub run_id: Option<String>,
-    /// Reconcile only this entity (repeatable).
-    #[arg(long = "entity")]
-    pub entities: Vec<String>,
-    /// Override the guardrail: the largest share (0..1) of an entity's rows corrections may touch.
-    #[arg(long)]
-    pub max_correction_share: Option<f64>,
-    /// Read snapshots from this lake instead of the job's (URL or path).
-    #[arg(long)]
-    pub lake: Option<String>,
-    /// Write outputs here instead of the job's output prefix (URL or path).
-    #[arg(long)]
-    pub output: Option<String>,
-    /// Output format on stdout.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    #[command(flatten)]
+    pub job: JobArgs,
+    #[command(flatten)]
+    pub entities: EntityArgs,
+    #[command(flatten)]
+    pub control: RunControlArgs,
+    #[command(flatten)]
+    pub lake: LakeArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub format: FormatArgs,
     /// Diff the snapshots already in the lake without running the job's exporters first.
     #[arg(long)]
     pub no_export: bool,
     #[command(flatten)]
-    pub lock: super::LockArgs,
-    /// Which key-summary plan to start from: auto, merge, join or aggregation (tests).
-    #[arg(long, hide = true, default_value = "auto")]
-    pub key_plan: crate::diff::plan::KeyPlan,
+    pub lock: LockArgs,
+}
+
+/// A run (or an ad-hoc diff, [`RunConfig::try_from_diff`]) as the command line asks for
+/// it: the job with `--lake` and `--output` in place, the run's options and how to
+/// print its summary. Built in one step from the arguments and the validated job,
+/// before anything touches a store, and never changed after.
+#[derive(Debug)]
+pub struct RunConfig {
+    pub job: JobConfig,
+    pub options: RunOptions,
+    pub format: Format,
+}
+
+impl RunConfig {
+    /// Loads the job and checks every argument against it: `--entity`, `--run-id` and
+    /// `--max-correction-share`.
+    pub fn try_new(args: RunArgs, global: &GlobalArgs) -> Result<Self> {
+        let job = JobConfig::load(&args.job.job)?
+            .relocated(args.lake.lake.as_deref(), args.output.output.as_deref())?;
+        job.check_entities(&args.entities.entities)?;
+        let options = args.control.options(
+            global,
+            args.job.run_date,
+            args.entities.entities,
+            args.lock.mode(),
+            !args.no_export,
+        )?;
+        Ok(RunConfig {
+            job,
+            options,
+            format: args.format.format,
+        })
+    }
+}
+
+impl RunControlArgs {
+    /// The options of a run, with its run id and guardrail share checked.
+    pub fn options(
+        self,
+        global: &GlobalArgs,
+        run_date: chrono::NaiveDate,
+        entities: Vec<String>,
+        lock: crate::run::LockMode,
+        export: bool,
+    ) -> Result<RunOptions> {
+        if let Some(id) = &self.run_id {
+            crate::run::check_run_id(id)?;
+        }
+        if let Some(share) = self.max_correction_share {
+            crate::job::check_share(share, "--max-correction-share").map_err(Error::Usage)?;
+        }
+        Ok(RunOptions {
+            run_date,
+            run_id: self.run_id,
+            entities,
+            max_correction_share: self.max_correction_share,
+            target_partitions: super::target_partitions(),
+            memory_limit: global.memory_limit(),
+            lock,
+            progress: global.progress(),
+            export,
+            key_plan: self.key_plan,
+        })
+    }
 }
 
 pub async fn run(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
-    let mut job = JobConfig::load(&args.job)?;
-    if let Some(lake) = &args.lake {
-        job.lake = crate::store::resolve_url(lake, std::path::Path::new("."))?;
-    }
-    if let Some(output) = &args.output {
-        job.output = crate::store::resolve_url(output, std::path::Path::new("."))?;
-    }
-    if let Some(s) = args.max_correction_share
-        && !(0.0..=1.0).contains(&s)
-    {
-        return Err(crate::Error::Usage(format!(
-            "--max-correction-share must be between 0 and 1, got {s}"
-        )));
-    }
-    let opts = RunOptions {
-        run_date: args.run_date,
-        run_id: args.run_id,
-        entities: args.entities,
-        max_correction_share: args.max_correction_share,
-        target_partitions: super::target_partitions(),
-        memory_limit: global.memory_limit(),
-        lock: args.lock.mode(),
-        progress: global.progress(),
-        export: !args.no_export,
-        key_plan: args.key_plan,
-    };
-    let outcome = crate::run::run(&job, &opts).await?;
+    let config = RunConfig::try_new(args, global)?;
+    run_config(&config, global).await
+}
+
+/// Runs a checked run or diff and prints its summary.
+pub async fn run_config(config: &RunConfig, global: &GlobalArgs) -> Result<ExitCode> {
+    let outcome = crate::run::run(&config.job, &config.options).await?;
     if !global.quiet {
-        print_summary(&outcome.summary, args.format);
+        print_summary(&outcome.summary, config.format);
     }
     Ok(outcome.exit)
 }

@@ -5,28 +5,28 @@ use std::path::PathBuf;
 use chrono::NaiveDate;
 use clap::Args;
 
-use super::GlobalArgs;
+use super::{GlobalArgs, LakeArgs};
 use crate::error::{ExitCode, Result};
 use crate::job::JobConfig;
 
 #[derive(Debug, Args)]
+#[command(mut_arg("lake", |a| a.help(
+    "Read snapshots from this lake (URL or path) instead of the job's; the output shown \
+     is then {lake}/recon/{job name}, as for `recon run --lake`"
+)))]
 pub struct ValidateArgs {
     /// The job file (TOML).
     #[arg(long)]
     pub job: PathBuf,
-    /// Read snapshots from this lake instead of the job's (URL or path).
-    #[arg(long)]
-    pub lake: Option<String>,
+    #[command(flatten)]
+    pub lake: LakeArgs,
     /// Also open this run date's snapshots and check every column the job names.
     #[arg(long, value_parser = super::parse_date)]
     pub run_date: Option<NaiveDate>,
 }
 
 pub async fn run(args: ValidateArgs, global: &GlobalArgs) -> Result<ExitCode> {
-    let mut job = JobConfig::load(&args.job)?;
-    if let Some(lake) = &args.lake {
-        job.lake = crate::store::resolve_url(lake, std::path::Path::new("."))?;
-    }
+    let job = JobConfig::load(&args.job)?.relocated(args.lake.lake.as_deref(), None)?;
     let mut lines = vec![format!(
         "job {}: {} entities, {} → {}, output {}",
         job.name,

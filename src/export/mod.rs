@@ -166,35 +166,10 @@ pub fn has_exporters(job: &JobConfig) -> bool {
     job.exporters.values().any(|e| e.kind.writes_snapshots())
 }
 
-/// Exports the selected systems and entities for one run date.
+/// Exports the selected systems and entities for one run date. The selection names
+/// systems with an exporter and entities of the job, as the command line's
+/// `ExportConfig` checks before any I/O.
 pub async fn export(job: &JobConfig, opts: &ExportOptions) -> Result<ExportReport> {
-    for s in &opts.systems {
-        match job.exporters.get(s) {
-            Some(e) if e.kind.writes_snapshots() => {}
-            _ if *s != job.source && *s != job.replica => {
-                return Err(Error::Usage(format!(
-                    "system `{s}` is not in job {} (systems: {}, {})",
-                    job.path.display(),
-                    job.source,
-                    job.replica
-                )));
-            }
-            _ => {
-                return Err(Error::Usage(format!(
-                    "system `{s}` has no exporter in job {}: its snapshots are read as they are",
-                    job.path.display()
-                )));
-            }
-        }
-    }
-    for name in &opts.entities {
-        if job.entity(name).is_none() {
-            return Err(Error::Usage(format!(
-                "entity `{name}` is not in job {}",
-                job.path.display()
-            )));
-        }
-    }
     let mut systems = Vec::new();
     for system in [&job.source, &job.replica] {
         let Some(exporter) = job.exporters.get(system) else {

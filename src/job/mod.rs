@@ -14,7 +14,7 @@ use exporters::{ExportSpec, ExporterConfig};
 use raw::RawJobFile;
 use validate::{Cx, MAX_JOB_BYTES, line_of};
 
-pub use validate::{check_name, parse_entity};
+pub use validate::{check_name, check_share, parse_entity};
 
 /// Share of an entity's rows that corrections may touch before the guardrail trips.
 pub const DEFAULT_MAX_CORRECTION_SHARE: f64 = 0.05;
@@ -243,6 +243,64 @@ impl JobConfig {
     pub fn entity(&self, name: &str) -> Option<&EntityConfig> {
         self.entities.iter().find(|e| e.name == name)
     }
+
+    /// The job with the command line's lake and output prefix (URLs or paths, relative
+    /// to the working directory) in place of the file's. A lake given without an output
+    /// prefix takes the outputs with it, to `{lake}/recon/{name}` as in a job file
+    /// without `output`, even when the file names one: a run on another lake never
+    /// writes into, or takes the lock of, the job file's outputs.
+    pub fn relocated(self, lake: Option<&str>, output: Option<&str>) -> Result<Self> {
+        let cwd = Path::new(".");
+        let lake = lake
+            .map(|l| crate::store::resolve_url(l, cwd))
+            .transpose()?;
+        let output = match (output, &lake) {
+            (Some(o), _) => crate::store::resolve_url(o, cwd)?,
+            (None, Some(lake)) => default_output(lake, &self.name),
+            (None, None) => self.output,
+        };
+        Ok(JobConfig {
+            lake: lake.unwrap_or(self.lake),
+            output,
+            ..self
+        })
+    }
+
+    /// Checks entity names given on the command line (`--entity`).
+    pub fn check_entities(&self, names: &[String]) -> Result<()> {
+        match names.iter().find(|n| self.entity(n).is_none()) {
+            None => Ok(()),
+            Some(name) => Err(Error::Usage(format!(
+                "entity `{name}` is not in job {} (entities: {})",
+                self.path.display(),
+                self.entities
+                    .iter()
+                    .map(|e| e.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// Checks a system name given on the command line (`--system`): the job's source or
+    /// replica.
+    pub fn check_system(&self, system: &str) -> Result<()> {
+        if system == self.source || system == self.replica {
+            Ok(())
+        } else {
+            Err(Error::Usage(format!(
+                "system `{system}` is not in job {} (systems: {}, {})",
+                self.path.display(),
+                self.source,
+                self.replica
+            )))
+        }
+    }
+}
+
+/// The output prefix of a job file without `output`: `{lake}/recon/{name}`.
+pub fn default_output(lake: &str, name: &str) -> String {
+    format!("{}/recon/{name}", lake.trim_end_matches('/'))
 }
 
 #[cfg(test)]

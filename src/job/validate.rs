@@ -66,7 +66,7 @@ impl<'a> Cx<'a> {
         let output = match &raw.job.output {
             Some(o) => crate::store::resolve_url(o.get_ref(), base)
                 .map_err(|e| self.err(o.span().start, e.to_string()))?,
-            None => format!("{}/recon/{}", lake.trim_end_matches('/'), name),
+            None => default_output(&lake, &name),
         };
         let mut defaults = Guardrails::default();
         if let Some(s) = raw.guardrails.max_correction_share {
@@ -451,7 +451,8 @@ pub(super) fn parse_field(raw: RawField) -> std::result::Result<FieldRule, Strin
     })
 }
 
-pub(super) fn check_share(s: f64, what: &str) -> std::result::Result<f64, String> {
+/// A share in [0, 1] (guardrails), named `what` in the message.
+pub fn check_share(s: f64, what: &str) -> std::result::Result<f64, String> {
     if (0.0..=1.0).contains(&s) {
         Ok(s)
     } else {

@@ -419,24 +419,9 @@ async fn applied_before(
     run_date: NaiveDate,
 ) -> Result<HashMap<String, (String, NaiveDate)>> {
     let applies = output.child("applies");
-    let listing = match applies
-        .store
-        .list_with_delimiter(Some(&applies.prefix))
-        .await
-    {
-        Ok(l) => l,
-        Err(object_store::Error::NotFound { .. }) => return Ok(HashMap::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut dates: Vec<NaiveDate> = listing
-        .common_prefixes
-        .iter()
-        .filter_map(|p| p.filename()?.strip_prefix("run_date=")?.parse().ok())
-        .filter(|d| *d < run_date)
-        .collect();
-    dates.sort();
+    let dates = super::earlier_run_dates(output, "applies", run_date).await?;
     let mut out = HashMap::new();
-    for date in dates.into_iter().rev().take(LOOKBACK_DATES) {
+    for date in dates.into_iter().take(LOOKBACK_DATES) {
         let dir = applies.child(&format!("run_date={date}"));
         let reports: Vec<_> = dir.store.list(Some(&dir.prefix)).try_collect().await?;
         for r in reports

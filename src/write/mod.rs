@@ -503,6 +503,29 @@ pub async fn remove(layout: &RunLayout, rels: &[String]) {
     }
 }
 
+/// The run dates before `before` that have a `run_date=…` folder under `{output}/{kind}/`
+/// (`runs`, `applies`), newest first; none when the folder does not exist.
+pub async fn earlier_run_dates(
+    output: &Location,
+    kind: &str,
+    before: NaiveDate,
+) -> Result<Vec<NaiveDate>> {
+    let folder = output.child(kind);
+    let listing = match folder.store.list_with_delimiter(Some(&folder.prefix)).await {
+        Ok(l) => l,
+        Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut dates: Vec<NaiveDate> = listing
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename()?.strip_prefix("run_date=")?.parse().ok())
+        .filter(|d| *d < before)
+        .collect();
+    dates.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(dates)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@ mod airflow;
 mod apply_db;
 mod bad_input;
 mod cli;
+mod cli_args;
 mod common;
 mod db;
 mod differential;
