@@ -2,7 +2,7 @@
 //! time zone, null-safe guards with `<=>`, affected rows counted as matched rows.
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder, TxOpts};
+use mysql_async::{Conn, TxOpts};
 
 use super::{Correction, Ctx, LEDGER_TABLE, Outcome, SoftTarget, Target};
 use crate::error::{Error, Result};
@@ -98,19 +98,9 @@ pub(crate) fn statement_text(target: &Target, c: &Correction) -> String {
 
 impl My {
     pub(crate) async fn connect(system: &str, url: &str) -> Result<Self> {
-        let opts = Opts::from_url(url).map_err(|e| {
-            Error::Usage(format!(
-                "system `{system}`: the connection URL is not a MySQL URL: {e}"
-            ))
-        })?;
         // Affected rows count matched rows, so an update to equal values is not "stale".
-        let opts = OptsBuilder::from_opts(opts).client_found_rows(true);
-        let mut conn = Conn::new(opts)
-            .await
-            .map_err(|e| Error::SourceUnavailable {
-                system: system.to_string(),
-                message: format!("MySQL: {e}"),
-            })?;
+        let mut conn =
+            crate::db::mysql::connect(system, url, |b| b.client_found_rows(true)).await?;
         conn.query_drop("SET SESSION time_zone = '+00:00'")
             .await
             .map_err(|e| Error::SourceUnavailable {

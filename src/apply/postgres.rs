@@ -2,8 +2,6 @@
 //! `json_populate_record(NULL::table, $1)` turns them into the table's own column types,
 //! so no value is ever spliced into SQL.
 
-use tokio_postgres::NoTls;
-
 use super::{Correction, Ctx, LEDGER_TABLE, Outcome, SoftTarget, Target, Value};
 use crate::error::{Error, Result};
 use crate::export::quote_ident;
@@ -123,14 +121,7 @@ pub(crate) fn statement_text(target: &Target, c: &Correction) -> String {
 
 impl Pg {
     pub(crate) async fn connect(system: &str, url: &str) -> Result<Self> {
-        let (client, connection) =
-            tokio_postgres::connect(url, NoTls)
-                .await
-                .map_err(|e| Error::SourceUnavailable {
-                    system: system.to_string(),
-                    message: format!("PostgreSQL: {e}"),
-                })?;
-        tokio::spawn(connection);
+        let (client, _connection) = crate::db::postgres::connect(system, url).await?;
         Ok(Pg {
             system: system.to_string(),
             client,
