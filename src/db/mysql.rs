@@ -207,8 +207,11 @@ pub fn split_tls_options(url: &str) -> std::result::Result<(String, Option<TlsSe
     ))
 }
 
+/// A client certificate chain and its key, as PEM text.
+type CertAndKeyPem = (Vec<u8>, Vec<u8>);
+
 /// The client certificate and key files' bytes, when given.
-fn identity_pem(tls: &TlsSettings) -> std::result::Result<Option<(Vec<u8>, Vec<u8>)>, String> {
+fn identity_pem(tls: &TlsSettings) -> std::result::Result<Option<CertAndKeyPem>, String> {
     // Parsed first, for a clear message; mysql_async parses them again.
     if tls.client_identity()?.is_none() {
         return Ok(None);

@@ -75,6 +75,9 @@ impl fmt::Display for TlsMode {
     }
 }
 
+/// A client certificate chain and its private key.
+pub type ClientIdentityDer = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
 /// Where the trusted roots come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Roots {
@@ -170,10 +173,7 @@ impl TlsSettings {
     }
 
     /// The client certificate chain and key, when both are given.
-    #[allow(clippy::type_complexity)]
-    pub fn client_identity(
-        &self,
-    ) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, String> {
+    pub fn client_identity(&self) -> Result<Option<ClientIdentityDer>, String> {
         match (&self.client_cert, &self.client_key) {
             (None, None) => Ok(None),
             (Some(cert), Some(key)) => {
