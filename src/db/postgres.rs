@@ -35,12 +35,13 @@ const NAMES: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
 pub async fn connect(system: &str, url: &str) -> Result<(Client, JoinHandle<()>)> {
     let (rest, tls) = split_tls_options(url).map_err(|reason| Error::Tls {
         system: system.to_string(),
-        host: "PostgreSQL".to_string(),
+        host: "the PostgreSQL server".to_string(),
         reason,
     })?;
     let mut config = Config::from_str(&rest).map_err(|e| {
         Error::Usage(format!(
-            "system `{system}`: the connection URL is not a PostgreSQL URL (postgres://user:password@host:port/database): {e}"
+            "system `{system}`: the connection URL is not a PostgreSQL URL (postgres://user:password@host:port/database): {}",
+            describe(&e)
         ))
     })?;
     let hosts = hosts_text(&config);
@@ -507,6 +508,22 @@ mod tests {
         assert_eq!(tls.client_cert, Some("/c/my cert.pem".into()));
         assert_eq!(tls.client_key, Some("/c/k.pem".into()));
         Config::from_str(&rest).unwrap();
+    }
+
+    #[test]
+    fn options_tokio_postgres_does_not_know_are_usage_errors_without_the_url() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(connect("db", "postgres://u:secret@db/app?sslcrl=/x.pem"))
+            .err()
+            .unwrap();
+        assert_eq!(e.exit_code(), crate::ExitCode::Usage);
+        let text = e.to_string();
+        assert!(text.contains("unknown option `sslcrl`"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
     }
 
     #[test]
