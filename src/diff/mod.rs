@@ -36,8 +36,8 @@ use crate::error::{Error, Result};
 use crate::job::{DeletePolicy, Owner};
 use crate::snapshot::{Snapshot, StatsOrder};
 use crate::write::encode::{KeyJson, canonical_text, correction_id, days_since_epoch};
-use crate::write::vocabulary::Op;
 use crate::write::events::{EventRenderer, Events, EventsSink, Reappeared, Rendered};
+use crate::write::vocabulary::Op;
 use crate::write::{FileEntry, ManifestFile, ParquetSink, RunLayout, discrepancy_schema};
 use plan::{EntityPlan, KeyPlan, Side, SoftColumn, SoftMarker};
 
