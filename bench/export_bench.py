@@ -94,7 +94,9 @@ def main():
                             check=True, capture_output=True, text=True).stdout.strip()
     if not exists:
         subprocess.run(PG + ["-d", "postgres", "-c", f"CREATE DATABASE {DB}"], check=True)
-    url = f"postgresql://postgres@127.0.0.1:5432/{DB}"
+    # Plain TCP for both tools, as measured (without sslmode, recon would use TLS when
+    # the server offers it, as libpq does).
+    url = f"postgresql://postgres@127.0.0.1:5432/{DB}?sslmode=disable"
     work = Path(tempfile.mkdtemp(prefix="recon-export-bench-"))
     (work / "peer.py").write_text(PEER)
     (work / "check.py").write_text(CHECK)

@@ -177,6 +177,17 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// TLS to a database cannot work as the URL asks: a CA, certificate or key file
+    /// missing or unreadable, an unknown mode, a server certificate that does not verify,
+    /// a server without TLS when TLS is required. A configuration mistake: retrying does
+    /// not help. `host` is `host:port`; the URL and its password are never included.
+    #[error("system `{system}`: TLS to {host}: {reason}")]
+    Tls {
+        system: String,
+        host: String,
+        reason: String,
+    },
+
     /// Another run of the same job and run date holds the lock.
     #[error("another run holds the lock {lock}: {holder}")]
     Locked { lock: String, holder: String },
@@ -214,7 +225,7 @@ impl Error {
             | Error::Url { .. }
             | Error::DatabaseRefused { .. }
             | Error::DatabaseUrl { .. } => ExitCode::Usage,
-            Error::JobSchema { .. } => ExitCode::Usage,
+            Error::JobSchema { .. } | Error::Tls { .. } => ExitCode::Usage,
             Error::MissingSnapshot { .. }
             | Error::Snapshot { .. }
             | Error::CorruptFile { .. }

@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod db;
 pub mod diff;
 pub mod error;
 pub mod export;

@@ -3,7 +3,7 @@
 //! insert first locks its key's row, so it needs no NOT EXISTS.
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder, TxOpts};
+use mysql_async::{Conn, TxOpts};
 
 use super::batch::{Dialect, Transaction};
 use super::{Correction, Ctx, LEDGER_TABLE, Outcome, Seen, SoftTarget, Target, Value};
@@ -243,16 +243,9 @@ fn unavailable(system: &str, message: String, e: mysql_async::Error) -> Error {
 
 impl My {
     pub(crate) async fn connect(system: &str, url: &str) -> Result<Self> {
-        let opts = Opts::from_url(url).map_err(|e| Error::DatabaseUrl {
-            system: system.to_string(),
-            dialect: "MySQL",
-            source: Box::new(e),
-        })?;
         // Affected rows count matched rows, so an update to equal values is not "stale".
-        let opts = OptsBuilder::from_opts(opts).client_found_rows(true);
-        let mut conn = Conn::new(opts)
-            .await
-            .map_err(|e| unavailable(system, format!("MySQL: {e}"), e))?;
+        let mut conn =
+            crate::db::mysql::connect(system, url, |b| b.client_found_rows(true)).await?;
         conn.query_drop(render(SESSION_TIME_ZONE, &[]))
             .await
             .map_err(|e| unavailable(system, format!("MySQL: {e}"), e))?;

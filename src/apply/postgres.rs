@@ -2,8 +2,6 @@
 //! `json_populate_record(NULL::table, $1)` turns them into the table's own column types,
 //! so no value is ever spliced into SQL. A statement's row count is what it touched.
 
-use tokio_postgres::NoTls;
-
 use super::batch::{Dialect, Transaction};
 use super::{Correction, Ctx, LEDGER_TABLE, Outcome, Seen, SoftTarget, Target, Value};
 use crate::error::{Error, Result};
@@ -201,15 +199,7 @@ fn unavailable(system: &str, what: &str, e: tokio_postgres::Error) -> Error {
 
 impl Pg {
     pub(crate) async fn connect(system: &str, url: &str) -> Result<Self> {
-        let (client, connection) =
-            tokio_postgres::connect(url, NoTls)
-                .await
-                .map_err(|e| Error::Database {
-                    system: system.to_string(),
-                    message: format!("PostgreSQL: {e}"),
-                    source: Box::new(e),
-                })?;
-        tokio::spawn(connection);
+        let (client, _connection) = crate::db::postgres::connect(system, url).await?;
         Ok(Pg {
             system: system.to_string(),
             client,

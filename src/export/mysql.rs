@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use arrow::datatypes::{DataType, TimeUnit};
 use mysql_async::consts::{ColumnFlags, ColumnType};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Column, Conn, Opts, Value};
+use mysql_async::{Column, Conn, Value};
 use tracing::info;
 
 use super::builder::ColumnBuilder;
@@ -31,12 +31,7 @@ pub(crate) async fn export(
         system: system.to_string(),
         message: format!("export: MySQL: {e}"),
     };
-    let opts = Opts::from_url(url).map_err(|e| {
-        Error::Usage(format!(
-            "system `{system}`: the connection URL is not a MySQL URL (mysql://user:password@host:port/database): {e}"
-        ))
-    })?;
-    let mut conn = Conn::new(opts).await.map_err(unavailable)?;
+    let mut conn = crate::db::mysql::connect(system, url, |b| b).await?;
     let result = async {
         for stmt in [
             "SET SESSION time_zone = '+00:00'",

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use arrow::datatypes::{DataType, TimeUnit};
 use bytes::{Buf, BytesMut};
 use futures::StreamExt;
+use tokio_postgres::IsolationLevel;
 use tokio_postgres::types::{Kind, Type};
-use tokio_postgres::{IsolationLevel, NoTls};
 use tracing::info;
 
 use super::builder::{ColumnBuilder, PG_EPOCH_DAYS, PG_EPOCH_MICROS};
@@ -28,10 +28,7 @@ pub(crate) async fn export(
         system: system.to_string(),
         message: format!("export: PostgreSQL: {}", describe(&e)),
     };
-    let (mut client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(unavailable)?;
-    let conn = tokio::spawn(connection);
+    let (mut client, conn) = crate::db::postgres::connect(system, url).await?;
     let result = async {
         let tx = client
             .build_transaction()

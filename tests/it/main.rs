@@ -17,4 +17,5 @@ mod s3;
 mod safety;
 mod sample;
 mod store;
+mod tls;
 mod trust;
