@@ -1,5 +1,6 @@
 //! One run at a time per job and run date, on local files and in memory.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{NaiveDate, Utc};
@@ -147,7 +148,8 @@ async fn a_held_lock_stops_the_run_and_nothing_is_written() {
 /// lock and half over an expired one. Each holder marks its tenure with an exclusive
 /// create of a marker object and removes it before it releases: a create that finds
 /// the marker means two tenures overlapped. Over an expired lock, exactly one
-/// contender takes it over (the others find a live lock).
+/// contender takes it over (the others find a live lock); each holder keeps the lock
+/// until every contender has tried.
 pub async fn race_for_the_lock(output: &Location, rounds: usize, contenders: usize) {
     let output = output.clone();
     let marker = output.child("locks/_tenure").prefix;
@@ -171,25 +173,33 @@ pub async fn race_for_the_lock(output: &Location, rounds: usize, contenders: usi
                 .await
                 .unwrap();
         }
+        // Every contender waits here after its attempt, and a holder releases only
+        // after that: all attempts meet the lock held, so over an expired lock exactly
+        // one takes it (a late contender could otherwise take a lock already released).
+        let attempted = Arc::new(tokio::sync::Barrier::new(contenders));
         let tasks: Vec<_> = (0..contenders)
             .map(|i| {
                 let output = output.clone();
                 let marker = marker.clone();
+                let attempted = Arc::clone(&attempted);
                 tokio::spawn(async move {
                     let id = format!("r{round}-c{i}");
                     let held = match RunLock::acquire(&output, "job", date(), &id, TTL).await {
                         Ok(held) => held,
                         Err(e) => {
                             assert_eq!(e.exit_code(), ExitCode::Locked, "{e}");
+                            attempted.wait().await;
                             return false;
                         }
                     };
                     let create = object_store::PutOptions::from(object_store::PutMode::Create);
-                    if let Err(e) = output
+                    let clash = output
                         .store
                         .put_opts(&marker, PutPayload::from(id.clone().into_bytes()), create)
                         .await
-                    {
+                        .err();
+                    attempted.wait().await;
+                    if let Some(e) = clash {
                         panic!("round {round}: {id} holds the lock while another does: {e}");
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
