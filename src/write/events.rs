@@ -23,7 +23,7 @@ use tokio::sync::mpsc::Receiver;
 
 use super::encode::json_string;
 use super::value::{CellKind, write_cell_json};
-use super::{Feed, ManifestFile, RunLayout};
+use super::{Abandoned, Feed, ManifestFile, RunLayout};
 use crate::error::{Error, Result};
 use crate::job::JobConfig;
 use crate::store::Location;
@@ -357,7 +357,7 @@ impl EventsSink {
         let url = layout.url(&rel);
         let feed = Feed::spawn(
             rel,
-            move |mut queue: Receiver<Option<Vec<u8>>>| async move {
+            move |mut queue: Receiver<Option<Vec<u8>>>, abandoned: Abandoned| async move {
                 let failed = |e: std::io::Error| Error::Storage {
                     location: url.clone(),
                     source: object_store::Error::Generic {
@@ -366,15 +366,26 @@ impl EventsSink {
                     },
                 };
                 while let Some(message) = queue.recv().await {
+                    if abandoned.is_set() {
+                        break;
+                    }
                     match message {
-                        Some(body) => sink.write_all(&body).await.map_err(failed)?,
+                        Some(body) => {
+                            if let Err(e) = sink.write_all(&body).await {
+                                let _ = sink.abort().await;
+                                return Err(failed(e));
+                            }
+                        }
                         None => {
                             sink.shutdown().await.map_err(failed)?;
                             return Ok(());
                         }
                     }
                 }
-                // The sink was dropped unfinished: the upload is abandoned.
+                // The sink was dropped unfinished: the upload is aborted, never completed.
+                if let Err(e) = sink.abort().await {
+                    tracing::warn!("aborting the upload of {url}: {e}");
+                }
                 Ok(())
             },
         );

@@ -132,7 +132,8 @@ const SINK_QUEUE: usize = 2;
 
 /// The producer's end of a writer that runs on a task of its own and is fed through a
 /// short queue: [`ParquetSink`], and the events files. The writer ends when told to
-/// or, when the feed is dropped, at the end of its queue; it then abandons its upload.
+/// or, when the feed is dropped unfinished, at its next message ([`Abandoned`]); it then
+/// aborts its upload, so that no multipart upload of the run is left behind.
 pub(crate) struct Feed<M> {
     /// The file written, relative to its base, for errors.
     pub rel: String,
@@ -140,30 +141,48 @@ pub(crate) struct Feed<M> {
     queue: Option<tokio::sync::mpsc::Sender<M>>,
     /// The writing task, until its outcome has been taken.
     writing: Option<tokio::task::JoinHandle<Result<()>>>,
+    abandoned: Abandoned,
 }
 
-/// A feed dropped unfinished (its stage failed or was stopped) stops its writer at its
-/// next await, abandoning the upload.
+/// Set when a [`Feed`] is dropped unfinished (its stage failed or was stopped): its
+/// writer writes nothing more and aborts its upload.
+#[derive(Clone, Default)]
+pub(crate) struct Abandoned(Arc<std::sync::atomic::AtomicBool>);
+
+impl Abandoned {
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// A feed dropped unfinished closes its queue and marks it abandoned: the writer stops
+/// at its next message and aborts its multipart upload (if it had started one), on its
+/// own, since a drop cannot wait.
 impl<M> Drop for Feed<M> {
     fn drop(&mut self) {
-        if let Some(task) = self.writing.take() {
-            task.abort();
+        if self.writing.take().is_some() {
+            self.abandoned
+                .0
+                .store(true, std::sync::atomic::Ordering::Release);
         }
     }
 }
 
 impl<M: Send + 'static> Feed<M> {
-    /// Spawns `writer`, given the receiving end of the queue.
+    /// Spawns `writer`, given the receiving end of the queue and the flag that says
+    /// the feed was dropped unfinished.
     pub fn spawn<W, F>(rel: String, writer: W) -> Self
     where
-        W: FnOnce(tokio::sync::mpsc::Receiver<M>) -> F,
+        W: FnOnce(tokio::sync::mpsc::Receiver<M>, Abandoned) -> F,
         F: std::future::Future<Output = Result<()>> + Send + 'static,
     {
         let (queue, receiver) = tokio::sync::mpsc::channel(SINK_QUEUE);
+        let abandoned = Abandoned::default();
         Feed {
             rel,
             queue: Some(queue),
-            writing: Some(tokio::spawn(writer(receiver))),
+            writing: Some(tokio::spawn(writer(receiver, abandoned.clone()))),
+            abandoned,
         }
     }
 
@@ -240,13 +259,18 @@ impl ParquetSink {
         let mut writer = AsyncArrowWriter::try_new(object, schema, Some(props))
             .map_err(|e| Error::bug(format!("creating {rel}"), e))?;
         let name = rel.clone();
-        let feed = Feed::spawn(rel, move |mut queue| async move {
+        let feed = Feed::spawn(rel, move |mut queue, abandoned| async move {
             while let Some(message) = queue.recv().await {
+                if abandoned.is_set() {
+                    break;
+                }
                 match message {
-                    SinkMessage::Batch(batch) => writer
-                        .write(&batch)
-                        .await
-                        .map_err(|e| parquet_write_error(&name, e))?,
+                    SinkMessage::Batch(batch) => {
+                        if let Err(e) = writer.write(&batch).await {
+                            let _ = writer.into_inner().abort().await;
+                            return Err(parquet_write_error(&name, e));
+                        }
+                    }
                     SinkMessage::Close => {
                         writer
                             .close()
@@ -256,8 +280,10 @@ impl ParquetSink {
                     }
                 }
             }
-            // The sink was dropped unfinished: the writer goes without completing the
-            // upload.
+            // The sink was dropped unfinished: the upload is aborted, never completed.
+            if let Err(e) = writer.into_inner().abort().await {
+                tracing::warn!("aborting the upload of {name}: {e}");
+            }
             Ok(())
         });
         Ok(ParquetSink {

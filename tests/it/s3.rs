@@ -530,3 +530,78 @@ fn moto_racing_processes_never_hold_the_lock_together() {
         &|| runtime.block_on(output.store.head(&lock)).is_ok(),
     );
 }
+
+/// The multipart uploads in progress in the server's bucket, listed with boto3 from the
+/// tools' venv (object_store has no such listing).
+fn multipart_uploads(server: &S3Server) -> usize {
+    let python = tool("venv/bin/python").expect("the tools' venv");
+    let mut cmd = Command::new(python);
+    server.env(&mut cmd);
+    let out = cmd
+        .args([
+            "-c",
+            "import boto3, os, sys\n\
+             c = boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
+             print(len(c.list_multipart_uploads(Bucket=sys.argv[1]).get('Uploads', [])))",
+            &server.bucket,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A file its stage abandons part way (the stage failed or was stopped) leaves no
+/// multipart upload behind: its writer aborts the upload. The file is large enough
+/// (16 MiB of incompressible values) for the upload to be a multipart one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_an_abandoned_file_leaves_no_multipart_upload() {
+    use arrow::array::{ArrayRef, BinaryArray, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let Some(server) = S3Server::moto() else {
+        return;
+    };
+    let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Binary, false)]));
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    };
+    let mut sink = recon::write::ParquetSink::create(
+        &server.location("abandoned"),
+        "big.parquet".into(),
+        Arc::clone(&schema),
+        16,
+    )
+    .unwrap();
+    for _ in 0..4 {
+        let values: Vec<Vec<u8>> = (0..16).map(|_| noise(256 << 10)).collect();
+        let column: ArrayRef = Arc::new(BinaryArray::from_iter_values(values));
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![column]).unwrap();
+        sink.write(&batch).await.unwrap();
+    }
+    let wait = |want: fn(usize) -> bool, what: &str| {
+        let start = Instant::now();
+        while !want(multipart_uploads(&server)) {
+            assert!(start.elapsed() < Duration::from_secs(30), "{what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait(|n| n == 1, "the file's multipart upload starts");
+    drop(sink);
+    wait(|n| n == 0, "the abandoned upload is aborted");
+    assert!(
+        server
+            .store()
+            .head(&ObjectPath::from("abandoned/big.parquet"))
+            .await
+            .is_err(),
+        "an abandoned file never appears"
+    );
+}
