@@ -3,6 +3,7 @@
 //! with an error naming the file.
 
 use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::DataType;
 use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::errors::ParquetError;
@@ -72,10 +73,31 @@ impl CorrectionBatches {
             b.column_by_name(n)
                 .ok_or_else(|| bad(format!("no column `{n}`")))
         };
-        let ids = col("correction_id")?.as_string::<i32>().clone();
-        let ops = col("op")?.as_string::<i32>().clone();
-        let changed = col("changed_fields")?.as_list::<i32>().clone();
-        let expected = col("expected")?.as_struct().clone();
+        // A file recon did not write may hold other types: an error naming the column,
+        // never a panic.
+        let typed =
+            |n: &str, want: &str, t: &DataType| bad(format!("column `{n}` is {t}, not {want}"));
+        let text = |n: &str| {
+            let a = col(n)?;
+            a.as_string_opt::<i32>()
+                .cloned()
+                .ok_or_else(|| typed(n, "Utf8", a.data_type()))
+        };
+        let ids = text("correction_id")?;
+        let ops = text("op")?;
+        let changed = {
+            let a = col("changed_fields")?;
+            a.as_list_opt::<i32>()
+                .filter(|l| l.value_type() == DataType::Utf8)
+                .cloned()
+                .ok_or_else(|| typed("changed_fields", "List(Utf8)", a.data_type()))?
+        };
+        let expected = {
+            let a = col("expected")?;
+            a.as_struct_opt()
+                .cloned()
+                .ok_or_else(|| typed("expected", "a struct", a.data_type()))?
+        };
         let payload: Vec<usize> = (0..schema.fields().len())
             .filter(|&i| {
                 !matches!(
@@ -85,6 +107,11 @@ impl CorrectionBatches {
             })
             .collect();
         for r in 0..b.num_rows() {
+            if ids.is_null(r) || ops.is_null(r) || changed.is_null(r) {
+                return Err(bad(format!(
+                    "row {r}: correction_id, op and changed_fields must not be NULL"
+                )));
+            }
             let id = ids.value(r);
             let op = ops
                 .value(r)
@@ -207,6 +234,67 @@ mod tests {
             "soft_delete",
         ] {
             assert!(text.contains(needle), "{text}");
+        }
+    }
+
+    /// A file recon did not write: columns of other types, or NULL where recon never
+    /// writes one, are bad input naming the file and the column, never a panic.
+    #[test]
+    fn columns_of_other_types_or_null_are_bad_input() {
+        let good = batch(&["insert", "update"]);
+        let swap = |name: &str, array: ArrayRef| {
+            let schema = good.schema();
+            let columns: Vec<(&str, ArrayRef)> = schema
+                .fields()
+                .iter()
+                .zip(good.columns())
+                .map(|(f, c)| {
+                    let c = if f.name() == name {
+                        Arc::clone(&array)
+                    } else {
+                        Arc::clone(c)
+                    };
+                    (f.name().as_str(), c)
+                })
+                .collect();
+            RecordBatch::try_from_iter(columns).unwrap()
+        };
+        let cases: Vec<(&str, ArrayRef, &str)> = vec![
+            (
+                "op",
+                Arc::new(Int64Array::from(vec![1, 2])),
+                "column `op` is Int64",
+            ),
+            (
+                "correction_id",
+                Arc::new(Int64Array::from(vec![1, 2])),
+                "column `correction_id` is Int64",
+            ),
+            (
+                "changed_fields",
+                Arc::new(StringArray::from(vec!["id", "id"])),
+                "column `changed_fields` is Utf8",
+            ),
+            (
+                "expected",
+                Arc::new(Int64Array::from(vec![1, 2])),
+                "column `expected` is Int64",
+            ),
+            (
+                "op",
+                Arc::new(StringArray::from(vec![Some("insert"), None])),
+                "must not be NULL",
+            ),
+        ];
+        for (name, array, needle) in cases {
+            let e =
+                CorrectionBatches::corrections("mem:///c.parquet", &swap(name, array)).unwrap_err();
+            assert_eq!(e.exit_code(), ExitCode::InputData, "{e}");
+            let text = e.to_string();
+            assert!(
+                text.contains("mem:///c.parquet") && text.contains(needle),
+                "{text}"
+            );
         }
     }
 }
