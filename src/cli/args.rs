@@ -49,10 +49,10 @@ pub struct EntityArgs {
 /// How one run is stamped and guarded (`run`, `diff`).
 #[derive(Debug, Args)]
 pub struct RunControlArgs {
-    /// Run id to use instead of a new one (letters, digits, `-`, `_`, `.`), e.g. the scheduler's.
+    /// Run id to use instead of a new one (1 to 64 letters, digits, `-`, `_`, `.`), e.g. the scheduler's.
     #[arg(long)]
     pub run_id: Option<String>,
-    /// Override the guardrail: the largest share (0..1) of an entity's rows corrections may touch.
+    /// Override the guardrail: the largest share (0 to 1) of an entity's keys the corrections to one system may touch.
     #[arg(long)]
     pub max_correction_share: Option<f64>,
     /// Which key-summary plan to start from: auto, merge, join or aggregation (tests).
