@@ -168,15 +168,6 @@ pub enum Error {
         source: BoxError,
     },
 
-    /// The connection URL of the database `recon apply` writes to cannot be parsed.
-    #[error("system `{system}`: the connection URL is not a {dialect} URL: {source}")]
-    DatabaseUrl {
-        system: String,
-        dialect: &'static str,
-        #[source]
-        source: BoxError,
-    },
-
     /// TLS to a database cannot work as the URL asks: a CA, certificate or key file
     /// missing or unreadable, an unknown mode, a server certificate that does not verify,
     /// a server without TLS when TLS is required. A configuration mistake: retrying does
@@ -223,8 +214,7 @@ impl Error {
             | Error::JobRead { .. }
             | Error::Job { .. }
             | Error::Url { .. }
-            | Error::DatabaseRefused { .. }
-            | Error::DatabaseUrl { .. } => ExitCode::Usage,
+            | Error::DatabaseRefused { .. } => ExitCode::Usage,
             Error::JobSchema { .. } | Error::Tls { .. } => ExitCode::Usage,
             Error::MissingSnapshot { .. }
             | Error::Snapshot { .. }

@@ -166,23 +166,10 @@ impl ApplySummary {
 
 /// Applies (or with `dry_run` checks) one committed run's corrections for one system.
 pub async fn apply(job: &JobConfig, opts: &ApplyOptions) -> Result<ApplySummary> {
-    if opts.system != job.source && opts.system != job.replica {
-        return Err(Error::Usage(format!(
-            "system `{}` is not in job {} (systems: {}, {})",
-            opts.system,
-            job.path.display(),
-            job.source,
-            job.replica
-        )));
-    }
-    for e in &opts.entities {
-        if job.entity(e).is_none() {
-            return Err(Error::Usage(format!(
-                "entity `{e}` is not in job {}",
-                job.path.display()
-            )));
-        }
-    }
+    // The command line checked these already (ApplyConfig); a library caller gets the
+    // same checks and messages.
+    job.check_system(&opts.system)?;
+    job.check_entities(&opts.entities)?;
     let exporter = job.exporters.get(&opts.system).ok_or_else(|| {
         Error::Usage(format!(
             "system `{}` has no [exporters.{}] table: apply connects through the exporter's url_env (kind postgres or mysql)",

@@ -13,6 +13,7 @@ use tracing::info;
 
 use super::builder::{ColumnBuilder, PG_EPOCH_DAYS, PG_EPOCH_MICROS};
 use super::{Target, data_error, entity_sql, open_entity};
+use crate::db::postgres::describe;
 use crate::error::{Error, Result};
 use crate::job::JobConfig;
 use crate::job::exporters::ExporterConfig;
@@ -130,31 +131,6 @@ async fn export_entity(
     }
     info!(system, entity = %entity, rows = writer.rows(), "exported");
     writer.finish(target).await
-}
-
-/// A PostgreSQL error with its detail and hint, which `Display` leaves out.
-fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut s = format!("{}: {}", db.severity(), db.message());
-            if let Some(d) = db.detail() {
-                s.push_str(&format!(" ({d})"));
-            }
-            if let Some(h) = db.hint() {
-                s.push_str(&format!(" hint: {h}"));
-            }
-            s
-        }
-        None => {
-            let mut s = e.to_string();
-            let mut src = std::error::Error::source(e);
-            while let Some(inner) = src {
-                s.push_str(&format!(": {inner}"));
-                src = inner.source();
-            }
-            s
-        }
-    }
 }
 
 /// How one column's binary values become Arrow values.
