@@ -37,6 +37,24 @@ pub enum ExitCode {
     Terminated = 143,
 }
 
+impl ExitCode {
+    /// The code's name in JSON output (`--format json`'s error object).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ExitCode::Success => "success",
+            ExitCode::Usage => "usage",
+            ExitCode::Guardrail => "guardrail",
+            ExitCode::InputData => "input_data",
+            ExitCode::Storage => "storage",
+            ExitCode::Locked => "locked",
+            ExitCode::Partial => "partial",
+            ExitCode::Internal => "internal",
+            ExitCode::Interrupted => "interrupted",
+            ExitCode::Terminated => "terminated",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]

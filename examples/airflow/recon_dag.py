@@ -141,12 +141,14 @@ def recon(args: list[str]) -> tuple[int, str]:
         return code, out.read()
 
 
-def compact(stdout: str) -> str:
-    """recon's `--format json` result on one line, for the task log."""
+def totals(stdout: str) -> str:
+    """The `totals` of recon's `--format json` line (or its error object), for the task
+    log; the whole summary is in the run's summary.json."""
     try:
-        return json.dumps(json.loads(stdout), separators=(",", ":"))
+        result = json.loads(stdout)
     except ValueError:
         return stdout.strip()
+    return json.dumps(result.get("totals", result), separators=(",", ":"))
 
 
 def fail_or_retry(stage: str, code: int, allowed: set[int]) -> None:
@@ -176,7 +178,7 @@ def recon_run() -> dict:
             "--format", "json",
         ]
     )
-    log.info("recon run result: %s", compact(stdout))
+    log.info("recon run: %s", totals(stdout))
     fail_or_retry("run", code, {SUCCESS, GUARDRAIL_TRIPPED})
     # Only what the next tasks need goes to XCom, not the summary.
     return {"exit_code": code, "run_id": run_id}
@@ -200,7 +202,7 @@ def recon_apply(result: dict) -> dict:
             "--run", result["run_id"], "--format", "json",
         ]
     )
-    log.info("recon apply result: %s", compact(stdout))
+    log.info("recon apply: %s", totals(stdout))
     fail_or_retry("apply", code, {SUCCESS, APPLY_INCOMPLETE})
     return {"exit_code": code, "run_id": result["run_id"]}
 

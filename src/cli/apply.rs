@@ -119,24 +119,35 @@ pub async fn run(args: ApplyArgs, global: &GlobalArgs) -> Result<ExitCode> {
         lock.release().await;
     }
     let summary = summary?;
+    let exit = if summary.dry_run || summary.total("stale") + summary.total("failed") == 0 {
+        ExitCode::Success
+    } else {
+        ExitCode::Partial
+    };
     if !global.quiet {
-        print(&summary, config.format);
+        print(&summary, exit, config.format);
     }
-    Ok(
-        if summary.dry_run || summary.total("stale") + summary.total("failed") == 0 {
-            ExitCode::Success
-        } else {
-            ExitCode::Partial
-        },
-    )
+    Ok(exit)
 }
 
-fn print(s: &ApplySummary, format: Format) {
+fn print(s: &ApplySummary, exit: ExitCode, format: Format) {
     match format {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(s).expect("summary serialises")
-        ),
+        Format::Json => {
+            /// The summary with its outcomes summed over entities and ops.
+            #[derive(serde::Serialize)]
+            struct WithTotals<'a> {
+                totals: std::collections::BTreeMap<&'a str, u64>,
+                #[serde(flatten)]
+                summary: &'a ApplySummary,
+            }
+            let mut totals = std::collections::BTreeMap::new();
+            for outcome in s.counts.values().flat_map(|ops| ops.values()) {
+                for (name, n) in outcome {
+                    *totals.entry(name.as_str()).or_default() += n;
+                }
+            }
+            super::print::print_json(exit, &WithTotals { totals, summary: s });
+        }
         Format::Text => {
             println!(
                 "apply {} of run {} ({}) to {}{}",

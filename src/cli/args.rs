@@ -60,12 +60,24 @@ pub struct RunControlArgs {
     pub key_plan: crate::diff::plan::KeyPlan,
 }
 
-/// How the result is printed on stdout (`run`, `diff`, `export`, `apply`).
+/// How the result is printed on stdout (`export`, `apply`).
 #[derive(Debug, Args)]
 pub struct FormatArgs {
     /// How to print the result on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+}
+
+/// How a run's summary is printed on stdout (`run`, `diff`).
+#[derive(Debug, Args)]
+pub struct SummaryArgs {
+    /// How to print the run summary on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// With --format json, also list each snapshot's files (they are always in the
+    /// run's summary.json).
+    #[arg(long)]
+    pub list_inputs: bool,
 }
 
 /// The run-date lock (one run at a time per job and run date).

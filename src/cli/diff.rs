@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use chrono::NaiveDate;
 use clap::Args;
 
+use super::print::NextSteps;
 use super::run::RunConfig;
-use super::{FormatArgs, GlobalArgs, LockArgs, RunControlArgs};
+use super::{GlobalArgs, LockArgs, RunControlArgs, SummaryArgs};
 use crate::error::{Error, ExitCode, Result};
 use crate::job::{DeletePolicy, EntityConfig, JobConfig, check_name};
 
@@ -43,7 +44,7 @@ pub struct DiffArgs {
     #[command(flatten)]
     pub control: RunControlArgs,
     #[command(flatten)]
-    pub format: FormatArgs,
+    pub format: SummaryArgs,
     #[command(flatten)]
     pub lock: LockArgs,
 }
@@ -107,6 +108,8 @@ impl RunConfig {
             job,
             options,
             format: args.format.format,
+            list_inputs: args.format.list_inputs,
+            next: NextSteps::default(),
         })
     }
 }

@@ -105,10 +105,7 @@ pub async fn run(args: ExportArgs, global: &GlobalArgs) -> Result<ExitCode> {
 
 pub fn print_report(r: &ExportReport, format: Format) {
     match format {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(r).expect("report serialises")
-        ),
+        Format::Json => super::print::print_json(ExitCode::Success, r),
         Format::Text => {
             println!(
                 "{:<12} {:<16} {:>12} {:>12} {:>9}  snapshot",

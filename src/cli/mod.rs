@@ -5,6 +5,7 @@ pub mod args;
 pub mod diff;
 pub mod export;
 pub mod generate;
+pub mod print;
 pub mod run;
 pub mod validate;
 
@@ -14,7 +15,9 @@ use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-pub use args::{EntityArgs, FormatArgs, JobArgs, LakeArgs, LockArgs, OutputArgs, RunControlArgs};
+pub use args::{
+    EntityArgs, FormatArgs, JobArgs, LakeArgs, LockArgs, OutputArgs, RunControlArgs, SummaryArgs,
+};
 
 use crate::error::{Error, ExitCode, Result};
 use crate::job::JobConfig;
@@ -149,15 +152,37 @@ pub fn init_tracing(global: &GlobalArgs) {
         .try_init();
 }
 
+impl Command {
+    /// Whether the command prints JSON on stdout (`--format json`).
+    fn prints_json(&self) -> bool {
+        let format = match self {
+            Command::Run(a) => a.format.format,
+            Command::Diff(a) => a.format.format,
+            Command::Export(a) => a.format.format,
+            Command::Apply(a) => a.format.format,
+            Command::Validate(_) | Command::Generate(_) => Format::Text,
+        };
+        format == Format::Json
+    }
+}
+
+/// Runs the command. Under `--format json` a failure also prints an error object on
+/// stdout (the message goes to stderr as always), so that a program reading stdout
+/// always gets one JSON line.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
+    let json = cli.command.prints_json() && !cli.global.quiet;
+    let result = match cli.command {
         Command::Run(args) => run::run(args, &cli.global).await,
         Command::Export(args) => export::run(args, &cli.global).await,
         Command::Apply(args) => apply::run(args, &cli.global).await,
         Command::Diff(args) => diff::run(args, &cli.global).await,
         Command::Validate(args) => validate::run(args, &cli.global).await,
         Command::Generate(args) => generate::run(args, &cli.global).await,
+    };
+    if json && let Err(e) = &result {
+        println!("{}", print::error_json(e));
     }
+    result
 }
 
 /// Parses a YYYY-MM-DD date argument.

@@ -2,12 +2,13 @@
 
 use clap::Args;
 
-use super::{EntityArgs, Format, FormatArgs, GlobalArgs, JobArgs, LakeArgs, OutputArgs};
+use super::print::{NextSteps, print_summary};
+use super::{EntityArgs, Format, GlobalArgs, JobArgs, LakeArgs, OutputArgs, SummaryArgs};
 use super::{LockArgs, RunControlArgs};
 use crate::error::{Error, ExitCode, Result};
 use crate::job::JobConfig;
-use crate::run::{RunOptions, RunSummary};
-use crate::write::vocabulary::Kind;
+use crate::job::exporters::ExporterKind;
+use crate::run::RunOptions;
 
 #[derive(Debug, Args)]
 #[command(
@@ -32,7 +33,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]
-    pub format: FormatArgs,
+    pub format: SummaryArgs,
     /// Diff the snapshots already in the lake without running the job's exporters first.
     #[arg(long)]
     pub no_export: bool,
@@ -49,12 +50,17 @@ pub struct RunConfig {
     pub job: JobConfig,
     pub options: RunOptions,
     pub format: Format,
+    /// `--list-inputs`: the JSON summary lists each snapshot's files.
+    pub list_inputs: bool,
+    /// How to reach the run again, for the summary's "next" lines.
+    pub next: NextSteps,
 }
 
 impl RunConfig {
     /// Loads the job and checks every argument against it: `--entity`, `--run-id` and
     /// `--max-correction-share`.
     pub fn try_new(args: RunArgs, global: &GlobalArgs) -> Result<Self> {
+        let moved = args.lake.lake.is_some() || args.output.output.is_some();
         let job = JobConfig::load(&args.job.job)?
             .relocated(args.lake.lake.as_deref(), args.output.output.as_deref())?;
         job.check_entities(&args.entities.entities)?;
@@ -65,10 +71,27 @@ impl RunConfig {
             args.lock.mode(),
             !args.no_export,
         )?;
+        let next = NextSteps {
+            job: Some(args.job.job.display().to_string()),
+            output: moved.then(|| job.output.clone()),
+            appliable: job
+                .exporters
+                .values()
+                .filter(|e| {
+                    matches!(
+                        e.kind,
+                        ExporterKind::Postgres { .. } | ExporterKind::Mysql { .. }
+                    )
+                })
+                .map(|e| e.system.clone())
+                .collect(),
+        };
         Ok(RunConfig {
             job,
             options,
             format: args.format.format,
+            list_inputs: args.format.list_inputs,
+            next,
         })
     }
 }
@@ -113,65 +136,13 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
 pub async fn run_config(config: &RunConfig, global: &GlobalArgs) -> Result<ExitCode> {
     let outcome = crate::run::run(&config.job, &config.options).await?;
     if !global.quiet {
-        print_summary(&outcome.summary, config.format);
-    }
-    Ok(outcome.exit)
-}
-
-pub fn print_summary(s: &RunSummary, format: Format) {
-    match format {
-        Format::Json => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(s).expect("summary serialises")
-            );
-        }
-        Format::Text => println!("{}", render_text(s)),
-    }
-}
-
-/// The summary as a table: one line per entity.
-pub fn render_text(s: &RunSummary) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "job {} run_date {} run_id {} status {}",
-        s.job, s.run_date, s.run_id, s.status
-    );
-    let _ = writeln!(
-        out,
-        "{:<16} {:>9} {:>9} {:>8} {:>8} {:>9} {:>6} {:>6} {:>12}  guardrail",
-        "entity", "source", "replica", "missing", "extra", "mismatch", "dup", "null", "corrections"
-    );
-    for e in &s.entities {
-        let kind = |k: Kind| -> u64 {
-            e.counts
-                .iter()
-                .filter(|c| c.kind == k)
-                .map(|c| c.count)
-                .sum()
-        };
-        let verdict = match &e.guardrail.reason {
-            Some(r) => format!("TRIPPED: {r}"),
-            None => "ok".to_string(),
-        };
-        let _ = writeln!(
-            out,
-            "{:<16} {:>9} {:>9} {:>8} {:>8} {:>9} {:>6} {:>6} {:>12}  {}",
-            e.entity,
-            e.rows.source,
-            e.rows.replica,
-            kind(Kind::MissingInReplica),
-            kind(Kind::ExtraInReplica),
-            kind(Kind::FieldMismatch),
-            kind(Kind::DuplicateKey),
-            kind(Kind::NullKey),
-            e.guardrail.corrections,
-            verdict
+        print_summary(
+            outcome.summary,
+            outcome.exit,
+            config.format,
+            config.list_inputs,
+            &config.next,
         );
     }
-    let _ = writeln!(out, "outputs:  {}", s.output);
-    let _ = write!(out, "manifest: {}", s.manifest);
-    out
+    Ok(outcome.exit)
 }

@@ -1,4 +1,5 @@
-//! `recon validate`: check a job file and, for a run date, its snapshots' schemas.
+//! `recon validate`: check a job file and, for a run date, its snapshots' schemas, and
+//! with `--connect` its exporters' databases and APIs.
 
 use std::path::PathBuf;
 
@@ -23,6 +24,10 @@ pub struct ValidateArgs {
     /// Also open this run date's snapshots and check every column the job names.
     #[arg(long, value_parser = super::parse_date)]
     pub run_date: Option<NaiveDate>,
+    /// Also check that each exporter's environment variables are set and its database
+    /// or API answers (reads no data).
+    #[arg(long)]
+    pub connect: bool,
 }
 
 pub async fn run(args: ValidateArgs, global: &GlobalArgs) -> Result<ExitCode> {
@@ -62,13 +67,46 @@ pub async fn run(args: ValidateArgs, global: &GlobalArgs) -> Result<ExitCode> {
                         fields.join(", ")
                     }
                 ));
+                let o = &p.plan.one_sided;
+                for (side, cols) in [("source", &o.source), ("replica", &o.replica)] {
+                    if !cols.is_empty() {
+                        lines.push(format!(
+                            "  {}: not compared, in the {side} snapshot only: {}",
+                            p.plan.entity.name,
+                            cols.join(", ")
+                        ));
+                    }
+                }
             }
             lines.push(format!("snapshots of {date}: ok"));
         }
         None => lines.push("snapshots not checked (pass --run-date to check them)".into()),
     }
+    let mut failed = None;
+    if args.connect {
+        let checks = crate::export::connect::check(&job).await;
+        if checks.is_empty() {
+            lines.push("connections: the job has no exporters".into());
+        }
+        for c in checks {
+            let outcome = match c.outcome {
+                Ok(what) => what,
+                Err(e) => {
+                    let line = format!("FAILED: {e}");
+                    failed.get_or_insert(e);
+                    line
+                }
+            };
+            lines.push(format!("  {} ({}): {outcome}", c.system, c.exporter));
+        }
+    } else {
+        lines.push("connections not checked (pass --connect to check them)".into());
+    }
     if !global.quiet {
         println!("{}", lines.join("\n"));
     }
-    Ok(ExitCode::Success)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::Success),
+    }
 }

@@ -12,7 +12,7 @@ use datafusion::common::ScalarValue;
 
 use super::columns::{DiffColumns, column};
 use super::corrections::{PendingCorrection, build_corrections, correction_schema, soft_value};
-use super::discrepancies::{Discrepancy, DiscrepancyRows, FieldColumns};
+use super::discrepancies::{Discrepancy, DiscrepancyRows, FieldColumns, count_actions};
 use super::plan::{EntityPlan, Side};
 use super::{Count, EntityResult, RunStamp};
 use crate::error::Result;
@@ -83,6 +83,8 @@ pub(super) struct Classifier<'a> {
     /// Data-quality rows not yet written.
     pub(super) rows: DiscrepancyRows,
     pub(super) counts: BTreeMap<(Kind, Option<String>), u64>,
+    /// Discrepancy rows per action.
+    pub(super) actions: BTreeMap<Action, u64>,
     /// Corrections withheld as unrepresentable, per field (source name).
     pub(super) unrepresentable: BTreeMap<String, u64>,
     pub(super) corrections: [CorrectionSink; 2],
@@ -124,6 +126,7 @@ impl<'a> Classifier<'a> {
             discrepancies,
             rows: DiscrepancyRows::default(),
             counts: BTreeMap::new(),
+            actions: BTreeMap::new(),
             unrepresentable: BTreeMap::new(),
             corrections: Default::default(),
             rules: Arc::new(rules),
@@ -175,6 +178,7 @@ impl<'a> Classifier<'a> {
     /// Writes out what a diff batch gave.
     pub(super) async fn absorb(&mut self, c: Classified) -> Result<()> {
         if c.discrepancies.num_rows() > 0 {
+            count_actions(&c.discrepancies, &mut self.actions)?;
             self.discrepancies.write(&c.discrepancies).await?;
         }
         self.count(Kind::MissingInReplica, None, c.tally.missing);
@@ -224,6 +228,7 @@ impl<'a> Classifier<'a> {
     pub(super) async fn flush_discrepancies(&mut self) -> Result<()> {
         if self.rows.len() > 0 {
             let batch = self.rows.finish()?;
+            count_actions(&batch, &mut self.actions)?;
             self.discrepancies.write(&batch).await?;
         }
         Ok(())
@@ -274,6 +279,7 @@ impl<'a> Classifier<'a> {
         counts.sort();
         Ok(EntityResult {
             counts,
+            actions: self.actions,
             unrepresentable: self.unrepresentable,
             corrections,
             discrepancy_file,

@@ -196,6 +196,28 @@ pub(super) struct DiscrepancyRows {
     len: usize,
 }
 
+/// Adds the discrepancy rows of `batch` (as [`DiscrepancyRows::finish`] makes them) to
+/// `into`, per action: what the run summary reports as correctable and report-only.
+pub(super) fn count_actions(
+    batch: &RecordBatch,
+    into: &mut std::collections::BTreeMap<Action, u64>,
+) -> Result<()> {
+    let actions = batch
+        .column_by_name("action")
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| Error::Internal("a discrepancy batch without its action column".into()))?;
+    for action in Action::ALL {
+        let n = actions
+            .iter()
+            .filter(|a| *a == Some(action.as_str()))
+            .count() as u64;
+        if n > 0 {
+            *into.entry(*action).or_default() += n;
+        }
+    }
+    Ok(())
+}
+
 impl DiscrepancyRows {
     pub(super) fn len(&self) -> usize {
         self.len

@@ -45,7 +45,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::snapshot::Snapshot;
 use crate::write::events::{Events, Reappeared};
-use crate::write::vocabulary::{Kind, Op};
+use crate::write::vocabulary::{Action, Kind, Op};
 use crate::write::{ManifestFile, RunLayout};
 use classify::Classifier;
 use columns::{DiffColumns, column};
@@ -80,6 +80,8 @@ pub struct Count {
 #[derive(Debug)]
 pub struct EntityResult {
     pub counts: Vec<Count>,
+    /// Discrepancy rows per action: corrected in one system, or reported only.
+    pub actions: BTreeMap<Action, u64>,
     /// Corrections withheld because the corrected column cannot hold the value exactly,
     /// per field (source name).
     pub unrepresentable: BTreeMap<String, u64>,

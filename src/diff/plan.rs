@@ -118,6 +118,24 @@ pub struct EntityPlan {
     pub replica_soft: Option<SoftColumn>,
     /// Which key-summary plans may be tried ([`KeyPlan::Auto`] unless a test forces one).
     pub key_plan: KeyPlan,
+    /// Columns of one snapshot with no partner in the other, which nothing compares.
+    pub one_sided: OneSided,
+}
+
+/// The columns of each snapshot that have no partner in the other (after renames), so
+/// that no comparison sees them; the replica's soft-delete column is not one of them.
+/// The run summary and `recon validate` list them: a column added on one side only is
+/// otherwise easy to miss.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OneSided {
+    pub source: Vec<String>,
+    pub replica: Vec<String>,
+}
+
+impl OneSided {
+    pub fn is_empty(&self) -> bool {
+        self.source.is_empty() && self.replica.is_empty()
+    }
 }
 
 /// Which plan matches the two sides by key. Every plan gives the same outputs; only
@@ -298,6 +316,24 @@ impl EntityPlan {
             }
             _ => (None, None),
         };
+        let one_sided = OneSided {
+            source: source
+                .fields()
+                .iter()
+                .map(|f| f.name())
+                .filter(|n| !mapped.iter().any(|m| &m.source == *n))
+                .filter(|n| source_soft.as_ref().is_none_or(|s| &s.name != *n))
+                .cloned()
+                .collect(),
+            replica: replica
+                .fields()
+                .iter()
+                .map(|f| f.name())
+                .filter(|n| !mapped.iter().any(|m| &m.replica == *n))
+                .filter(|n| replica_soft.as_ref().is_none_or(|s| &s.name != *n))
+                .cloned()
+                .collect(),
+        };
         let soft_source_name = match &entity.deletes {
             DeletePolicy::Soft { column, .. } => Some(column.as_str()),
             _ => None,
@@ -350,6 +386,7 @@ impl EntityPlan {
             source_soft,
             replica_soft,
             key_plan: KeyPlan::Auto,
+            one_sided,
         })
     }
 
@@ -580,5 +617,35 @@ mod tests {
             })
             .collect();
         assert_eq!(compared, [("amount", "amt")]);
+        // The shadowed source column has no partner: it is listed, not compared.
+        assert_eq!(p.one_sided.source, ["amt"]);
+        assert!(p.one_sided.replica.is_empty());
+    }
+
+    #[test]
+    fn columns_on_one_side_only_are_listed() {
+        use arrow::datatypes::Field;
+        let schema = |names: &[&str]| {
+            Schema::new(
+                names
+                    .iter()
+                    .map(|n| Field::new(*n, DataType::Int64, true))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let entity = crate::job::parse_entity(
+            "name = \"t\"\nkey = [\"id\"]\nrename = { amount = \"amt\" }\nfields.note = { ignore = true }",
+        )
+        .unwrap();
+        let p = EntityPlan::try_new(
+            &entity,
+            &schema(&["id", "amount", "note", "legacy"]),
+            &schema(&["id", "amt", "note", "loaded_at", "etl_batch"]),
+            std::path::Path::new("t"),
+        )
+        .unwrap();
+        // `note` is on both sides (ignored by the job, not one-sided); renames pair.
+        assert_eq!(p.one_sided.source, ["legacy"]);
+        assert_eq!(p.one_sided.replica, ["loaded_at", "etl_batch"]);
     }
 }

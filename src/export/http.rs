@@ -29,17 +29,7 @@ pub(crate) async fn export(
     targets: &mut [Target<'_>],
 ) -> Result<BTreeMap<String, String>> {
     let system = exporter.system.as_str();
-    let auth = match &http.auth_env {
-        None => None,
-        Some(var) => match std::env::var(var) {
-            Ok(v) if !v.is_empty() => Some(v),
-            _ => {
-                return Err(Error::Usage(format!(
-                    "system `{system}`: environment variable {var} (the exporter's auth_env) is not set"
-                )));
-            }
-        },
-    };
+    let auth = auth(system, http)?;
     let client = reqwest::Client::builder()
         .timeout(http.timeout)
         .user_agent(concat!("recon/", env!("CARGO_PKG_VERSION")))
@@ -56,6 +46,19 @@ pub(crate) async fn export(
         api.export_entity(target).await?;
     }
     Ok(BTreeMap::new())
+}
+
+/// The auth header's value from the exporter's `auth_env`, when it names one.
+pub(super) fn auth(system: &str, http: &HttpExporter) -> Result<Option<String>> {
+    let Some(var) = &http.auth_env else {
+        return Ok(None);
+    };
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Ok(Some(v)),
+        _ => Err(Error::Usage(format!(
+            "system `{system}`: environment variable {var} (the exporter's auth_env) is not set"
+        ))),
+    }
 }
 
 struct Api<'a> {

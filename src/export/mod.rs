@@ -9,6 +9,7 @@
 //! the new manifests are in place.
 
 pub mod builder;
+pub mod connect;
 mod files;
 mod http;
 mod mysql;

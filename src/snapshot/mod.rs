@@ -35,6 +35,9 @@ pub struct Snapshot {
     pub rows: u64,
     /// Uncompressed size of all row groups, from the footers.
     pub bytes: u64,
+    /// Never empty in a run's `summary.json`; `recon run --format json` leaves it out
+    /// unless asked (`--list-inputs`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<SnapshotFile>,
     /// The export that wrote the snapshot, when recon exported it.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -30,6 +30,7 @@ macro_rules! snapshot {
         insta::with_settings!({filters => vec![
             (r"/tmp/\.tmp[A-Za-z0-9_]+", "[TMP]"),
             (r"file:///tmp/\.tmp[A-Za-z0-9_]+", "file://[TMP]"),
+            (r"elapsed [0-9.]+ s", "elapsed [ELAPSED]"),
         ]}, {
             assert_cmd_snapshot!($cmd);
         });
@@ -235,5 +236,144 @@ fn progress_shows_on_a_terminal_only() {
     assert!(
         !stderr.contains("done in") && !stderr.contains('\r'),
         "progress printed to a pipe:\n{stderr}"
+    );
+}
+
+/// The JSON summary of a run, from one line of stdout.
+fn json_line(out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "not one line:\n{stdout}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+#[test]
+fn json_summary_is_one_line_with_totals_and_the_exit_code() {
+    let fx = Fixture::new();
+    let out = run_sample(&fx).args(["--format", "json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let s = json_line(&out);
+    assert_eq!(s["exit_code"], 0);
+    assert_eq!(s["status"], "success");
+    let entities = s["entities"].as_array().unwrap();
+    let sum = |f: &dyn Fn(&serde_json::Value) -> u64| entities.iter().map(f).sum::<u64>();
+    let t = &s["totals"];
+    assert_eq!(t["entities"], 4);
+    assert_eq!(
+        t["discrepancies"].as_u64().unwrap(),
+        sum(&|e| e["discrepancies"].as_u64().unwrap())
+    );
+    assert_eq!(
+        t["source_rows"].as_u64().unwrap(),
+        sum(&|e| e["rows"]["source"].as_u64().unwrap())
+    );
+    // Every discrepancy row is either correctable or reported only.
+    assert_eq!(
+        t["correctable"].as_u64().unwrap() + t["report_only"].as_u64().unwrap(),
+        t["discrepancies"].as_u64().unwrap(),
+        "{t}"
+    );
+    // The sample's nickname is owned by nobody: its mismatches are report-only.
+    assert!(t["report_only"].as_u64().unwrap() > 0, "{t}");
+    let written: u64 = t["corrections"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|ops| ops.as_object().unwrap().values())
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        written,
+        sum(&|e| e["guardrail"]["corrections"].as_u64().unwrap())
+    );
+    // The snapshots' file lists only on request.
+    let inputs = &entities[0]["inputs"]["source"];
+    assert!(
+        inputs["rows"].is_u64() && inputs.get("files").is_none(),
+        "{inputs}"
+    );
+
+    let fx = Fixture::new();
+    let out = run_sample(&fx)
+        .args(["--format", "json", "--list-inputs"])
+        .output()
+        .unwrap();
+    let s = json_line(&out);
+    let files = &s["entities"][0]["inputs"]["source"]["files"];
+    assert!(files.as_array().is_some_and(|f| !f.is_empty()), "{files}");
+}
+
+#[test]
+fn json_failure_prints_an_error_object() {
+    let fx = Fixture::new();
+    std::fs::remove_dir_all(fx.snapshot("service", "groups")).unwrap();
+    let out = run_sample(&fx).args(["--format", "json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let e = json_line(&out);
+    assert_eq!(e["status"], "error");
+    assert_eq!(e["exit_code"], 4);
+    assert_eq!(e["error"]["category"], "input_data");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("groups"),
+        "{e}"
+    );
+    // The message goes to stderr too, as without --format json.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error: "));
+}
+
+#[test]
+fn the_summary_lists_columns_on_one_side_only() {
+    let fx = Fixture::new();
+    // The replica's tenants gain a column the source does not have.
+    let part = fx.snapshot("service", "tenants").join("part-00000.parquet");
+    let batches = read_parquet(&part);
+    let schema = batches[0].schema();
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("etl_batch", DataType::Utf8, true));
+    let wider = Arc::new(Schema::new(fields));
+    let file = std::fs::File::create(&part).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, Arc::clone(&wider), None).unwrap();
+    for b in &batches {
+        let mut columns = b.columns().to_vec();
+        columns.push(Arc::new(StringArray::from(vec![Some("b1"); b.num_rows()])));
+        w.write(&RecordBatch::try_new(Arc::clone(&wider), columns).unwrap())
+            .unwrap();
+    }
+    w.close().unwrap();
+
+    let out = run_sample(&fx).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("tenants: not compared, on one side only: replica only: etl_batch"),
+        "{shown}"
+    );
+    let fx2 = Fixture::new();
+    std::fs::copy(
+        &part,
+        fx2.snapshot("service", "tenants")
+            .join("part-00000.parquet"),
+    )
+    .unwrap();
+    let out = run_sample(&fx2)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    let s = json_line(&out);
+    assert_eq!(s["entities"][0]["one_sided"]["replica"][0], "etl_batch");
+    // The sample's users have one too (`internal_version`, in the replica only).
+    assert_eq!(
+        s["entities"][1]["one_sided"]["replica"][0],
+        "internal_version"
+    );
+    assert_eq!(s["totals"]["one_sided_columns"], 2);
+    let out = recon(&fx2)
+        .args(["validate", "--job", "job.toml", "--run-date", "2024-06-01"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("tenants: not compared, in the replica snapshot only: etl_batch"),
+        "{}",
+        describe(&out)
     );
 }

@@ -331,6 +331,15 @@ fn export_then_diff_finds_exactly_the_planted_drift() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let m = manifests(&dir.path().join("out"));
     assert_eq!(m.len(), 1);
+    // The summary says how to apply each system's corrections.
+    let shown = String::from_utf8_lossy(&out.stdout);
+    for system in ["monolith", "service"] {
+        let apply = format!(
+            "next:     apply    recon apply --job job.toml --run-date 2024-06-01 --run {} --system {system} --dry-run",
+            m[0].run_id
+        );
+        assert!(shown.contains(&apply), "no `{apply}` in:\n{shown}");
+    }
     let found = discrepancies(&dir.path().join("out"), &m[0]);
     let expected = crate::sample::planted();
     let missed: Vec<_> = expected.difference(&found).collect();

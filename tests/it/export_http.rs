@@ -482,3 +482,44 @@ fn a_value_of_the_wrong_type_names_record_and_column() {
         describe(&out)
     );
 }
+
+fn validate_connect(dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_recon"))
+        .current_dir(dir)
+        .args(["validate", "--job", "job.toml", "--connect"])
+        .env("RECON_IT_TOKEN", "Bearer s3cret")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn validate_connect_reaches_the_api_with_its_credentials() {
+    let api = Api::start(Box::new(|_, _, _| ok("{}".into())));
+    let dir = tempfile::tempdir().unwrap();
+    job(dir.path(), &api, "", "");
+    let out = validate_connect(dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("  api (http): the API (HTTP 200) answered in "),
+        "{shown}"
+    );
+    let seen = api.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].target, "/v1/");
+    assert_eq!(seen[0].auth.as_deref(), Some("Bearer s3cret"));
+
+    // Credentials the API refuses are a configuration mistake: exit 2, no retry.
+    let refusing = Api::start(Box::new(|_, _, _| Reply {
+        status: 401,
+        ..ok("{}".into())
+    }));
+    job(dir.path(), &refusing, "", "");
+    let out = validate_connect(dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("refuses the credentials in RECON_IT_TOKEN") && !shown.contains("s3cret"),
+        "{shown}"
+    );
+}

@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod cli_args;
 mod common;
+mod connect;
 mod db;
 mod differential;
 mod export_db;

@@ -431,6 +431,12 @@ async fn a_collapsed_snapshot_trips_the_guardrail_the_next_night() {
             .contains("the source snapshot has 10 rows, down from 81 in run night-1 of 2024-06-01"),
         "{reason}"
     );
+    assert!(users.tripped_by.contains(&"max_row_drop"), "{users:?}");
+    let shown = recon::cli::print::render_text(&outcome.summary, &Default::default());
+    assert!(
+        shown.contains("release  users: check that the snapshot is complete; if the drop is real, raise max_row_drop"),
+        "{shown}"
+    );
     assert!(!verdict("tenants").tripped, "unchanged entities pass");
     assert_eq!(verdict("tenants").previous.as_ref().unwrap().source, 10);
     // The withheld entity's corrections and their events are gone; the others' stay,

@@ -6,19 +6,25 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::diff::plan::EntityPlan;
-use crate::diff::{self, Count, EntityResult, RunStamp};
+use crate::diff::{self, EntityResult, RunStamp};
 use crate::error::{Error, ExitCode, Result};
 use crate::job::JobConfig;
 use crate::lock::{HeldLock, RunLock};
 use crate::snapshot::Snapshot;
 use crate::store;
-use crate::write::vocabulary::{Kind, Op};
+use crate::write::vocabulary::Kind;
 use crate::write::{self, LatestPointer, MANIFEST_FORMAT, Manifest, ManifestFile, RunLayout};
 use object_store::ObjectStoreExt;
+
+mod summary;
+
+pub use summary::{
+    EntitySummary, GuardrailVerdict, Inputs, PreviousRows, RunSummary, SideRows, Totals,
+};
 
 /// Options of one run. They are checked against the job before any I/O, where they
 /// are made (the command line's `RunConfig`); [`run`] takes them as they are.
@@ -65,81 +71,6 @@ pub struct Prepared {
     pub plan: EntityPlan,
     pub source: Snapshot,
     pub replica: Snapshot,
-}
-
-#[derive(Debug, Serialize)]
-pub struct RunSummary {
-    pub job: String,
-    pub run_id: String,
-    pub run_date: NaiveDate,
-    /// `success` or `guardrail_tripped`.
-    pub status: String,
-    pub source: String,
-    pub replica: String,
-    pub output: String,
-    pub manifest: String,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    pub entities: Vec<EntitySummary>,
-    pub durations_ms: BTreeMap<String, u64>,
-    /// What the export stage wrote, when this run exported.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub export: Option<crate::export::ExportReport>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct EntitySummary {
-    pub entity: String,
-    pub rows: SideRows,
-    pub discrepancies: u64,
-    pub counts: Vec<Count>,
-    /// Corrections per system and op (also when withheld).
-    pub corrections: BTreeMap<String, BTreeMap<Op, u64>>,
-    pub guardrail: GuardrailVerdict,
-    pub inputs: Inputs,
-    /// How the key summary matched the sides: `merge`, `join` or `aggregation`.
-    pub key_summary_plan: &'static str,
-    /// Corrections withheld because the corrected column cannot hold the value exactly
-    /// (reason `unrepresentable`), per field.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub unrepresentable: BTreeMap<String, u64>,
-    pub durations_ms: BTreeMap<String, u64>,
-    /// Corrections that an apply of an earlier run date already applied and that are
-    /// back tonight: the fix did not stick (replication overwrote it, or a writer).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub reappeared: Vec<crate::write::events::Reappeared>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct SideRows {
-    pub source: u64,
-    pub replica: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Inputs {
-    pub source: Snapshot,
-    pub replica: Snapshot,
-}
-
-#[derive(Debug, Serialize)]
-pub struct GuardrailVerdict {
-    pub max_correction_share: f64,
-    /// Corrections of the entity, to both systems.
-    pub corrections: u64,
-    /// Keys on either side: the source's rows and the replica's rows whose key the
-    /// source does not have live (`extra_in_replica`).
-    pub rows: u64,
-    /// The largest share of `rows` that corrections to one system touch, in [0, 1]: a
-    /// key gets at most one correction per system.
-    pub share: f64,
-    pub max_row_drop: f64,
-    /// Rows in the previous committed run, when there is one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub previous: Option<PreviousRows>,
-    pub tripped: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
 }
 
 pub struct RunOutcome {
@@ -365,6 +296,7 @@ async fn run_locked(
         run_id: run_id.clone(),
         run_date: opts.run_date,
         status: status.into(),
+        totals: Totals::of(&entities),
         source: job.source.clone(),
         replica: job.replica.clone(),
         output: layout.output.url(),
@@ -555,6 +487,8 @@ async fn diff_all(
             },
             discrepancies,
             counts: result.counts,
+            actions: std::mem::take(&mut result.actions),
+            one_sided: p.plan.one_sided.clone(),
             corrections: result.corrections,
             guardrail: verdict,
             inputs: Inputs {
@@ -604,7 +538,9 @@ fn guardrail(
         (busiest as f64 / rows as f64).min(1.0)
     };
     let mut reasons = Vec::new();
+    let mut tripped_by = Vec::new();
     if share > limit {
+        tripped_by.push("max_correction_share");
         reasons.push(format!(
             "corrections would touch {busiest} of {rows} keys in one system ({:.2}%), above the limit of {:.2}%",
             share * 100.0,
@@ -617,6 +553,9 @@ fn guardrail(
             ("replica", replica_rows, prev.replica),
         ] {
             if (now as f64) < (1.0 - max_row_drop) * before as f64 {
+                if !tripped_by.contains(&"max_row_drop") {
+                    tripped_by.push("max_row_drop");
+                }
                 reasons.push(format!(
                     "the {side} snapshot has {now} rows, down from {before} in run {} of {} (more than {:.0}% fewer)",
                     prev.run_id,
@@ -634,17 +573,9 @@ fn guardrail(
         max_row_drop,
         previous,
         tripped: !reasons.is_empty(),
+        tripped_by,
         reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
     }
-}
-
-/// Rows per side of one entity in an earlier committed run.
-#[derive(Debug, Clone, Serialize)]
-pub struct PreviousRows {
-    pub run_date: NaiveDate,
-    pub run_id: String,
-    pub source: u64,
-    pub replica: u64,
 }
 
 #[derive(Deserialize)]
