@@ -248,7 +248,7 @@ fn next_steps(s: &RunSummary, next: &NextSteps) -> Vec<String> {
         let names: Vec<&str> = over.iter().map(|e| e.entity.as_str()).collect();
         let rerun = match &next.job {
             Some(job) => format!("recon run --job {job} --run-date {}", s.run_date),
-            None => "rerun the diff".to_string(),
+            None => "rerun the diff with".to_string(),
         };
         lines.push(format!(
             "release  once the discrepancies are reviewed: {rerun} --max-correction-share {needed:.2} ({})",
