@@ -25,10 +25,10 @@ pub struct NextSteps {
 
 /// One JSON line: the exit code first, then the body's own fields.
 #[derive(Serialize)]
-pub struct Printed<'a, T: Serialize> {
-    pub exit_code: u8,
+struct Printed<'a, T: Serialize> {
+    exit_code: u8,
     #[serde(flatten)]
-    pub body: &'a T,
+    body: &'a T,
 }
 
 /// Prints `body` as one line of JSON with `exit_code` at the top.
