@@ -316,23 +316,22 @@ impl EntityPlan {
             }
             _ => (None, None),
         };
+        // The columns of `schema` that no mapped column (named by `name`) nor the
+        // soft-delete column is.
+        let unpartnered =
+            |schema: &Schema, name: fn(&MappedColumn) -> &String, soft: &Option<SoftColumn>| {
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name())
+                    .filter(|n| !mapped.iter().any(|m| name(m) == *n))
+                    .filter(|n| soft.as_ref().is_none_or(|s| &s.name != *n))
+                    .cloned()
+                    .collect()
+            };
         let one_sided = OneSided {
-            source: source
-                .fields()
-                .iter()
-                .map(|f| f.name())
-                .filter(|n| !mapped.iter().any(|m| &m.source == *n))
-                .filter(|n| source_soft.as_ref().is_none_or(|s| &s.name != *n))
-                .cloned()
-                .collect(),
-            replica: replica
-                .fields()
-                .iter()
-                .map(|f| f.name())
-                .filter(|n| !mapped.iter().any(|m| &m.replica == *n))
-                .filter(|n| replica_soft.as_ref().is_none_or(|s| &s.name != *n))
-                .cloned()
-                .collect(),
+            source: unpartnered(source, |m| &m.source, &source_soft),
+            replica: unpartnered(replica, |m| &m.replica, &replica_soft),
         };
         let soft_source_name = match &entity.deletes {
             DeletePolicy::Soft { column, .. } => Some(column.as_str()),

@@ -92,12 +92,7 @@ async fn check_one(exporter: &ExporterConfig) -> Result<String> {
 /// resource, so 404 is an answer too).
 async fn check_http(system: &str, http: &HttpExporter) -> Result<String> {
     let auth = http_auth(system, http)?;
-    let client = reqwest::Client::builder()
-        .timeout(http.timeout)
-        .user_agent(concat!("recon/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Error::bug("building the HTTP client", e))?;
-    let mut request = client.get(http.base_url.clone());
+    let mut request = super::http::client(http)?.get(http.base_url.clone());
     if let Some(value) = &auth {
         request = request.header(http.auth_header.as_str(), value);
     }

@@ -30,11 +30,7 @@ pub(crate) async fn export(
 ) -> Result<BTreeMap<String, String>> {
     let system = exporter.system.as_str();
     let auth = auth(system, http)?;
-    let client = reqwest::Client::builder()
-        .timeout(http.timeout)
-        .user_agent(concat!("recon/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Error::bug("building the HTTP client", e))?;
+    let client = client(http)?;
     let api = Api {
         system,
         client,
@@ -46,6 +42,15 @@ pub(crate) async fn export(
         api.export_entity(target).await?;
     }
     Ok(BTreeMap::new())
+}
+
+/// The HTTP client of an exporter: its timeout and recon's user agent.
+pub(super) fn client(http: &HttpExporter) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(http.timeout)
+        .user_agent(concat!("recon/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Error::bug("building the HTTP client", e))
 }
 
 /// The auth header's value from the exporter's `auth_env`, when it names one.
